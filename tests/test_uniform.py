@@ -1,0 +1,176 @@
+"""UniformDetector: detection quality on digits, layer selection, errors, structured API."""
+
+from __future__ import annotations
+
+import foolbox as fb
+import pytest
+import torch
+import torchvision
+from pytorch_ood.metrics import OODMetrics
+from pytorch_ood.model import WideResNet
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from uniad_plugin.detectors.uniform import UniformDetector
+from uniad_plugin.models import lenet
+
+
+def auroc(s_id: torch.Tensor, s_ood: torch.Tensor) -> float:
+    m = OODMetrics()
+    labels = torch.cat([torch.zeros(len(s_id)), -torch.ones(len(s_ood))]).long()
+    m.update(torch.cat([s_id, s_ood]), labels)
+    return m.compute()["AUROC"]
+
+
+@pytest.fixture(scope="module")
+def detector(digits, digits_model):
+    return UniformDetector(digits_model, seed=0).fit(DataLoader(digits.train, batch_size=128))
+
+
+def test_separates_gaussian_noise(detector, digits):
+    x = digits.test.tensors[0]
+    g = torch.Generator().manual_seed(1)
+    noise = (0.5 + 0.5 * torch.randn((400, *x.shape[1:]), generator=g)).clamp(0, 1)
+    assert auroc(detector(x), detector(noise)) > 0.97
+
+
+def test_separates_fgsm_adversarials(detector, digits, digits_model):
+    x_att, y_att = digits.attack.tensors
+    fmodel = fb.PyTorchModel(digits_model.eval(), bounds=(0, 1))
+    _, adv, success = fb.attacks.FGSM()(fmodel, x_att, y_att, epsilons=0.1)
+    correct = digits_model(x_att).argmax(1) == y_att
+    adv = adv[success & correct]
+    assert len(adv) > 30, "the attack should succeed on a good share of the attack split"
+    assert auroc(detector(digits.test.tensors[0]), detector(adv)) > 0.85
+
+
+def test_multi_layer_default_beats_penultimate_only_on_adversarials(digits, digits_model):
+    """The design choice documented in the class: several layers detect AD better."""
+    x_att, y_att = digits.attack.tensors
+    fmodel = fb.PyTorchModel(digits_model.eval(), bounds=(0, 1))
+    _, adv, success = fb.attacks.LinfPGD()(fmodel, x_att, y_att, epsilons=0.1)
+    adv = adv[success]
+    loader = DataLoader(digits.train, batch_size=128)
+    multi = UniformDetector(digits_model).fit(loader)
+    penultimate = UniformDetector(digits_model, layers=["8:input"]).fit(loader)
+    x = digits.test.tensors[0]
+    assert auroc(multi(x), multi(adv)) > auroc(penultimate(x), penultimate(adv))
+
+
+def test_default_layers_are_reported(detector):
+    assert detector.layers == ["3", "4", "8:input", "logits"]
+
+
+def test_layers_by_name_and_module(digits, digits_model):
+    loader = DataLoader(digits.train, batch_size=256)
+    by_name = UniformDetector(digits_model, layers=["4", "8:input"], epochs=5).fit(loader)
+    by_module = UniformDetector(digits_model, layers=[digits_model[4], "8:input"], epochs=5)
+    by_module.fit(loader)
+    x = digits.test.tensors[0][:32]
+    assert torch.equal(by_name(x), by_module(x))
+
+
+@pytest.mark.parametrize("layers", [["nope"], ["8:input", "conv9"], []])
+def test_unknown_layer_is_refused(digits_model, layers):
+    with pytest.raises(ValueError, match="expected"):
+        UniformDetector(digits_model, layers=layers)
+
+
+def test_class_without_samples_is_named(digits, digits_model):
+    x, y = digits.train.tensors
+    keep = y != 7
+    with pytest.raises(ValueError, match=r"none for class\(es\) \[7\]"):
+        UniformDetector(digits_model, epochs=2).fit(
+            DataLoader(TensorDataset(x[keep], y[keep]), batch_size=256)
+        )
+
+
+def test_known_anomalies_are_ignored_with_warning(digits, digits_model):
+    x, y = digits.train.tensors
+    noise = torch.rand(50, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        TensorDataset(torch.cat([x, noise]), torch.cat([y, -torch.ones(50, dtype=torch.long)])),
+        batch_size=128,
+    )
+    with pytest.warns(UserWarning, match="ignoring 50 samples"):
+        with_anomalies = UniformDetector(digits_model, epochs=3).fit(loader)
+    plain = UniformDetector(digits_model, epochs=3).fit(DataLoader(digits.train, batch_size=128))
+    xt = digits.test.tensors[0][:32]
+    assert torch.allclose(with_anomalies(xt), plain(xt), atol=1e-5)
+
+
+def test_structured_api_matches_predict(detector, digits):
+    x = digits.test.tensors[0][:64]
+    feats, logits = detector.extract(x)
+    assert torch.allclose(detector.predict_structured(feats, logits), detector(x), atol=1e-5)
+    with pytest.raises(ValueError, match="expected 4 layers"):
+        detector.predict_structured(feats[:2], logits)
+    with pytest.raises(ValueError, match="features for layer"):
+        detector.predict_structured([f[:, :3] for f in feats], logits)
+
+
+def test_fit_structured_matches_fit(digits, digits_model):
+    loader = DataLoader(digits.train, batch_size=128)
+    det = UniformDetector(digits_model, epochs=5).fit(loader)
+    x, y = digits.train.tensors
+    other = UniformDetector(digits_model, layers=det.layers, epochs=5)
+    feats, logits = other.extract(x)
+    other.fit_structured(feats, y, pred=logits, n_classes=10)
+    xt = digits.test.tensors[0][:64]
+    assert torch.allclose(det(xt), other(xt), atol=1e-4)
+
+
+def test_difference_score_and_hyperparameter_validation(digits, digits_model):
+    loader = DataLoader(digits.train, batch_size=256)
+    det = UniformDetector(digits_model, score="difference", epochs=5).fit(loader)
+    assert torch.isfinite(det(digits.test.tensors[0][:16])).all()
+    for kwargs in ({"nu": 0.0}, {"score": "cosine"}, {"holdout": 1.0}, {"pooling": "sum"}):
+        with pytest.raises(ValueError, match="expected"):
+            UniformDetector(digits_model, **kwargs)
+    with pytest.raises(TypeError, match="nn.Module"):
+        UniformDetector("not a model")
+
+
+def test_layer_scores_sum_to_prediction(detector, digits):
+    x = digits.test.tensors[0][:16]
+    per_layer = detector.layer_scores(x)
+    assert per_layer.shape == (16, len(detector.layers))
+    assert torch.allclose(per_layer.sum(1), detector(x), atol=1e-5)
+
+
+def _random_loader(shape, n_classes, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *shape), generator=g)
+    y = torch.arange(n) % n_classes
+    return DataLoader(TensorDataset(x, y), batch_size=32)
+
+
+@pytest.mark.parametrize(
+    "factory, shape, expected",
+    [
+        (lambda: lenet(num_classes=4), (1, 28, 28), ["1", "4", "5", "9:input", "logits"]),
+        (
+            lambda: torchvision.models.resnet18(num_classes=4),
+            (3, 64, 64),
+            ["layer1", "layer2", "layer3", "layer4", "fc:input", "logits"],
+        ),
+        (
+            lambda: WideResNet(num_classes=4, depth=10, widen_factor=1),
+            (3, 32, 32),
+            ["block1", "block2", "relu", "fc:input", "logits"],
+        ),
+        (
+            lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)),
+            (3, 4),
+            ["1:input", "3:input", "logits"],
+        ),
+    ],
+    ids=["lenet", "resnet18", "wideresnet", "mlp"],
+)
+def test_defaults_work_on_common_architectures(factory, shape, expected):
+    torch.manual_seed(0)
+    model = factory().eval()
+    det = UniformDetector(model, epochs=2, warmup_epochs=1).fit(_random_loader(shape, 4))
+    assert det.layers == expected
+    scores = det(torch.rand((5, *shape)))
+    assert scores.shape == (5,) and torch.isfinite(scores).all()

@@ -1,0 +1,211 @@
+"""Per-class soft-boundary Deep SVDD, all classes trained as one batched model.
+
+For every class :math:`k` an encoder :math:`\\phi_k` (a bias-free MLP, as Deep SVDD requires to
+rule out the trivial constant solution), a centre :math:`c_k` and a radius :math:`R_k` are fitted
+with the soft-boundary objective of Ruff et al. (ICML 2018):
+
+.. math::
+
+    \\min_{R_k, \\phi_k} \\; R_k^2 + \\frac{1}{\\nu n_k} \\sum_{i: y_i = k}
+    \\max\\left(0, \\lVert \\phi_k(z_i) - c_k \\rVert^2 - R_k^2\\right) + \\text{weight decay}
+
+The :math:`K` encoders are stored as weight tensors with a leading class axis, so one
+``torch.bmm`` trains all classes at once on a class-balanced minibatch of shape
+``(K, m, D)``, and scoring gathers the weights of each sample's class. As in Ruff et al.'s
+reference code, :math:`R_k` is not a gradient parameter: after ``warmup_epochs`` epochs it is set
+to the :math:`(1-\\nu)`-quantile of the distances of class :math:`k` after every epoch (the
+closed-form optimum for fixed :math:`\\phi_k`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class BatchedSVDD(nn.Module):
+    """``K`` bias-free MLP encoders with centres and radii, evaluated as one module.
+
+    :param n_classes: number of classes :math:`K`
+    :param in_dim: input dimension :math:`D`
+    :param hidden: widths of the hidden layers (LeakyReLU between layers)
+    :param rep_dim: dimension of the representation space
+    """
+
+    def __init__(
+        self, n_classes: int, in_dim: int, hidden: Sequence[int] = (64,), rep_dim: int = 32
+    ) -> None:
+        super().__init__()
+        if n_classes < 1 or in_dim < 1 or rep_dim < 1:
+            raise ValueError(
+                f"expected positive n_classes, in_dim and rep_dim, got {n_classes}, {in_dim}, "
+                f"{rep_dim}"
+            )
+        dims = [in_dim, *hidden, rep_dim]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(n_classes, d_in, d_out)) for d_in, d_out in zip(dims, dims[1:])
+        )
+        self.register_buffer("in_mean", torch.zeros(in_dim))
+        self.register_buffer("in_scale", torch.ones(in_dim))
+        self.register_buffer("center", torch.zeros(n_classes, rep_dim))
+        self.register_buffer("radius2", torch.zeros(n_classes))
+
+    @property
+    def n_classes(self) -> int:
+        return self.weights[0].shape[0]
+
+    @property
+    def in_dim(self) -> int:
+        return self.weights[0].shape[1]
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Kaiming-uniform initialisation (as ``nn.Linear``), drawn from ``generator``."""
+        with torch.no_grad():
+            for w in self.weights:
+                bound = 1.0 / math.sqrt(w.shape[1])
+                w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
+
+    def _standardise(self, z: Tensor) -> Tensor:
+        return (z - self.in_mean) / self.in_scale
+
+    def embed_grouped(self, z: Tensor) -> Tensor:
+        """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``."""
+        h = self._standardise(z)
+        for i, w in enumerate(self.weights):
+            h = torch.bmm(h, w)
+            if i < len(self.weights) - 1:
+                h = nn.functional.leaky_relu(h)
+        return h
+
+    def embed(self, z: Tensor, k: Tensor) -> Tensor:
+        """Embed ``(B, D)`` inputs with the encoder of class ``k[i]`` for row ``i`` -> ``(B, R)``."""
+        h = self._standardise(z).unsqueeze(1)
+        for i, w in enumerate(self.weights):
+            h = torch.bmm(h, w[k])
+            if i < len(self.weights) - 1:
+                h = nn.functional.leaky_relu(h)
+        return h.squeeze(1)
+
+    def dist2(self, z: Tensor, k: Tensor) -> Tensor:
+        """Squared distance of ``phi_k(z)`` to ``c_k`` for each row, shape ``(B,)``."""
+        return (self.embed(z, k) - self.center[k]).pow(2).sum(dim=1)
+
+    def score(self, z: Tensor, k: Tensor, kind: str = "ratio") -> Tensor:
+        """Outlier score w.r.t. the hypersphere of class ``k``.
+
+        ``"ratio"``: :math:`d^2 / R_k^2`; ``"difference"``: :math:`d^2 - R_k^2`.
+        """
+        d2 = self.dist2(z, k)
+        r2 = self.radius2[k]
+        if kind == "ratio":
+            return d2 / r2.clamp_min(1e-12)
+        if kind == "difference":
+            return d2 - r2
+        raise ValueError(f"expected score kind 'ratio' or 'difference', got {kind!r}")
+
+
+def _class_quantile(values: Tensor, labels: Tensor, n_classes: int, q: float) -> Tensor:
+    """Per-class ``q``-quantile (nearest rank) of ``values``, batched: one sort, no class loop."""
+    order = torch.argsort(values)
+    by_class = torch.argsort(labels[order], stable=True)
+    sorted_vals = values[order][by_class]
+    counts = torch.bincount(labels, minlength=n_classes)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.clamp(torch.ceil(q * counts.double()).long() - 1, min=0)
+    return sorted_vals[starts + torch.minimum(rank, (counts - 1).clamp_min(0))]
+
+
+def fit_svdd(
+    model: BatchedSVDD,
+    z: Tensor,
+    y: Tensor,
+    *,
+    nu: float = 0.1,
+    epochs: int = 30,
+    warmup_epochs: int = 5,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    batch_size: int = 128,
+    eps: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> BatchedSVDD:
+    """Fit all ``K`` hyperspheres on features ``z`` (N, D) with class labels ``y`` in ``[0, K)``.
+
+    Each step draws a class-balanced minibatch of ``batch_size`` samples per class (classes with
+    fewer samples are cycled), so one ``bmm`` updates every class. One epoch is
+    ``ceil(max_k n_k / batch_size)`` steps.
+
+    :param nu: soft-boundary :math:`\\nu` in (0, 1]: the fraction of training samples allowed
+        outside the sphere
+    :param eps: centre coordinates closer to zero than ``eps`` are pushed to ``±eps``
+        (Ruff et al.), so that the zero map cannot reach the centre
+    :param generator: source of all randomness (initialisation and minibatch order)
+    """
+    if not 0 < nu <= 1:
+        raise ValueError(f"expected nu in (0, 1], got {nu}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
+    device = model.weights[0].device
+    K = model.n_classes
+    z = z.to(device=device, dtype=torch.float32)
+    y = y.to(device)
+    counts = torch.bincount(y, minlength=K)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(
+            f"expected training samples for every class 0..{K - 1}, none for {missing}"
+        )
+
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    model.reset_parameters(generator=generator)
+    model.to(device)
+    with torch.no_grad():
+        model.in_mean.copy_(z.mean(0))
+        model.in_scale.copy_(z.std(0).clamp_min(1e-6 * (z.std(0).max().item() + 1e-12)))
+        model.in_scale.clamp_(min=1e-8)
+        # class-sorted index lists, padded by cycling to a (K, n_max) table
+        order = torch.argsort(y, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        n_max = int(counts.max())
+        ar = torch.arange(n_max, device=device)
+        table = order[starts[:, None] + ar[None, :] % counts[:, None]]  # (K, n_max)
+        # centres: mean initial embedding per class
+        center = torch.zeros(K, model.center.shape[1], device=device)
+        for chunk in torch.split(torch.arange(len(z), device=device), 8192):
+            center.index_add_(0, y[chunk], model.embed(z[chunk], y[chunk]))
+        center /= counts[:, None].to(center.dtype)
+        center = torch.where(center.abs() < eps, torch.where(center < 0, -eps, eps), center)
+        model.center.copy_(center)
+        model.radius2.zero_()
+
+    opt = torch.optim.Adam(model.weights.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = max(1, math.ceil(n_max / batch_size))
+    for epoch in range(epochs):
+        # independent permutation of each class's (cycled) index row
+        keys = torch.rand(K, n_max, generator=generator, device=gen_device).to(device)
+        perm = torch.gather(table, 1, torch.argsort(keys, dim=1))
+        for s in range(steps):
+            idx = perm[:, s * batch_size : (s + 1) * batch_size]  # (K, m)
+            emb = model.embed_grouped(z[idx])
+            d2 = (emb - model.center[:, None, :]).pow(2).sum(-1)  # (K, m)
+            if epoch < warmup_epochs:
+                loss = d2.mean(1).sum()
+            else:
+                hinge = torch.relu(d2 - model.radius2[:, None])
+                loss = (model.radius2 + hinge.mean(1) / nu).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if epoch + 1 >= warmup_epochs:
+            with torch.no_grad():
+                d2_all = torch.cat(
+                    [
+                        model.dist2(z[c], y[c])
+                        for c in torch.split(torch.arange(len(z), device=device), 8192)
+                    ]
+                )
+                model.radius2.copy_(_class_quantile(d2_all, y, K, 1 - nu))
+    return model

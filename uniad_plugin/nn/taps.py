@@ -1,0 +1,226 @@
+"""Collect the activations of several layers in ONE forward pass.
+
+A layer is named by a string:
+
+* ``"name"``: the output of the module ``name`` (as in ``model.named_modules()``);
+* ``"name:input"``: the (first positional) input of the module ``name``, e.g. ``"fc:input"``
+  for the penultimate features of a classifier whose head is ``fc``;
+* ``"logits"``: the model's output.
+
+A module object may be given instead of ``"name"``. Activations are reduced by
+:func:`pool` inside the hook, so that no feature map is kept longer than needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+LOGITS = "logits"
+INPUT_SUFFIX = ":input"
+
+
+def pool(t: Tensor, mode: str = "avg") -> Tensor:
+    """Reduce an activation to a ``(B, D)`` matrix.
+
+    ``(B, C, H, W)`` feature maps are pooled over space (``"avg"``: mean; ``"avgmax"``: mean
+    and max concatenated), ``(B, T, D)`` token sequences are averaged over tokens, ``(B, D)``
+    is kept and anything else is flattened.
+    """
+    if t.dim() == 4:
+        if mode == "avg":
+            return t.mean(dim=(2, 3))
+        if mode == "avgmax":
+            return torch.cat([t.mean(dim=(2, 3)), t.amax(dim=(2, 3))], dim=1)
+        raise ValueError(f"expected pooling mode 'avg' or 'avgmax', got {mode!r}")
+    if t.dim() == 3:
+        return t.mean(dim=1)
+    if t.dim() == 2:
+        return t
+    return t.reshape(t.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """One tapped layer: ``module`` is ``None`` for the model output."""
+
+    name: str
+    module_name: str | None
+    take_input: bool
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> list[TapSpec]:
+    """Turn user layer names or modules into :class:`TapSpec` objects.
+
+    :raises ValueError: if a name does not exist in ``model`` or a module is not part of it
+    """
+    if isinstance(layers, (str, nn.Module)):
+        layers = [layers]
+    if len(layers) == 0:
+        raise ValueError("expected at least one layer, got an empty list")
+    modules = dict(model.named_modules())
+    by_id = {id(m): n for n, m in modules.items()}
+    specs: list[TapSpec] = []
+    for layer in layers:
+        if isinstance(layer, nn.Module):
+            name = by_id.get(id(layer))
+            if name is None:
+                raise ValueError(
+                    f"expected a submodule of the model, got a {type(layer).__name__} that is "
+                    "not part of it"
+                )
+            specs.append(TapSpec(name or "<root>", name, False))
+            continue
+        if not isinstance(layer, str):
+            raise TypeError(f"expected layer names (str) or modules, got {type(layer).__name__}")
+        if layer == LOGITS:
+            specs.append(TapSpec(LOGITS, None, False))
+            continue
+        take_input = layer.endswith(INPUT_SUFFIX)
+        module_name = layer[: -len(INPUT_SUFFIX)] if take_input else layer
+        if module_name not in modules or module_name == "":
+            known = [n for n in modules if n]
+            shown = ", ".join(repr(n) for n in known[:30]) + (" ..." if len(known) > 30 else "")
+            raise ValueError(
+                f"layer {layer!r} does not exist in the model; expected one of {shown} "
+                f"(optionally with suffix {INPUT_SUFFIX!r}) or {LOGITS!r}"
+            )
+        specs.append(TapSpec(layer, module_name, take_input))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"expected distinct layers, got duplicates in {names}")
+    return specs
+
+
+class LayerTaps:
+    """Forward hooks that collect several layers during one forward pass.
+
+    Usage::
+
+        taps = LayerTaps(model, ["0", "3", "7:input", "logits"])
+        logits, feats = taps(x)   # feats: list of (B, D_l) tensors, in the order given
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str | nn.Module],
+        reduce: Callable[[Tensor], Tensor] | None = pool,
+    ) -> None:
+        self.model = model
+        self.specs = resolve_layers(model, layers)
+        self.reduce = reduce if reduce is not None else (lambda t: t)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        modules = dict(self.model.named_modules())
+        store: dict[int, Tensor] = {}
+        handles = []
+
+        def make_hook(idx: int, take_input: bool):
+            if take_input:
+
+                def pre_hook(_module, args):
+                    if idx not in store:
+                        store[idx] = self.reduce(args[0])
+
+                return pre_hook
+
+            def hook(_module, _args, output):
+                if isinstance(output, (tuple, list)):
+                    output = output[0]
+                store[idx] = self.reduce(output)
+
+            return hook
+
+        try:
+            for idx, spec in enumerate(self.specs):
+                if spec.module_name is None:
+                    continue
+                module = modules[spec.module_name]
+                if spec.take_input:
+                    handles.append(module.register_forward_pre_hook(make_hook(idx, True)))
+                else:
+                    handles.append(module.register_forward_hook(make_hook(idx, False)))
+            out = self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        feats = []
+        for idx, spec in enumerate(self.specs):
+            if spec.module_name is None:
+                feats.append(self.reduce(out))
+            elif idx in store:
+                feats.append(store[idx])
+            else:
+                raise RuntimeError(
+                    f"layer {spec.name!r} was not executed in the model's forward pass; "
+                    "expected every tapped module to run once per forward"
+                )
+        return out, feats
+
+
+def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> list[str]:
+    """Pick sensible layers of a classifier from one probe forward pass.
+
+    For each spatial resolution of 4-D activations, the shallowest module that finishes last at
+    that resolution (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a WideResNet, the
+    last ReLU/pool of each stage of a LeNet), keeping the last ``max_stages`` resolutions;
+    then the input of the last ``nn.Linear`` that runs (the penultimate features), and the
+    logits. Models without 4-D activations get the inputs of all ``nn.Linear`` layers.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    finished: list[tuple[str, tuple[int, ...]]] = []
+    linear_runs: list[str] = []
+    handles = []
+
+    def hook(module, _args, output):
+        name = names.get(id(module), "")
+        if name == "":
+            return
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        if isinstance(output, Tensor):
+            finished.append((name, tuple(output.shape)))
+        if isinstance(module, nn.Linear):
+            linear_runs.append(name)
+
+    for m in model.modules():
+        handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+
+    # per resolution: the last module to finish among the shallowest ones (block names such as
+    # "layer3" rather than a ReLU deep inside the next block); 1x1 maps are pooled features
+    stage_last: dict[tuple[int, int], str] = {}
+    order: list[tuple[int, int]] = []
+    for name, shape in finished:
+        if len(shape) != 4 or shape[2:] == (1, 1):
+            continue
+        key = (shape[2], shape[3])
+        if key not in stage_last:
+            order.append(key)
+            stage_last[key] = name
+        elif name.count(".") <= stage_last[key].count("."):
+            stage_last[key] = name
+    layers = [stage_last[k] for k in order][-max_stages:] if order else []
+    if linear_runs:
+        head = linear_runs[-1]
+        if layers:
+            layers.append(head + INPUT_SUFFIX)
+        else:
+            layers.extend(n + INPUT_SUFFIX for n in dict.fromkeys(linear_runs))
+    layers.append(LOGITS)
+    return list(dict.fromkeys(layers))
