@@ -7,8 +7,6 @@ importable from :mod:`pytorch_ood.detector`, and exposes the public names lazily
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from uniad_plugin import _bridge
 
 __version__ = "0.1.0"
@@ -22,11 +20,10 @@ _LAZY: dict[str, str] = {
 
 __all__ = ["__version__", *_LAZY]
 
-if TYPE_CHECKING:  # pragma: no cover
-    from uniad_plugin.detectors.uniform import UniformDetector  # noqa: F401
+# no `typing` import here: this module runs at every interpreter start (see _bridge)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'uniad_plugin' has no attribute {name!r}")
