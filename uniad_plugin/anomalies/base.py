@@ -1,0 +1,166 @@
+"""The common container of every anomaly set: images in a tensor, all labelled ``-1``."""
+
+from __future__ import annotations
+
+import json
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+#: the three anomaly classes of the uniform framework
+KINDS: tuple[str, ...] = ("OOD", "AD", "NS")
+
+#: pytorch-ood's label of anomalous (unknown) samples
+UNKNOWN_LABEL: int = -1
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_shape(shape: Any, what: str = "shape") -> tuple[int, int, int]:
+    """Validate an image shape ``(C, H, W)`` of positive ints and return it as a tuple."""
+    if (
+        not isinstance(shape, Sequence)
+        or isinstance(shape, str)
+        or len(shape) != 3
+        or not all(_is_int(s) and s > 0 for s in shape)
+    ):
+        raise ValueError(f"expected {what} to be (C, H, W) with three positive ints, got {shape!r}")
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def _check_n(n: Any, what: str = "n") -> int:
+    if not _is_int(n) or n <= 0:
+        raise ValueError(f"expected {what} to be a positive int, got {n!r}")
+    return int(n)
+
+
+def _check_bounds(bounds: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"expected bounds to be a pair (low, high) of floats, got {bounds!r}"
+        ) from None
+    if not lo < hi:
+        raise ValueError(f"expected bounds (low, high) with low < high, got {bounds!r}")
+    return lo, hi
+
+
+class AnomalySet(Dataset):
+    """A set of anomalous images for a classifier, as a map-style torch dataset.
+
+    Holds a float tensor :attr:`x` of shape :math:`(N, C, H, W)` (on the CPU) and returns
+    ``(x[i], -1)``: every sample carries pytorch-ood's label of unknown inputs, so the set can
+    be concatenated with ID data and scored with :class:`pytorch_ood.utils.OODMetrics`.
+
+    :param x: images, float tensor of shape :math:`(N, C, H, W)` (``N`` may be 0, e.g. an
+        attack that never succeeded)
+    :param kind: anomaly class: ``"OOD"`` (natural data from another distribution), ``"AD"``
+        (adversarial) or ``"NS"`` (noise)
+    :param name: short name, e.g. ``"pgd_linf@0.1"``, ``"gaussian"``, ``"letters"``
+    :param info: JSON-serialisable details of how the set was made
+    :raises ValueError: on an unknown ``kind``, an empty ``name`` or a badly shaped ``x``
+    :raises TypeError: if ``x`` is not a floating-point tensor or ``info`` is not JSON-serialisable
+    """
+
+    def __init__(self, x: Tensor, kind: str, name: str, info: dict[str, Any] | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"expected kind to be one of {KINDS}, got {kind!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"expected name to be a non-empty str, got {name!r}")
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"expected x to be a floating-point torch.Tensor, got {got}")
+        if x.dim() != 4 or min(x.shape[1:]) <= 0:
+            raise ValueError(
+                f"expected x of shape (N, C, H, W) with C, H, W > 0, got {tuple(x.shape)}"
+            )
+        info = {} if info is None else dict(info)
+        try:
+            json.dumps(info)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"expected info to be JSON-serialisable, got {info!r} ({e})") from None
+        self.x: Tensor = x.detach().cpu()
+        self.kind: str = kind
+        self.name: str = name
+        self.info: dict[str, Any] = info
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.x[index], UNKNOWN_LABEL
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape :math:`(C, H, W)` of one image."""
+        c, h, w = self.x.shape[1:]
+        return (c, h, w)
+
+    def loader(self, batch_size: int = 128, **kwargs: Any) -> DataLoader:
+        """A :class:`~torch.utils.data.DataLoader` over the set (not shuffled by default)."""
+        return DataLoader(self, batch_size=batch_size, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kind={self.kind!r}, name={self.name!r}, n={len(self)}, "
+            f"shape={self.shape})"
+        )
+
+
+def collect(
+    data: Dataset | DataLoader,
+    *,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    what: str = "data",
+) -> tuple[Tensor, Tensor]:
+    """Gather ``(x, y)`` samples of a dataset or loader into two CPU tensors, in order.
+
+    :param data: a map-style dataset or a loader yielding ``(x, y)`` batches
+    :param batch_size: batch size of the loader built around a dataset
+    :param max_samples: stop after this many samples (``None``: all)
+    :param what: name of the argument, used in error messages
+    :return: images as float32 of shape :math:`(N, C, H, W)` and labels as int64 of shape
+        :math:`(N,)`
+    :raises TypeError: if ``data`` is neither a dataset nor a loader or yields no ``(x, y)``
+    :raises ValueError: if it holds no samples or the images are not 4-D
+    """
+    if max_samples is not None:
+        _check_n(max_samples, "max_samples")
+    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
+        stop = None if max_samples is None else max_samples
+        xs, ys = [data.tensors[0][:stop]], [data.tensors[1][:stop]]
+    elif isinstance(data, (Dataset, DataLoader)):
+        loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+        xs, ys, count = [], [], 0
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise TypeError(
+                    f"expected {what} to yield (x, y) pairs, got {type(batch).__name__}"
+                )
+            x, y = batch[0], torch.as_tensor(batch[1])
+            xs.append(x)
+            ys.append(y)
+            count += len(x)
+            if max_samples is not None and count >= max_samples:
+                break
+    else:
+        raise TypeError(
+            f"expected {what} to be a torch Dataset or DataLoader, got {type(data).__name__}"
+        )
+    if not xs or sum(len(x) for x in xs) == 0:
+        raise ValueError(f"expected {what} to hold at least one sample, got none")
+    x = torch.cat([torch.as_tensor(x) for x in xs]).detach().cpu().float()
+    y = torch.cat(ys).detach().cpu().long()
+    if max_samples is not None:
+        x, y = x[:max_samples], y[:max_samples]
+    if x.dim() != 4:
+        raise ValueError(f"expected {what} images of shape (N, C, H, W), got {tuple(x.shape)}")
+    return x, y
