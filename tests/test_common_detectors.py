@@ -233,3 +233,49 @@ def test_hyperparameters_round_trip(name, digits_model):
     first = {k: v[0] for k, v in det.hyperparameter_space.items()}
     det.set_hyperparameters(**first)
     assert det.get_hyperparameters() == first
+
+
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.int64, torch.uint8, torch.bool]
+_FILLS = [0.0, 1.0, 0.5, -3.0, 1e30, -1e30, float("nan"), float("inf")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hostile_inputs_get_clear_error_or_correct_answer(name, fitted, digits):
+    """Hypothesis: any batch size, shape, dtype and fill value either scores (shape (B,), no
+    NaN) or raises TypeError/ValueError whose message says what was expected."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    det = fitted(name)
+    good_shape = tuple(digits.test.tensors[0].shape[1:])
+    shapes = st.one_of(
+        st.just(good_shape),
+        st.lists(st.integers(1, 9), min_size=0, max_size=4).map(tuple),
+    )
+
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+    )
+    @given(
+        batch=st.integers(0, 4),
+        shape=shapes,
+        dtype=st.sampled_from(_DTYPES),
+        fill=st.sampled_from(_FILLS),
+    )
+    def check(batch, shape, dtype, fill):
+        base = torch.rand((batch, *shape), generator=torch.Generator().manual_seed(0))
+        if dtype.is_floating_point:
+            x = (base * fill if fill not in (0.0,) else base * 0).to(dtype)
+            if fill != fill or fill in (float("inf"),):
+                x = torch.full((batch, *shape), fill).to(dtype)
+        else:
+            x = (base * 255).to(dtype)
+        try:
+            s = det(x)
+        except (TypeError, ValueError) as e:
+            assert "expected" in str(e), f"unclear message: {e}"
+        else:
+            assert isinstance(s, torch.Tensor) and s.shape == (batch,)
+            assert not torch.isnan(s).any()
+
+    check()

@@ -148,7 +148,7 @@ def _random_loader(shape, n_classes, n=64, seed=0):
 @pytest.mark.parametrize(
     "factory, shape, expected",
     [
-        (lambda: lenet(num_classes=4), (1, 28, 28), ["1", "4", "5", "9:input", "logits"]),
+        (lambda: lenet(num_classes=4), (1, 28, 28), ["1", "4", "5", "11:input", "logits"]),
         (
             lambda: torchvision.models.resnet18(num_classes=4),
             (3, 64, 64),

@@ -28,18 +28,24 @@ def digits_cnn(num_classes: int = 10) -> nn.Sequential:
 
 
 def lenet(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
-    """LeNet-sized CNN for 28x28 inputs in [0, 1] (MNIST, Fashion-MNIST, KMNIST)."""
+    """LeNet-5 (ReLU, max-pooling) for 28x28 inputs in [0, 1] (MNIST, Fashion-MNIST, KMNIST).
+
+    Layers 0-11: conv 6@5x5 (padding 2), ReLU, pool, conv 16@5x5, ReLU, pool, flatten,
+    linear 400->120, ReLU, linear 120->84, ReLU, linear 84->classes.
+    """
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 5, padding=2),
+        nn.Conv2d(in_channels, 6, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2),
+        nn.Conv2d(6, 16, 5),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 128),
+        nn.Linear(16 * 5 * 5, 120),
         nn.ReLU(),
-        nn.Linear(128, num_classes),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
     )
 
 

@@ -22,8 +22,24 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.train(mode)
 
 
-def check_inputs(x: object, input_shape: tuple[int, ...] | None, what: str = "x") -> Tensor:
+def model_dtype(model: nn.Module | None) -> torch.dtype:
+    """The floating dtype of the model's parameters (float32 for a model without any)."""
+    if model is not None:
+        for p in model.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+    return torch.float32
+
+
+def check_inputs(
+    x: object,
+    input_shape: tuple[int, ...] | None,
+    what: str = "x",
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """Validate a batch of model inputs and return it.
+
+    Floating point inputs of another precision are cast to ``dtype`` (the model's), if given.
 
     :raises TypeError: if ``x`` is not a floating point tensor
     :raises ValueError: on a wrong shape (compared with ``input_shape``, the per-sample shape
@@ -43,6 +59,8 @@ def check_inputs(x: object, input_shape: tuple[int, ...] | None, what: str = "x"
         )
     if x.numel() and not torch.isfinite(x).all():
         raise ValueError(f"expected finite values in {what}, got NaN or inf")
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
     return x
 
 

@@ -24,6 +24,7 @@ from uniad_plugin.detectors._common import (
     check_inputs,
     check_labels,
     eval_mode,
+    model_dtype,
     split_known,
 )
 from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd
@@ -233,7 +234,7 @@ class UniformDetector(StructuredDetector):
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ValueError("expected the loader to yield (x, y) batches")
             x, y = batch[0], batch[1]
-            x = check_inputs(x, input_shape, "x in the fit loader")
+            x = check_inputs(x, input_shape, "x in the fit loader", model_dtype(self.model))
             y = check_labels(y, len(x))
             if len(x) == 0:
                 continue
@@ -359,11 +360,13 @@ class UniformDetector(StructuredDetector):
     def layer_scores(self, x: Tensor) -> Tensor:
         """Standardised per-layer scores ``(B, L)``; :meth:`predict` is their row sum."""
         self._require_fitted()
-        x = check_inputs(x, self.input_shape).to(self._target_device())
+        x = check_inputs(x, self.input_shape, dtype=model_dtype(self.model))
+        x = x.to(self._target_device())
         if len(x) == 0:
             return torch.empty(0, len(self.spheres), device=x.device)
         feats, logits = self.extract(x)
-        return self._fused(feats, logits.argmax(1))
+        # activations that overflow (huge inputs) make NaN distances: most anomalous
+        return torch.nan_to_num(self._fused(feats, logits.argmax(1)), nan=float("inf"))
 
     def _fused(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
         raw = self._layer_scores(zs, k)
@@ -376,6 +379,9 @@ class UniformDetector(StructuredDetector):
         :param x: model inputs of the shape seen at fit time
         :raises RequiresFittingException: before :meth:`fit`
         :raises ValueError: for a wrong shape or NaN/inf values
+
+        Inputs of another floating precision are cast to the model's. Inputs so large that the
+        model's activations overflow score ``+inf``.
         """
         return self.layer_scores(x).sum(dim=1)
 
