@@ -200,6 +200,9 @@ class UniformDetector(StructuredDetector):
         :param x: model inputs
         :return: ``(features, logits)``, features a list with one ``(B, D_l)`` tensor per layer
         """
+        return self._extract(x)
+
+    def _extract(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         model = self._require_model()
         if self.layers is None:
             with eval_mode(model):
@@ -348,7 +351,6 @@ class UniformDetector(StructuredDetector):
         return self
 
     # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
     def _layer_scores(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
         k = k.clamp(0, self.n_classes - 1)
         return torch.stack(
@@ -367,6 +369,17 @@ class UniformDetector(StructuredDetector):
         feats, logits = self.extract(x)
         # activations that overflow (huge inputs) make NaN distances: most anomalous
         return torch.nan_to_num(self._fused(feats, logits.argmax(1)), nan=float("inf"))
+
+    def differentiable_score(self, x: Tensor) -> Tensor:
+        """:meth:`predict` with autograd enabled, for white-box (adaptive) attacks.
+
+        The hypersphere is still chosen by the predicted class (a piecewise constant choice);
+        everything else is differentiable with respect to ``x``.
+        """
+        self._require_fitted()
+        x = check_inputs(x, self.input_shape, dtype=model_dtype(self.model))
+        feats, logits = self._extract(x.to(self._target_device()))
+        return self._fused(feats, logits.argmax(1)).sum(dim=1)
 
     def _fused(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
         raw = self._layer_scores(zs, k)
