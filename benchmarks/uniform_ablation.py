@@ -27,18 +27,52 @@ from mnist_setup import HERE, mnist_model_and_suite  # noqa: E402
 
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 
-ALL_LAYERS = ["1", "4", "5", "11:input", "logits"]
+ALL_LAYERS = ["1", "4", "5", "11:input", "logits", "log_softmax"]
+STAGES = ["1", "4", "5", "11:input"]
 
+#: every variant spells out its layers and whitening, so later default changes don't alter rows
 VARIANTS: dict[str, dict] = {
-    "default (stages + penultimate + logits)": {},
-    "penultimate only (literal reading)": {"layers": ["11:input"]},
-    "stages + penultimate (no logits)": {"layers": ["1", "4", "5", "11:input"]},
-    "difference score d^2 - R^2": {"score": "difference"},
-    "avg+max pooling": {"pooling": "avgmax"},
-    "rep_dim 16": {"rep_dim": 16},
-    "hidden (128,), rep_dim 64": {"hidden": (128,), "rep_dim": 64},
-    "epochs 60": {"epochs": 60},
-    "nu 0.05": {"nu": 0.05},
+    # round 1: per-feature standardisation ("diag") before the encoders
+    "diag: stages + penultimate + logits": {"layers": [*STAGES, "logits"], "whiten": "diag"},
+    "diag: penultimate only (literal reading)": {"layers": ["11:input"], "whiten": "diag"},
+    "diag: stages + penultimate (no logits)": {"layers": STAGES, "whiten": "diag"},
+    "diag: difference score d^2 - R^2": {
+        "layers": [*STAGES, "logits"],
+        "whiten": "diag",
+        "score": "difference",
+    },
+    "diag: avg+max pooling": {"layers": [*STAGES, "logits"], "whiten": "diag", "pooling": "avgmax"},
+    "diag: rep_dim 16": {"layers": [*STAGES, "logits"], "whiten": "diag", "rep_dim": 16},
+    "diag: hidden (128,), rep_dim 64": {
+        "layers": [*STAGES, "logits"],
+        "whiten": "diag",
+        "hidden": (128,),
+        "rep_dim": 64,
+    },
+    "diag: epochs 60": {"layers": [*STAGES, "logits"], "whiten": "diag", "epochs": 60},
+    "diag: nu 0.05": {"layers": [*STAGES, "logits"], "whiten": "diag", "nu": 0.05},
+    # round 2: whitening with the tied within-class covariance; log-softmax output layer
+    "full: stages + penultimate + logits": {"layers": [*STAGES, "logits"], "whiten": "full"},
+    "full: penultimate only": {"layers": ["11:input"], "whiten": "full"},
+    "diag: stages + penultimate + log_softmax": {
+        "layers": [*STAGES, "log_softmax"],
+        "whiten": "diag",
+    },
+    "full: stages + penultimate + log_softmax": {
+        "layers": [*STAGES, "log_softmax"],
+        "whiten": "full",
+    },
+    "full: + log_softmax, hidden (128,), rep_dim 64": {
+        "layers": [*STAGES, "log_softmax"],
+        "whiten": "full",
+        "hidden": (128,),
+        "rep_dim": 64,
+    },
+    "full: + log_softmax, epochs 60": {
+        "layers": [*STAGES, "log_softmax"],
+        "whiten": "full",
+        "epochs": 60,
+    },
 }
 
 
@@ -59,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "uniform_ablation"))
+    ap.add_argument(
+        "--variants", nargs="+", default=None, help="variant names (prefix match); default: all"
+    )
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
 
@@ -88,9 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     y_train = train.tensors[1]
 
     rows = []
-    for variant, kwargs in VARIANTS.items():
+    chosen = {
+        k: v
+        for k, v in VARIANTS.items()
+        if args.variants is None or any(k.startswith(p) for p in args.variants)
+    }
+    for variant, kwargs in chosen.items():
         kwargs = dict(kwargs)
-        layers = kwargs.pop("layers", ALL_LAYERS)
+        layers = kwargs.pop("layers")
         idx = [ALL_LAYERS.index(n) for n in layers]
         train_z, train_logits, set_z = feats[kwargs.get("pooling", "avg")]
         det = UniformDetector(model, layers=layers, seed=args.seed, **kwargs)
@@ -119,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps({"command": cmd, "accuracy": acc, "attacks": suite.info, "rows": rows}, indent=1)
     )
     lines = [
-        "# UniformDetector ablation on MNIST (LeNet)",
+        "# UniformDetector ablation on MNIST (LeNet-5)",
         "",
         f"Produced by `{cmd.strip()}`. LeNet test accuracy {acc:.4f}. ID: 2,000 MNIST test",
         "images; AD crafted from 1,000 other test images (successful ones only); OOD: letters",

@@ -90,6 +90,8 @@ class UniformDetector(StructuredDetector):
     :param score: ``"ratio"`` (:math:`d^2/R^2`) or ``"difference"`` (:math:`d^2-R^2`)
     :param holdout: fraction of ID fit data held out to standardise the per-layer scores
     :param pooling: ``"avg"`` (global average) or ``"avgmax"`` (average and max) for feature maps
+    :param whiten: normalisation of each layer before the encoders: ``"full"`` (whitening with
+        the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
     :param seed: seed of every random choice (hold-out split, initialisation, minibatches)
     """
 
@@ -129,6 +131,7 @@ class UniformDetector(StructuredDetector):
         score: str = "ratio",
         holdout: float = 0.1,
         pooling: str = "avg",
+        whiten: str = "full",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -140,6 +143,8 @@ class UniformDetector(StructuredDetector):
             raise ValueError(f"expected score 'ratio' or 'difference', got {score!r}")
         if not 0 < holdout < 1:
             raise ValueError(f"expected holdout in (0, 1), got {holdout}")
+        if whiten not in ("full", "diag"):
+            raise ValueError(f"expected whiten 'full' or 'diag', got {whiten!r}")
         if pooling not in ("avg", "avgmax"):
             raise ValueError(f"expected pooling 'avg' or 'avgmax', got {pooling!r}")
         if warmup_epochs is None:
@@ -166,6 +171,7 @@ class UniformDetector(StructuredDetector):
         self.score = score
         self.holdout = holdout
         self.pooling = pooling
+        self.whiten = whiten
         self.seed = int(seed)
         # fitted state
         self.spheres: nn.ModuleList | None = None
@@ -338,6 +344,7 @@ class UniformDetector(StructuredDetector):
                 lr=self.lr,
                 weight_decay=self.weight_decay,
                 batch_size=self.batch_size,
+                whiten=self.whiten,
                 generator=gen,
             )
             spheres.append(sphere.eval().requires_grad_(False))
@@ -436,6 +443,7 @@ class UniformDetector(StructuredDetector):
                 "rep_dim": self.rep_dim,
                 "score": self.score,
                 "pooling": self.pooling,
+                "whiten": self.whiten,
             },
             "in_dims": [s.in_dim for s in self.spheres],
             "fusion_mean": self.fusion_mean.detach().cpu(),
@@ -508,6 +516,7 @@ class UniformDetector(StructuredDetector):
         self.rep_dim = cfg["rep_dim"]
         self.score = cfg["score"]
         self.pooling = cfg.get("pooling", "avg")
+        self.whiten = cfg.get("whiten", "full")
         self.fusion_mean = fusion_mean.to(device)
         self.fusion_std = fusion_std.to(device)
         return self

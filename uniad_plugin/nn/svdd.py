@@ -33,6 +33,9 @@ class BatchedSVDD(nn.Module):
     :param in_dim: input dimension :math:`D`
     :param hidden: widths of the hidden layers (LeakyReLU between layers)
     :param rep_dim: dimension of the representation space
+
+    Inputs are normalised before the encoders with ``(z - in_mean) @ in_proj``; :func:`fit_svdd`
+    sets ``in_proj`` to a diagonal standardisation or to a full whitening matrix.
     """
 
     def __init__(
@@ -49,7 +52,7 @@ class BatchedSVDD(nn.Module):
             nn.Parameter(torch.empty(n_classes, d_in, d_out)) for d_in, d_out in zip(dims, dims[1:])
         )
         self.register_buffer("in_mean", torch.zeros(in_dim))
-        self.register_buffer("in_scale", torch.ones(in_dim))
+        self.register_buffer("in_proj", torch.eye(in_dim))
         self.register_buffer("center", torch.zeros(n_classes, rep_dim))
         self.register_buffer("radius2", torch.zeros(n_classes))
 
@@ -69,7 +72,7 @@ class BatchedSVDD(nn.Module):
                 w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
 
     def _standardise(self, z: Tensor) -> Tensor:
-        return (z - self.in_mean) / self.in_scale
+        return (z - self.in_mean) @ self.in_proj
 
     def embed_grouped(self, z: Tensor) -> Tensor:
         """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``."""
@@ -107,6 +110,25 @@ class BatchedSVDD(nn.Module):
         raise ValueError(f"expected score kind 'ratio' or 'difference', got {kind!r}")
 
 
+def input_projection(z: Tensor, y: Tensor, n_classes: int, whiten: str, shrinkage: float) -> Tensor:
+    """The ``(D, D)`` normalisation matrix applied to centred inputs (see :func:`fit_svdd`)."""
+    if whiten not in ("full", "diag"):
+        raise ValueError(f"expected whiten 'full' or 'diag', got {whiten!r}")
+    zd = z.double()
+    mu = torch.zeros(n_classes, z.shape[1], dtype=torch.float64, device=z.device)
+    mu.index_add_(0, y, zd)
+    mu /= torch.bincount(y, minlength=n_classes).clamp_min(1)[:, None].double()
+    centred = zd - mu[y]
+    if whiten == "diag":
+        var = centred.pow(2).mean(0)
+        var = var + shrinkage * var.mean() + 1e-12
+        return torch.diag(var.rsqrt()).to(z.dtype)
+    cov = centred.T @ centred / max(len(z) - n_classes, 1)
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp_min(0) + shrinkage * evals.clamp_min(0).mean() + 1e-12
+    return (evecs @ torch.diag(evals.rsqrt()) @ evecs.T).to(z.dtype)
+
+
 def _class_quantile(values: Tensor, labels: Tensor, n_classes: int, q: float) -> Tensor:
     """Per-class ``q``-quantile (nearest rank) of ``values``, batched: one sort, no class loop."""
     order = torch.argsort(values)
@@ -130,6 +152,8 @@ def fit_svdd(
     weight_decay: float = 1e-6,
     batch_size: int = 128,
     eps: float = 0.1,
+    whiten: str = "full",
+    shrinkage: float = 1e-3,
     generator: torch.Generator | None = None,
 ) -> BatchedSVDD:
     """Fit all ``K`` hyperspheres on features ``z`` (N, D) with class labels ``y`` in ``[0, K)``.
@@ -142,6 +166,11 @@ def fit_svdd(
         outside the sphere
     :param eps: centre coordinates closer to zero than ``eps`` are pushed to ``±eps``
         (Ruff et al.), so that the zero map cannot reach the centre
+    :param whiten: input normalisation: ``"full"`` whitens with the inverse square root of the
+        tied within-class covariance (the geometry of the Mahalanobis detector), ``"diag"``
+        divides each feature by its standard deviation
+    :param shrinkage: the covariance is shrunk towards ``shrinkage * mean eigenvalue * I`` before
+        inversion (dead or constant features stay finite)
     :param generator: source of all randomness (initialisation and minibatch order)
     """
     if not 0 < nu <= 1:
@@ -164,8 +193,7 @@ def fit_svdd(
     model.to(device)
     with torch.no_grad():
         model.in_mean.copy_(z.mean(0))
-        model.in_scale.copy_(z.std(0).clamp_min(1e-6 * (z.std(0).max().item() + 1e-12)))
-        model.in_scale.clamp_(min=1e-8)
+        model.in_proj.copy_(input_projection(z, y, K, whiten, shrinkage))
         # class-sorted index lists, padded by cycling to a (K, n_max) table
         order = torch.argsort(y, stable=True)
         starts = torch.cumsum(counts, 0) - counts

@@ -5,7 +5,7 @@ A layer is named by a string:
 * ``"name"``: the output of the module ``name`` (as in ``model.named_modules()``);
 * ``"name:input"``: the (first positional) input of the module ``name``, e.g. ``"fc:input"``
   for the penultimate features of a classifier whose head is ``fc``;
-* ``"logits"``: the model's output.
+* ``"logits"``: the model's output; ``"log_softmax"``: its log-softmax (log-probabilities).
 
 A module object may be given instead of ``"name"``. Activations are reduced by
 :func:`pool` inside the hook, so that no feature map is kept longer than needed.
@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 LOGITS = "logits"
+LOG_SOFTMAX = "log_softmax"
+OUTPUTS = (LOGITS, LOG_SOFTMAX)
 INPUT_SUFFIX = ":input"
 
 
@@ -45,7 +47,7 @@ def pool(t: Tensor, mode: str = "avg") -> Tensor:
 
 @dataclass(frozen=True)
 class TapSpec:
-    """One tapped layer: ``module`` is ``None`` for the model output."""
+    """One tapped layer: ``module_name`` is ``None`` for the model output."""
 
     name: str
     module_name: str | None
@@ -76,8 +78,8 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> list[
             continue
         if not isinstance(layer, str):
             raise TypeError(f"expected layer names (str) or modules, got {type(layer).__name__}")
-        if layer == LOGITS:
-            specs.append(TapSpec(LOGITS, None, False))
+        if layer in OUTPUTS:
+            specs.append(TapSpec(layer, None, False))
             continue
         take_input = layer.endswith(INPUT_SUFFIX)
         module_name = layer[: -len(INPUT_SUFFIX)] if take_input else layer
@@ -86,7 +88,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> list[
             shown = ", ".join(repr(n) for n in known[:30]) + (" ..." if len(known) > 30 else "")
             raise ValueError(
                 f"layer {layer!r} does not exist in the model; expected one of {shown} "
-                f"(optionally with suffix {INPUT_SUFFIX!r}) or {LOGITS!r}"
+                f"(optionally with suffix {INPUT_SUFFIX!r}), {LOGITS!r} or {LOG_SOFTMAX!r}"
             )
         specs.append(TapSpec(layer, module_name, take_input))
     names = [s.name for s in specs]
@@ -156,7 +158,9 @@ class LayerTaps:
             out = out[0]
         feats = []
         for idx, spec in enumerate(self.specs):
-            if spec.module_name is None:
+            if spec.name == LOG_SOFTMAX:
+                feats.append(self.reduce(torch.log_softmax(out, dim=1)))
+            elif spec.module_name is None:
                 feats.append(self.reduce(out))
             elif idx in store:
                 feats.append(store[idx])
