@@ -84,13 +84,25 @@ class BatchedSVDD(nn.Module):
         return h
 
     def embed(self, z: Tensor, k: Tensor) -> Tensor:
-        """Embed ``(B, D)`` inputs with the encoder of class ``k[i]`` for row ``i`` -> ``(B, R)``."""
-        h = self._standardise(z).unsqueeze(1)
-        for i, w in enumerate(self.weights):
-            h = torch.bmm(h, w[k])
-            if i < len(self.weights) - 1:
-                h = nn.functional.leaky_relu(h)
-        return h.squeeze(1)
+        """Embed ``(B, D)`` inputs with the encoder of class ``k[i]`` for row ``i`` -> ``(B, R)``.
+
+        Rows are grouped by class into a zero-padded ``(K, m, D)`` tensor (``m`` = the largest
+        class count in the batch) so that one ``bmm`` per layer serves every class, then
+        scattered back to the input order. No per-sample weight copies, no Python loop.
+        """
+        if len(z) == 0:
+            return z.new_zeros(0, self.center.shape[1])
+        order = torch.argsort(k, stable=True)
+        k_sorted = k[order]
+        counts = torch.bincount(k_sorted, minlength=self.n_classes)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(len(k), device=k.device) - starts[k_sorted]
+        grouped = z.new_zeros(self.n_classes, int(counts.max()), z.shape[1])
+        grouped[k_sorted, pos] = z[order]
+        emb = self.embed_grouped(grouped)
+        out = emb.new_empty(len(z), emb.shape[2])
+        out[order] = emb[k_sorted, pos]
+        return out
 
     def dist2(self, z: Tensor, k: Tensor) -> Tensor:
         """Squared distance of ``phi_k(z)`` to ``c_k`` for each row, shape ``(B,)``."""

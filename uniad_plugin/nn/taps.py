@@ -175,8 +175,8 @@ class LayerTaps:
 def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> list[str]:
     """Pick sensible layers of a classifier from one probe forward pass.
 
-    For each spatial resolution of 4-D activations, the shallowest module that finishes last at
-    that resolution (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a WideResNet, the
+    For each spatial resolution of 4-D activations at which a module with parameters runs (and
+    for the last resolution), the shallowest module that finishes last at that resolution (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a WideResNet, the
     last ReLU/pool of each stage of a LeNet), keeping the last ``max_stages`` resolutions;
     then the input of the last ``nn.Linear`` that runs (the penultimate features), and the
     logits. Models without 4-D activations get the inputs of all ``nn.Linear`` layers.
@@ -193,7 +193,8 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
         if isinstance(output, (tuple, list)):
             output = output[0]
         if isinstance(output, Tensor):
-            finished.append((name, tuple(output.shape)))
+            has_params = any(True for _ in module.parameters(recurse=False))
+            finished.append((name, tuple(output.shape), has_params))
         if isinstance(module, nn.Linear):
             linear_runs.append(name)
 
@@ -208,10 +209,16 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
 
     # per resolution: the last module to finish among the shallowest ones (block names such as
     # "layer3" rather than a ReLU deep inside the next block); 1x1 maps are pooled features
+    # resolutions where only parameter-free modules run (e.g. a lone pooling step between two
+    # convolutions) are not stages of their own, except the last one (what the head consumes)
+    maps = [shape[2:] for _, shape, _ in finished if len(shape) == 4 and shape[2:] != (1, 1)]
+    computed = {shape[2:] for _, shape, has_params in finished if has_params and len(shape) == 4}
+    if maps:
+        computed.add(maps[-1])
     stage_last: dict[tuple[int, int], str] = {}
     order: list[tuple[int, int]] = []
-    for name, shape in finished:
-        if len(shape) != 4 or shape[2:] == (1, 1):
+    for name, shape, _ in finished:
+        if len(shape) != 4 or shape[2:] == (1, 1) or shape[2:] not in computed:
             continue
         key = (shape[2], shape[3])
         if key not in stage_last:
