@@ -6,4 +6,6 @@ suite automatically; add an entry here only to shorten its training for the test
 
 FAST_KWARGS: dict[str, dict] = {
     "UniformDetector": {"epochs": 10, "warmup_epochs": 2},
+    "R2AD2": {"epochs": 5, "snapshot_epochs": 1},
+    "A3": {"epochs": 3},
 }
