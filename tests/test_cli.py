@@ -1,0 +1,229 @@
+"""The ``uniad`` command end to end (fast mode), its caches, determinism and bad arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from uniad_plugin import cli
+from uniad_plugin.benchmark import DEFAULT_DETECTORS, run_default
+from uniad_plugin.models import digits_cnn
+
+
+def _run(args, capsys):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """``uniad --fast`` into a fresh cache and output folder (captured by hand: module scope)."""
+    root = tmp_path_factory.mktemp("uniad")
+    out_dir, cache = root / "out", root / "cache"
+    import contextlib
+    import io
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["--fast", "--out", str(out_dir), "--cache-dir", str(cache), "--seed", "0"])
+    return {"code": code, "out": stdout.getvalue(), "dir": out_dir, "cache": cache}
+
+
+def _rows(out_dir: Path) -> list[dict]:
+    return json.loads((out_dir / "results.json").read_text())["rows"]
+
+
+def test_default_command_end_to_end(first_run):
+    assert first_run["code"] == 0
+    out_dir = first_run["dir"]
+    for name in ("results.json", "results.csv", "table.txt", "table.md"):
+        assert (out_dir / name).is_file(), name
+    pngs = sorted(p.name for p in (out_dir / "plots").glob("*.png"))
+    assert {"roc_OOD.png", "roc_AD.png", "roc_NS.png", "hist_UniformDetector.png"} <= set(pngs)
+
+    data = json.loads((out_dir / "results.json").read_text())
+    rows, meta = data["rows"], data["meta"]
+    assert meta["model"]["cached"] is False and meta["test_accuracy"] > 0.9
+    # the printed table has every anomaly class, its mean and the overall mean
+    table = first_run["out"]
+    for token in ("OOD", "AD", "NS", "letters", "photos", "pgd_linf@0.2", "gaussian", "all"):
+        assert token in table, token
+    assert all(d in table for d in ("UniformDetector", "MaxSoftmax", "Mahalanobis"))
+    # every default detector ran (they all apply to the reference CNN)
+    assert [d["name"] for d in meta["detectors"]] == list(DEFAULT_DETECTORS)
+    assert all(d["status"] == "ok" for d in meta["detectors"])
+    assert all(r["Error"] is None for r in rows)
+    kinds = {r["Class"] for r in rows}
+    assert kinds == {"OOD", "AD", "NS", "all"}
+
+    # the table really separates: UniformDetector flags noise far above chance
+    ud = {(r["Class"], r["Dataset"]): r for r in rows if r["Detector"] == "UniformDetector"}
+    assert ud[("NS", "mean")]["AUROC"] > 0.9
+    assert ud[("NS", "uniform")]["AUROC"] > 0.95
+    assert ud[("OOD", "mean")]["AUROC"] > 0.8
+    assert ud[("AD", "mean")]["AUROC"] > 0.6
+
+    # adversarial sets: non-empty, successful attacks only (as recorded by the generator)
+    ad_sets = [a for a in meta["anomaly_sets"] if a["kind"] == "AD"]
+    assert {a["info"]["attack"] for a in ad_sets} == {
+        "fgsm",
+        "pgd_linf",
+        "pgd_l2",
+        "deepfool",
+        "cw_l2",
+    }
+    for a in ad_sets:
+        assert a["n"] > 0 and a["n"] == a["info"]["n_success"] <= a["info"]["n_attacked"]
+
+    # CSV has the same rows
+    with open(out_dir / "results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_second_run_hits_the_caches(first_run, monkeypatch):
+    """Same seed and cache: the model is not retrained, no attack runs, same numbers."""
+    import uniad_plugin.anomalies.adversarial as adversarial
+    import uniad_plugin.models as models
+
+    def boom(*args, **kwargs):
+        raise AssertionError("cache miss: this should have been loaded from the cache")
+
+    monkeypatch.setattr(models, "train_classifier", boom)
+    monkeypatch.setattr(adversarial, "_run_attack", boom)
+    result = run_default(fast=True, cache_dir=first_run["cache"], out_dir=None, progress=False)
+    assert result.meta["model"]["cached"] is True
+    first = [r for r in _rows(first_run["dir"])]
+    assert json.loads(json.dumps(result.rows)) == first
+
+    # the adversarials it loaded fool the model it loaded, every one of them
+    model = result.model
+    for a in result.benchmark.anomalies:
+        if a.kind != "AD":
+            continue
+        assert len(a) > 0
+        with torch.no_grad():
+            pred = model(a.x).argmax(1)
+        assert (pred != a.source_labels).all(), a.name
+        assert torch.equal(pred, a.adv_pred)
+
+
+def test_same_seed_gives_identical_numbers(first_run, tmp_path, capsys):
+    """A fresh cache (model retrained, attacks rerun) with the same seed: identical rows."""
+    code, out, _ = _run(
+        ["--fast", "--out", tmp_path / "o", "--cache-dir", tmp_path / "c", "--no-plots", "--quiet"],
+        capsys,
+    )
+    assert code == 0
+    assert _rows(tmp_path / "o") == _rows(first_run["dir"])
+    assert not (tmp_path / "o" / "plots").exists()
+
+
+def test_selected_detectors_sets_and_metric(first_run, tmp_path, capsys):
+    code, out, _ = _run(
+        [
+            "--fast",
+            "--quiet",
+            "--no-plots",
+            "--out",
+            tmp_path / "o",
+            "--cache-dir",
+            first_run["cache"],
+            "--detectors",
+            "maxsoftmax",
+            "KNN",
+            "--attacks",
+            "fgsm@0.2",
+            "--noise",
+            "uniform",
+            "--ood",
+            "letters",
+            "--metric",
+            "FPR95TPR",
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert out.startswith("FPR95TPR (lower is better)")
+    rows = _rows(tmp_path / "o")
+    assert {r["Detector"] for r in rows} == {"MaxSoftmax", "KNN"}
+    assert {r["Dataset"] for r in rows} == {"letters", "fgsm@0.2", "uniform", "mean"}
+
+
+def test_list_detectors_and_version(capsys):
+    code, out, _ = _run(["--list-detectors"], capsys)
+    assert code == 0
+    assert "* UniformDetector" in out and "* Mahalanobis" in out and "MaxLogit" in out
+    code, out, _ = _run(["--version"], capsys)
+    assert code == 0 and out.startswith("uniad-plugin ")
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).with_name("uniad")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "uniad_plugin.cli"]
+    proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: uniad" in proc.stdout and "--dataset" in proc.stdout
+
+
+@pytest.fixture
+def bad_model_files(tmp_path):
+    """A 5-class digits CNN (file.py factory + its state_dict) and a 10-class state_dict."""
+    arch = tmp_path / "arch.py"
+    arch.write_text(
+        "from uniad_plugin.models import digits_cnn\n\ndef five():\n    return digits_cnn(5)\n"
+    )
+    torch.save(digits_cnn(5).state_dict(), tmp_path / "five.pt")
+    torch.save(digits_cnn(10).state_dict(), tmp_path / "ten.pt")
+    return tmp_path
+
+
+def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
+    return {
+        "unknown detector": (["--detectors", "Nope"], "unknown detector 'Nope'"),
+        "unknown attack": (["--attacks", "pgd"], "unknown attack 'pgd'"),
+        "bad budget": (["--attacks", "fgsm@big"], "bad budget"),
+        "unknown noise": (["--noise", "pink"], "unknown noise set 'pink'"),
+        "unknown ood": (["--ood", "cats"], "unknown OOD set 'cats'"),
+        "unknown option": (["--frobnicate"], "unrecognized arguments"),
+        "bad number": (["--n-ood", "0"], "positive integer"),
+        "mnist without root": (["--dataset", "mnist"], "needs --data-root"),
+        "missing data root": (
+            ["--dataset", "mnist", "--data-root", p / "nowhere"],
+            "does not exist",
+        ),
+        "no MNIST under root": (["--dataset", "mnist", "--data-root", p], "MNIST not found"),
+        "real OOD without root": (["--ood", "kmnist"], "needs --data-root"),
+        "missing model": (["--model", p / "missing.pt"], "model file not found"),
+        "output does not match classes": (
+            ["--model", p / "five.pt", "--arch", f"{p / 'arch.py'}:five"],
+            "expected logits of shape (8, 10)",
+        ),
+        "weights do not fit": (
+            ["--model", p / "ten.pt", "--arch", f"{p / 'arch.py'}:five"],
+            "do not fit",
+        ),
+        "bad arch": (["--model", p / "ten.pt", "--arch", "nomodule_xyz:f"], "cannot import"),
+        "bad device": (["--device", "toaster"], "bad device"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_cases(Path("."))))
+def test_bad_arguments_exit_nonzero_with_one_line(case, bad_model_files, capsys, monkeypatch):
+    monkeypatch.setenv("UNIAD_CACHE", str(bad_model_files / "cache"))
+    args, expected = _bad_cases(bad_model_files)[case]
+    code, out, err = _run(["--quiet", "--out", bad_model_files / "out", *args], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("uniad: error: ")
+    assert expected in lines[0]
+    assert out == ""
+    assert not (bad_model_files / "out").exists()
+    assert not (bad_model_files / "cache").exists()  # nothing was trained or attacked

@@ -1,0 +1,269 @@
+"""The ``uniad`` command: fit detectors on ID data, evaluate them against OOD, AD and NS inputs.
+
+A thin layer of :mod:`argparse` over :func:`uniad_plugin.benchmark.run_default` (scikit-learn's
+digits, offline, the default) and :func:`uniad_plugin.benchmark.run_mnist` (``--dataset
+mnist``). Bad arguments exit with status 2 and a one-line message on stderr.
+
+Examples::
+
+    uniad                                   # digits, default detectors, all anomaly sets
+    uniad --list-detectors
+    uniad --detectors UniformDetector Mahalanobis --attacks pgd_linf@0.1,0.2 --noise gaussian
+    uniad --dataset mnist --data-root ../shared/data --out results/mnist
+    uniad --model my_cnn.pt --arch my_package.models:build_cnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+
+EPILOG = """\
+attacks: fgsm, pgd_linf (L-inf budgets) and pgd_l2, deepfool, cw_l2 (L2 budgets); give budgets
+  as NAME@EPS1,EPS2 (e.g. pgd_linf@0.05,0.1) or set the defaults with --eps-linf / --eps-l2.
+noise sets: gaussian, uniform, salt_pepper, noisy_id.
+OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifar10, svhn,
+  textures (from --data-root, or with --download). An empty list (e.g. '--attacks') means none.
+
+your own model (--model PATH): PATH is a state_dict saved with
+  torch.save(model.state_dict(), PATH); it is read with torch.load(weights_only=True), which
+  runs no code from the file. --arch MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a
+  function that returns the untrained nn.Module (default: the reference CNN of the data set,
+  uniad_plugin.models:digits_cnn or uniad_plugin.models:lenet). The model must map images in
+  [0, 1] of the data set's shape (1x8x8 digits, 1x28x28 MNIST) to logits of its 10 classes.
+
+cache: trained reference models and adversarial sets are cached in --cache-dir (default
+  $UNIAD_CACHE or ~/.cache/uniad-plugin); a second run reuses them.
+"""
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise _UsageError(f"{message} (see 'uniad --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``uniad`` command."""
+    p = _Parser(
+        prog="uniad",
+        description=textwrap.fill(
+            "Fit detectors on in-distribution training data and report how each separates the "
+            "ID test set from OOD, adversarial (AD) and noise (NS) inputs: per set, per class "
+            "and overall (AUROC, AUPR-IN, AUPR-OUT, FPR95TPR). Without data arguments, runs "
+            "the embedded offline benchmark on scikit-learn's digits.",
+            width=92,
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("--list-detectors", action="store_true", help="list the detector names and exit")
+    data = p.add_argument_group("data and model")
+    data.add_argument(
+        "--dataset",
+        choices=("digits", "mnist"),
+        default="digits",
+        help="ID data: scikit-learn's digits (offline, default) or MNIST (needs --data-root)",
+    )
+    data.add_argument("--data-root", metavar="DIR", help="folder of torchvision data sets")
+    data.add_argument(
+        "--download", action="store_true", help="let torchvision download missing data sets"
+    )
+    data.add_argument(
+        "--model", metavar="PATH", help="state_dict of your own classifier (see below)"
+    )
+    data.add_argument(
+        "--arch",
+        metavar="MODULE:FUNCTION",
+        help="function that builds the model architecture (default: the reference CNN)",
+    )
+    data.add_argument(
+        "--epochs", type=_positive_int, metavar="N", help="training epochs of the reference model"
+    )
+    sel = p.add_argument_group("what to evaluate")
+    sel.add_argument(
+        "--detectors", nargs="*", metavar="NAME", help="detector names (see --list-detectors)"
+    )
+    sel.add_argument("--attacks", nargs="*", metavar="SPEC", help="attacks, NAME or NAME@EPS1,EPS2")
+    sel.add_argument(
+        "--eps-linf",
+        nargs="+",
+        type=_positive_float,
+        metavar="EPS",
+        help="default L-inf budgets (fgsm, pgd_linf)",
+    )
+    sel.add_argument(
+        "--eps-l2",
+        nargs="+",
+        type=_positive_float,
+        metavar="EPS",
+        help="default L2 budgets (pgd_l2, deepfool, cw_l2)",
+    )
+    sel.add_argument("--noise", nargs="*", metavar="NAME", help="noise sets")
+    sel.add_argument("--ood", nargs="*", metavar="NAME", help="OOD sets")
+    size = p.add_argument_group("sizes")
+    size.add_argument(
+        "--n-test", type=_positive_int, metavar="N", help="ID test images (mnist only)"
+    )
+    size.add_argument(
+        "--n-attack", type=_positive_int, metavar="N", help="attacked sources per attack and budget"
+    )
+    size.add_argument("--n-noise", type=_positive_int, metavar="N", help="images per noise set")
+    size.add_argument("--n-ood", type=_positive_int, metavar="N", help="images per OOD set")
+    size.add_argument(
+        "--n-fit",
+        type=_positive_int,
+        metavar="N",
+        help="training samples the detectors are fitted on (default: all; mnist: 10000)",
+    )
+    size.add_argument("--fast", action="store_true", help="small sizes (for tests and a look)")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        default="uniad-results",
+        help="output folder for results and plots (default: ./uniad-results)",
+    )
+    run.add_argument("--cache-dir", metavar="DIR", help="cache of models and adversarials")
+    run.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+    run.add_argument(
+        "--metric",
+        default="AUROC",
+        choices=("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR"),
+        help="metric of the printed table (all are saved)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _list_detectors() -> str:
+    from uniad_plugin.benchmark import DEFAULT_DETECTORS, available_detectors
+
+    names = available_detectors()
+    width = max(len(n) for n in names)
+    lines = ["detectors (* = run by default; names are case-insensitive):"]
+    for name, desc in names.items():
+        mark = "*" if name in DEFAULT_DETECTORS else " "
+        lines.append(f" {mark} {name.ljust(width)}  {desc}")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from uniad_plugin import benchmark as bm
+
+    if args.version:
+        from uniad_plugin import __version__
+
+        print(f"uniad-plugin {__version__}")
+        return 0
+    if args.list_detectors:
+        print(_list_detectors())
+        return 0
+    eps = {}
+    if args.eps_linf:
+        eps["linf"] = tuple(args.eps_linf)
+    if args.eps_l2:
+        eps["l2"] = tuple(args.eps_l2)
+    common = dict(
+        detectors=args.detectors,
+        attacks=args.attacks,
+        eps=eps or None,
+        noise=args.noise,
+        ood=args.ood,
+        model_path=args.model,
+        arch=args.arch,
+        download=args.download,
+        seed=args.seed,
+        device=args.device,
+        fast=args.fast,
+        cache_dir=args.cache_dir,
+        out_dir=args.out,
+        plots=not args.no_plots,
+        progress=not args.quiet,
+        epochs=args.epochs,
+        n_noise=args.n_noise,
+        n_ood=args.n_ood,
+        n_attack=args.n_attack,
+        n_fit=args.n_fit,
+    )
+    if args.dataset == "mnist":
+        if args.data_root is None:
+            raise bm.UsageError(
+                "--dataset mnist needs --data-root DIR (a folder with MNIST/raw inside)"
+            )
+        result = bm.run_mnist(args.data_root, n_test=args.n_test, **common)
+    else:
+        if args.n_test is not None:
+            raise bm.UsageError(
+                "--n-test applies to --dataset mnist only (digits has a fixed split)"
+            )
+        result = bm.run_default(data_root=args.data_root, **common)
+    table = (
+        result.table if args.metric == "AUROC" else bm.results_to_table(result.rows, args.metric)
+    )
+    print(table, end="")
+    for note in result.meta.get("notes", []):
+        print(f"note: {note}")
+    if result.files:
+        n_plots = len(result.files.get("roc", [])) + len(result.files.get("histograms", []))
+        print(
+            f"results: {result.files['json']}, {result.files['csv']}"
+            + (f"; {n_plots} plots in {result.files['json'].parent / 'plots'}" if n_plots else "")
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``uniad`` console script.
+
+    :param argv: arguments (default: ``sys.argv[1:]``)
+    :return: exit status: 0 on success, 2 on bad arguments (one-line message on stderr)
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return _run(args)
+    except SystemExit as e:  # --help
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except _UsageError as e:
+        print(f"uniad: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from uniad_plugin.benchmark import UsageError
+
+        if isinstance(e, UsageError):
+            print(f"uniad: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
