@@ -1,7 +1,7 @@
 """Ablation of UniformDetector's design choices on real MNIST (LeNet), OOD / AD / NS.
 
-Every choice the paper leaves open (layers, pooling, score, encoder size) is varied one at a
-time against the default, all variants fitted on the SAME extracted activations; two built-in
+Every choice the paper leaves open (layers, whitening, pooling, score, encoder size, training)
+is varied one at a time against the default, all variants fitted on the SAME extracted activations; two built-in
 detectors are scored in the same run for reference.
 
     python benchmarks/uniform_ablation.py --data-root ../shared/data
@@ -26,53 +26,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_setup import HERE, mnist_model_and_suite  # noqa: E402
 
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
+from uniad_plugin.nn.taps import default_layers  # noqa: E402
 
 ALL_LAYERS = ["1", "4", "5", "11:input", "logits", "log_softmax"]
 STAGES = ["1", "4", "5", "11:input"]
 
-#: every variant spells out its layers and whitening, so later default changes don't alter rows
+OUT = "log_softmax"
+DEFAULT = {"layers": [*STAGES, OUT], "whiten": "full"}
+
+#: every variant spells out its layers and whitening (so later default changes don't alter
+#: rows); each changes one setting of the default, the first row
 VARIANTS: dict[str, dict] = {
-    # round 1: per-feature standardisation ("diag") before the encoders
-    "diag: stages + penultimate + logits": {"layers": [*STAGES, "logits"], "whiten": "diag"},
-    "diag: penultimate only (literal reading)": {"layers": ["11:input"], "whiten": "diag"},
-    "diag: stages + penultimate (no logits)": {"layers": STAGES, "whiten": "diag"},
-    "diag: difference score d^2 - R^2": {
+    "default (full whitening; stages + penultimate + log_softmax)": DEFAULT,
+    # layers
+    "logits instead of log_softmax": {**DEFAULT, "layers": [*STAGES, "logits"]},
+    "stages + penultimate (no output layer)": {**DEFAULT, "layers": STAGES},
+    "penultimate only (literal reading)": {**DEFAULT, "layers": ["11:input"]},
+    # per-feature standardisation instead of whitening
+    "diag standardisation": {**DEFAULT, "whiten": "diag"},
+    "diag standardisation, logits instead of log_softmax": {
+        **DEFAULT,
+        "whiten": "diag",
         "layers": [*STAGES, "logits"],
+    },
+    "diag standardisation, penultimate only": {
+        **DEFAULT,
         "whiten": "diag",
-        "score": "difference",
+        "layers": ["11:input"],
     },
-    "diag: avg+max pooling": {"layers": [*STAGES, "logits"], "whiten": "diag", "pooling": "avgmax"},
-    "diag: rep_dim 16": {"layers": [*STAGES, "logits"], "whiten": "diag", "rep_dim": 16},
-    "diag: hidden (128,), rep_dim 64": {
-        "layers": [*STAGES, "logits"],
-        "whiten": "diag",
-        "hidden": (128,),
-        "rep_dim": 64,
-    },
-    "diag: epochs 60": {"layers": [*STAGES, "logits"], "whiten": "diag", "epochs": 60},
-    "diag: nu 0.05": {"layers": [*STAGES, "logits"], "whiten": "diag", "nu": 0.05},
-    # round 2: whitening with the tied within-class covariance; log-softmax output layer
-    "full: stages + penultimate + logits": {"layers": [*STAGES, "logits"], "whiten": "full"},
-    "full: penultimate only": {"layers": ["11:input"], "whiten": "full"},
-    "diag: stages + penultimate + log_softmax": {
-        "layers": [*STAGES, "log_softmax"],
-        "whiten": "diag",
-    },
-    "full: stages + penultimate + log_softmax": {
-        "layers": [*STAGES, "log_softmax"],
-        "whiten": "full",
-    },
-    "full: + log_softmax, hidden (128,), rep_dim 64": {
-        "layers": [*STAGES, "log_softmax"],
-        "whiten": "full",
-        "hidden": (128,),
-        "rep_dim": 64,
-    },
-    "full: + log_softmax, epochs 60": {
-        "layers": [*STAGES, "log_softmax"],
-        "whiten": "full",
-        "epochs": 60,
-    },
+    # score, pooling, encoder, training
+    "difference score d^2 - R^2": {**DEFAULT, "score": "difference"},
+    "avg+max pooling": {**DEFAULT, "pooling": "avgmax"},
+    "rep_dim 16": {**DEFAULT, "rep_dim": 16},
+    "hidden (128,), rep_dim 64": {**DEFAULT, "hidden": (128,), "rep_dim": 64},
+    "epochs 60": {**DEFAULT, "epochs": 60},
+    "nu 0.05": {**DEFAULT, "nu": 0.05},
 }
 
 
@@ -101,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
     train, test, model, acc, suite = mnist_model_and_suite(args.data_root, seed=args.seed)
     print(f"LeNet test accuracy {acc:.4f}")
+    # the first row is what UniformDetector(model) does on this model
+    assert default_layers(model, train.tensors[0][:2]) == DEFAULT["layers"]
     sets = {"ID": suite.id_test, **{n: x for n, (_, x) in suite.sets.items()}}
     kinds = {n: k for n, (k, _) in suite.sets.items()}
 

@@ -58,7 +58,7 @@ def test_multi_layer_default_beats_penultimate_only_on_adversarials(digits, digi
 
 
 def test_default_layers_are_reported(detector):
-    assert detector.layers == ["3", "4", "8:input", "logits"]
+    assert detector.layers == ["3", "4", "8:input", "log_softmax"]
 
 
 def test_layers_by_name_and_module(digits, digits_model):
@@ -148,21 +148,21 @@ def _random_loader(shape, n_classes, n=64, seed=0):
 @pytest.mark.parametrize(
     "factory, shape, expected",
     [
-        (lambda: lenet(num_classes=4), (1, 28, 28), ["1", "4", "5", "11:input", "logits"]),
+        (lambda: lenet(num_classes=4), (1, 28, 28), ["1", "4", "5", "11:input", "log_softmax"]),
         (
             lambda: torchvision.models.resnet18(num_classes=4),
             (3, 64, 64),
-            ["layer1", "layer2", "layer3", "layer4", "fc:input", "logits"],
+            ["layer1", "layer2", "layer3", "layer4", "fc:input", "log_softmax"],
         ),
         (
             lambda: WideResNet(num_classes=4, depth=10, widen_factor=1),
             (3, 32, 32),
-            ["block1", "block2", "relu", "fc:input", "logits"],
+            ["block1", "block2", "relu", "fc:input", "log_softmax"],
         ),
         (
             lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)),
             (3, 4),
-            ["1:input", "3:input", "logits"],
+            ["1:input", "3:input", "log_softmax"],
         ),
     ],
     ids=["lenet", "resnet18", "wideresnet", "mlp"],

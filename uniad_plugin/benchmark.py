@@ -52,7 +52,7 @@ from pytorch_ood.metrics import OODMetrics
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
-from uniad_plugin.nn.taps import INPUT_SUFFIX, LayerTaps, default_layers
+from uniad_plugin.nn.taps import INPUT_SUFFIX, LOG_SOFTMAX, LOGITS, LayerTaps, default_layers
 
 __all__ = [
     "KINDS",
@@ -216,7 +216,7 @@ class ModelParts:
             top = [n for n, _ in model.named_children()]
             ends: list[int] = []
             for layer in layers:
-                if layer == "logits":
+                if layer in (LOGITS, LOG_SOFTMAX):
                     continue
                 name = layer[: -len(INPUT_SUFFIX)] if layer.endswith(INPUT_SUFFIX) else layer
                 idx = top.index(name.split(".")[0])

@@ -59,14 +59,20 @@ class UniformDetector(StructuredDetector):
     :math:`\\nu = 0.1` on representations from inside the frozen network, fitted on ID data
     only, no input preprocessing, no knowledge of OOD sets or attacks.
 
-    **Our design choices** (not stated by the paper; measured in ``benchmarks/``):
+    **Our design choices** (not stated by the paper; each measured against its alternatives in
+    ``benchmarks/uniform_ablation.py``, results in ``benchmarks/results/uniform_ablation.md``):
 
     * *Layers*: by default the last module of each spatial stage (globally average-pooled), the
-      penultimate features (input of the last ``nn.Linear``) and the logits, chosen by
-      :func:`~uniad_plugin.nn.taps.default_layers` from one probe forward pass. The penultimate
-      layer alone (the literal reading) detects adversarial inputs poorly.
+      penultimate features (input of the last ``nn.Linear``) and the log-softmax of the output,
+      chosen by :func:`~uniad_plugin.nn.taps.default_layers` from one probe forward pass. The
+      penultimate layer alone (the literal reading) detects adversarial inputs poorly.
+    * *Whitening*: each layer's activations are whitened with ID statistics before its encoder,
+      by default (``whiten="full"``) with the inverse square root of the tied within-class
+      covariance (plus ``1e-3`` times its mean eigenvalue on the diagonal), the metric of the Mahalanobis
+      detector; per-feature standardisation (``whiten="diag"``) detects adversarial inputs
+      markedly worse.
     * *Encoder* :math:`\\phi`: a bias-free MLP (``hidden=(64,)``, ``rep_dim=32``, LeakyReLU) on
-      activations standardised with ID statistics; no autoencoder pre-training; centres are the
+      the whitened activations; no autoencoder pre-training; centres are the
       mean initial embeddings; :math:`R` is the :math:`(1-\\nu)`-quantile of the class's distances,
       updated after every epoch once ``warmup_epochs`` have passed (Ruff et al.'s procedure).
     * *Sphere at test time*: the classifier's predicted class.
@@ -77,7 +83,8 @@ class UniformDetector(StructuredDetector):
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,
-        ``"logits"`` for the output) or modules; ``None`` picks them from the model
+        ``"logits"`` for the output, ``"log_softmax"`` for its log-softmax) or modules; ``None``
+        picks them from the model
     :param nu: soft-boundary :math:`\\nu`, the fraction of ID samples allowed outside a sphere
     :param hidden: hidden widths of each encoder :math:`\\phi`
     :param rep_dim: output dimension of each encoder

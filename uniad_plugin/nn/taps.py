@@ -176,10 +176,13 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
     """Pick sensible layers of a classifier from one probe forward pass.
 
     For each spatial resolution of 4-D activations at which a module with parameters runs (and
-    for the last resolution), the shallowest module that finishes last at that resolution (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a WideResNet, the
+    for the last resolution), the shallowest module that finishes last at that resolution
+    (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a WideResNet, the
     last ReLU/pool of each stage of a LeNet), keeping the last ``max_stages`` resolutions;
     then the input of the last ``nn.Linear`` that runs (the penultimate features), and the
-    logits. Models without 4-D activations get the inputs of all ``nn.Linear`` layers.
+    log-softmax of the output (``"log_softmax"``: the log-probabilities, which unlike the logits
+    do not carry the per-sample shift the classifier ignores). Models without 4-D activations
+    get the inputs of all ``nn.Linear`` layers.
     """
     names = {id(m): n for n, m in model.named_modules()}
     finished: list[tuple[str, tuple[int, ...]]] = []
@@ -233,5 +236,5 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
             layers.append(head + INPUT_SUFFIX)
         else:
             layers.extend(n + INPUT_SUFFIX for n in dict.fromkeys(linear_runs))
-    layers.append(LOGITS)
+    layers.append(LOG_SOFTMAX)
     return list(dict.fromkeys(layers))
