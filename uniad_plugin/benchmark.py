@@ -1894,7 +1894,7 @@ _MNIST = _Profile(
     n_noise=1000,
     n_ood=1000,
     n_attack=500,
-    n_fit=10000,
+    n_fit=None,
     attack_params={"cw_l2": _CW_DEFAULT},
     fast={
         "n_noise": 100,
@@ -2200,14 +2200,13 @@ def run_mnist(
 
     LeNet (:func:`~uniad_plugin.models.lenet`, 3 epochs on the 60,000 training images, cached)
     or the user's model; ``n_test`` (2,000) ID test images and a disjoint attack split of
-    1,000 images (or ``n_attack`` if larger), both from MNIST's test set; OOD sets ``letters``, ``photos``
-    and, when their files are under ``data_root`` (or with ``download``), ``fashion_mnist`` and
+    1,000 images (or ``n_attack`` if larger), both from MNIST's test set; OOD sets
+    ``letters``, ``photos`` and, when their files are under ``data_root`` (or with ``download``), ``fashion_mnist`` and
     ``kmnist``; all five attacks on ``n_attack`` (500) correctly classified sources each:
     ``fgsm``, ``pgd_linf`` at L-inf budgets 0.1 and 0.3, ``pgd_l2`` at L2 budgets 1.0 and 2.0,
     ``deepfool`` and ``cw_l2`` at L2 budget 2.0; the four noise sets (1,000 images each).
-    The detectors are fitted on a random (``seed``) subset of ``n_fit`` (10,000) training
-    images: fitting UniformDetector on all 60,000 takes about 8 CPU minutes; pass
-    ``n_fit=60000`` for the full set. Other parameters as in :func:`run_default`.
+    The detectors are fitted on all 60,000 training images, or on a random (``seed``) subset
+    of ``n_fit``. Other parameters as in :func:`run_default`.
 
     :param data_root: folder with ``MNIST/raw`` (torchvision's layout)
     :param n_test: ID test images scored

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-fit",
         type=_positive_int,
         metavar="N",
-        help="training samples the detectors are fitted on (default: all; mnist: 10000)",
+        help="training samples the detectors are fitted on (default: all)",
     )
     size.add_argument("--fast", action="store_true", help="small sizes (for tests and a look)")
     run = p.add_argument_group("run")
