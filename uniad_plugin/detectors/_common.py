@@ -57,7 +57,9 @@ def check_inputs(
             f"expected {what} of shape (B, {', '.join(map(str, input_shape))}) as seen at fit "
             f"time, got {tuple(x.shape)}"
         )
-    if x.numel() and not torch.isfinite(x).all():
+    # a NaN or inf anywhere makes the sum non-finite: one cheap reduction in the common case,
+    # the element-wise check only when the sum is not finite (it may also just overflow)
+    if x.numel() and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         raise ValueError(f"expected finite values in {what}, got NaN or inf")
     if dtype is not None and x.dtype != dtype:
         x = x.to(dtype)

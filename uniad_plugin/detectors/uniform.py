@@ -27,7 +27,7 @@ from uniad_plugin.detectors._common import (
     model_dtype,
     split_known,
 )
-from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd
+from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd, layer_scores
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -367,10 +367,7 @@ class UniformDetector(StructuredDetector):
     # ------------------------------------------------------------------ scoring
     def _layer_scores(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
         k = k.clamp(0, self.n_classes - 1)
-        return torch.stack(
-            [sphere.score(z.float(), k, self.score) for sphere, z in zip(self.spheres, zs)],
-            dim=1,
-        )
+        return layer_scores(self.spheres, [z.float() for z in zs], k, self.score)
 
     @torch.no_grad()
     def layer_scores(self, x: Tensor) -> Tensor:

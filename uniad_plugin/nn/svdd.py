@@ -122,6 +122,60 @@ class BatchedSVDD(nn.Module):
         raise ValueError(f"expected score kind 'ratio' or 'difference', got {kind!r}")
 
 
+def layer_scores(
+    spheres: Sequence[BatchedSVDD], zs: Sequence[Tensor], k: Tensor, kind: str = "ratio"
+) -> Tensor:
+    """Scores ``(B, L)`` of every row under the hypersphere of its class ``k`` in each layer.
+
+    The same as ``torch.stack([s.score(z, k, kind) for s, z in zip(spheres, zs)], 1)``, with
+    one class grouping shared by all layers: rows are sorted by class once, the layers'
+    activations are gathered once into a zero-padded ``(K', m, sum D_l)`` tensor over the
+    ``K'`` classes present in the batch (``m`` = the largest class count), each layer runs as
+    one ``bmm`` per encoder layer with its classes' weights, and the ``(B, L)`` scores are
+    scattered back once. Differentiable with respect to ``zs``.
+
+    :param spheres: one fitted :class:`BatchedSVDD` per layer, all with the same ``K``
+    :param zs: one ``(B, D_l)`` tensor per layer
+    :param k: class of each row, ``(B,)`` integers in ``[0, K)``
+    :param kind: ``"ratio"`` (:math:`d^2/R^2`) or ``"difference"`` (:math:`d^2 - R^2`)
+    """
+    if kind not in ("ratio", "difference"):
+        raise ValueError(f"expected score kind 'ratio' or 'difference', got {kind!r}")
+    n = len(k)
+    if n == 0:
+        return zs[0].new_zeros(0, len(spheres))
+    order = torch.argsort(k, stable=True)
+    k_sorted = k[order]
+    present, counts = torch.unique_consecutive(k_sorted, return_counts=True)
+    group = torch.repeat_interleave(torch.arange(len(present), device=k.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(n, device=k.device) - starts[group]
+    dims = [z.shape[1] for z in zs]
+    z_all = torch.cat(list(zs), dim=1)[order]
+    grouped = z_all.new_zeros(len(present), int(counts.max()), z_all.shape[1])
+    grouped[group, pos] = z_all
+    # the parameters of the present classes (all of them in most batches: no copy)
+    every = len(present) == spheres[0].n_classes
+
+    def rows(t: Tensor) -> Tensor:
+        return t if every else t[present]
+
+    scores = []
+    for sphere, g in zip(spheres, grouped.split(dims, dim=2)):
+        h = sphere._standardise(g)
+        for i, w in enumerate(sphere.weights):
+            h = torch.bmm(h, rows(w))
+            if i < len(sphere.weights) - 1:
+                h = nn.functional.leaky_relu(h)
+        d2 = (h - rows(sphere.center).unsqueeze(1)).pow(2).sum(dim=2)  # (K', m)
+        r2 = rows(sphere.radius2).unsqueeze(1)
+        scores.append(d2 / r2.clamp_min(1e-12) if kind == "ratio" else d2 - r2)
+    sorted_scores = torch.stack(scores, dim=2)[group, pos]  # (B, L) in class order
+    out = torch.empty_like(sorted_scores)
+    out[order] = sorted_scores
+    return out
+
+
 def input_projection(z: Tensor, y: Tensor, n_classes: int, whiten: str, shrinkage: float) -> Tensor:
     """The ``(D, D)`` normalisation matrix applied to centred inputs (see :func:`fit_svdd`)."""
     if whiten not in ("full", "diag"):
