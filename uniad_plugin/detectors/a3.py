@@ -1,4 +1,4 @@
-"""A^3: Activation Anomaly Analysis (Sperl, Schulze & Böttinger, ECML-PKDD 2020).
+"""A3: Activation Anomaly Analysis (Sperl, Schulze & Böttinger, ECML-PKDD 2020).
 
 ..  autoclass:: uniad_plugin.detectors.a3.A3
     :members:
@@ -236,7 +236,7 @@ def _check_finite(t: Tensor, what: str) -> None:
 
 
 class A3(StructuredDetector):
-    """A^3, *Activation Anomaly Analysis* (Sperl, Schulze & Böttinger, ECML-PKDD 2020).
+    """A3, *Activation Anomaly Analysis* (Sperl, Schulze & Böttinger, ECML-PKDD 2020).
 
     The frozen *target* network :math:`f` (here: the classifier) is observed through its hidden
     activations :math:`a(x)`, the outputs of every hidden activation layer, flattened and
@@ -280,10 +280,9 @@ class A3(StructuredDetector):
       activations have at least 2000 entries, scaled down proportionally below that.
     * *Learning rate*: default ``1e-4`` instead of the paper's ``1e-5``. The paper's 60 epochs
       on all of MNIST are thousands of steps; on smaller training sets (or with fewer epochs)
-      ``1e-5`` under-trains the alarm. Measured on the MNIST protocol (LeNet-5 target, 3000
-      normal images + 100 known anomalies, 10 epochs = 130 steps): AUC on digits 6,7 0.938
-      with ``1e-5``, 0.981 with ``1e-4``, 0.971 with ``1e-3``; ``1e-5`` needs 30 epochs to
-      reach 0.976. Set ``lr=1e-5`` to follow the paper.
+      ``1e-5`` under-trains the alarm (compare ``python benchmarks/a3_protocol.py --a3-lr
+      1e-5`` with the default run, whose results are in
+      ``benchmarks/results/a3_protocol.md``). Set ``lr=1e-5`` to follow the paper.
     * *Score*: the alarm's logit (monotone in the sigmoid probability, so same ranking, but
       without saturation at 0 and 1), larger = more anomalous.
     * *VAE*: a fully connected VAE scaled like the authors' ``[800, 400, 100]``, latent 25
