@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator
 
 import torch
+from pytorch_ood.api import ModelNotSetException
 from torch import Tensor, nn
 
 
@@ -20,6 +21,23 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes:
             m.train(mode)
+
+
+class ModelMixin:
+    """The model checks every detector of this package shares (``model`` and ``device`` set
+    by the detector)."""
+
+    model: nn.Module | None
+    device: str | torch.device | None
+
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise ModelNotSetException
+        return self.model
+
+    def _target_device(self) -> torch.device:
+        dev = self.device
+        return torch.device(dev) if dev is not None else torch.device("cpu")
 
 
 def model_dtype(model: nn.Module | None) -> torch.dtype:

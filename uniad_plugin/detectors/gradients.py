@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin.detectors._common import check_inputs, check_labels, eval_mode, model_dtype
+from uniad_plugin.detectors._common import (
+    ModelMixin,
+    check_inputs,
+    check_labels,
+    eval_mode,
+    model_dtype,
+)
 from uniad_plugin.nn.pergrad import per_sample_grad_features, resolve_params
 
 log = logging.getLogger(__name__)
@@ -102,7 +108,7 @@ def _ledoit_wolf(z: Tensor) -> tuple[Tensor, float]:
     return torch.from_numpy(cov), float(shrink)
 
 
-class ConfoundingGradients(GradientDetector, StructuredDetector):
+class ConfoundingGradients(ModelMixin, GradientDetector, StructuredDetector):
     """Gradient features from a confounding label, scored by a Gaussian or a classifier.
 
     Implements *Gradient-Based Adversarial and Out-of-Distribution Detection* (Lee,
@@ -269,20 +275,11 @@ class ConfoundingGradients(GradientDetector, StructuredDetector):
             )
 
     # ------------------------------------------------------------------ helpers
-    def _require_model(self) -> nn.Module:
-        if self.model is None:
-            raise ModelNotSetException
-        return self.model
-
     def _require_fitted(self) -> None:
         if self.centers is None:
             raise RequiresFittingException(
                 "ConfoundingGradients must be fitted with fit(loader) or fit_structured(...) first"
             )
-
-    def _target_device(self) -> torch.device:
-        dev = self.device
-        return torch.device(dev) if dev is not None else torch.device("cpu")
 
     def _param_names(self) -> list[str]:
         if self.params is None:

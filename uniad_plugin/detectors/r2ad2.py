@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin.detectors._common import check_inputs, check_labels, eval_mode, model_dtype
+from uniad_plugin.detectors._common import (
+    ModelMixin,
+    check_inputs,
+    check_labels,
+    eval_mode,
+    model_dtype,
+)
 from uniad_plugin.detectors.gradients import _check_label_range, _iter_batches, _model_outputs
 from uniad_plugin.nn.pergrad import last_layer_params, per_sample_grad_features, resolve_params
 
@@ -142,7 +148,7 @@ class GradientAlarm(nn.Module):
         return self.head(h[:, -1]).squeeze(1)
 
 
-class R2AD2(GradientDetector, StructuredDetector):
+class R2AD2(ModelMixin, GradientDetector, StructuredDetector):
     """Raw-gradient anomaly detection with an LSTM over training snapshots.
 
     Implements *R2-AD2: Detecting Anomalies by Analysing the Raw Gradient* (Răduţoiu, Sagebiel,
@@ -343,20 +349,11 @@ class R2AD2(GradientDetector, StructuredDetector):
         self.n_classes: int | None = None
 
     # ------------------------------------------------------------------ helpers
-    def _require_model(self) -> nn.Module:
-        if self.model is None:
-            raise ModelNotSetException
-        return self.model
-
     def _require_fitted(self) -> None:
         if self.alarm is None:
             raise RequiresFittingException(
                 "R2AD2 must be fitted with fit(loader) or fit_structured(...) first"
             )
-
-    def _target_device(self) -> torch.device:
-        dev = self.device
-        return torch.device(dev) if dev is not None else torch.device("cpu")
 
     def _param_names(self) -> list[str]:
         if self.params is None:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from uniad_plugin.detectors._common import (
+    ModelMixin,
     check_classes,
     check_inputs,
     check_labels,
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 _STATE_VERSION = 1
 
 
-class UniformDetector(StructuredDetector):
+class UniformDetector(ModelMixin, StructuredDetector):
     """One detector for out-of-distribution, adversarial and noise inputs.
 
     Implements *A Uniform Framework for Anomaly Detection in Deep Neural Networks* (Zhao et al.,
@@ -188,20 +189,11 @@ class UniformDetector(StructuredDetector):
         self.n_classes: int | None = None
 
     # ------------------------------------------------------------------ helpers
-    def _require_model(self) -> nn.Module:
-        if self.model is None:
-            raise ModelNotSetException
-        return self.model
-
     def _require_fitted(self) -> None:
         if self.spheres is None:
             raise RequiresFittingException(
                 "UniformDetector must be fitted with fit(loader) or fit_structured(...) first"
             )
-
-    def _target_device(self) -> torch.device:
-        dev = self.device
-        return torch.device(dev) if dev is not None else torch.device("cpu")
 
     def _taps(self) -> LayerTaps:
         return LayerTaps(self._require_model(), self.layers, reduce=lambda t: pool(t, self.pooling))
