@@ -1,0 +1,66 @@
+"""The batched per-class Deep SVDD: fitting and the shared-grouping scorer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd, layer_scores
+
+
+def _spheres(n_classes: int, dims: list[int], seed: int = 0) -> list[BatchedSVDD]:
+    g = torch.Generator().manual_seed(seed)
+    spheres = []
+    for d in dims:
+        s = BatchedSVDD(n_classes, d, (8,), 4)
+        s.reset_parameters(g)
+        s.in_mean.copy_(torch.randn(d, generator=g))
+        s.in_proj.copy_(torch.randn(d, d, generator=g))
+        s.center.copy_(torch.randn(n_classes, 4, generator=g))
+        s.radius2.copy_(torch.rand(n_classes, generator=g) + 0.5)
+        spheres.append(s)
+    return spheres
+
+
+@pytest.mark.parametrize("kind", ["ratio", "difference"])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.arange(60) % 5,  # every class
+        torch.full((17,), 3),  # a single class
+        torch.tensor([4, 0, 4, 4, 0, 0, 4]),  # some classes, unsorted
+    ],
+    ids=["all", "one", "some"],
+)
+def test_layer_scores_equal_per_layer_scores(kind, labels):
+    spheres = _spheres(5, [3, 7, 2])
+    g = torch.Generator().manual_seed(1)
+    zs = [torch.randn(len(labels), s.in_dim, generator=g) for s in spheres]
+    expected = torch.stack([s.score(z, labels, kind) for s, z in zip(spheres, zs)], dim=1)
+    got = layer_scores(spheres, zs, labels, kind)
+    assert got.shape == (len(labels), 3)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_scores_empty_batch_bad_kind_and_gradients():
+    spheres = _spheres(3, [4, 2])
+    assert layer_scores(
+        spheres, [torch.empty(0, 4), torch.empty(0, 2)], torch.empty(0).long()
+    ).shape == (0, 2)
+    with pytest.raises(ValueError, match="expected score kind"):
+        layer_scores(spheres, [torch.zeros(2, 4), torch.zeros(2, 2)], torch.zeros(2).long(), "sum")
+    zs = [torch.randn(6, 4, requires_grad=True), torch.randn(6, 2, requires_grad=True)]
+    layer_scores(spheres, zs, torch.tensor([0, 2, 2, 1, 0, 2])).sum().backward()
+    assert all(
+        z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0 for z in zs
+    )
+
+
+def test_fit_keeps_about_one_minus_nu_inside():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(600) % 3
+    z = torch.randn(600, 5, generator=g) + 3 * y[:, None].float()
+    sphere = BatchedSVDD(3, 5, (16,), 4)
+    fit_svdd(sphere, z, y, nu=0.1, epochs=20, warmup_epochs=5, generator=g)
+    inside = (sphere.score(z, y) <= 1.0).float().mean()
+    assert 0.85 <= float(inside) <= 0.95
