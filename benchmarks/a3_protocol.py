@@ -29,7 +29,6 @@ It writes ``benchmarks/results/a3_protocol.md`` and ``.json``, headed by the com
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import shlex
@@ -46,30 +45,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from uniad_plugin.detectors.a3 import A3
 from uniad_plugin.models import accuracy, lenet, train_classifier
-from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd
 from uniad_plugin.nn.taps import LayerTaps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol_common import batched, load_mnist, log, mean_std, pick, svdd_scores, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NORMAL = list(range(6))
 KNOWN = [6, 7]
 TEST_SETS = {"6,7": [6, 7], "6-9": [6, 7, 8, 9]}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def load_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
-    from torchvision.datasets import MNIST
-
-    ds = MNIST(str(root), train=train, download=False)
-    return ds.data.float().div(255).unsqueeze(1), ds.targets.clone()
-
-
-def pick(y: Tensor, classes: list[int], n: int | None, gen: torch.Generator) -> Tensor:
-    idx = torch.nonzero(torch.isin(y, torch.tensor(classes))).flatten()
-    idx = idx[torch.randperm(len(idx), generator=gen)]
-    return idx if n is None or n <= 0 else idx[:n]
 
 
 class ConvAE(nn.Module):
@@ -114,28 +98,6 @@ def ae_scores(x_train: Tensor, x_test: Tensor, epochs: int, seed: int) -> np.nda
     with torch.no_grad():
         rec = torch.cat([torch.sigmoid(ae(c)) for c in x_test.split(1000)])
     return (rec - x_test).pow(2).flatten(1).mean(1).numpy()
-
-
-def svdd_scores(z_train: Tensor, z_test: Tensor, hidden, epochs: int, seed: int) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    model = BatchedSVDD(1, z_train.shape[1], hidden=hidden, rep_dim=32)
-    fit_svdd(
-        model,
-        z_train,
-        torch.zeros(len(z_train), dtype=torch.long),
-        nu=0.1,
-        epochs=epochs,
-        warmup_epochs=min(5, epochs),
-        generator=gen,
-    )
-    with torch.no_grad():
-        k = torch.zeros(len(z_test), dtype=torch.long)
-        return model.dist2(z_test, k).numpy()
-
-
-def batched(fn, x: Tensor, size: int = 500) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([fn(c) for c in x.split(size)]).cpu().numpy()
 
 
 def run_seed(args, seed: int, data) -> dict:
@@ -240,17 +202,14 @@ def run_seed(args, seed: int, data) -> dict:
 
 
 def summarise(per_seed: list[dict]) -> dict:
-    out: dict = {}
-    for method in per_seed[0]["methods"]:
-        out[method] = {}
-        for test in TEST_SETS:
-            for metric in ("AUC", "AP"):
-                vals = np.array([r["methods"][method][test][metric] for r in per_seed])
-                out[method][f"{metric} {test}"] = {
-                    "mean": float(vals.mean()),
-                    "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                }
-    return out
+    return {
+        method: {
+            f"{metric} {test}": mean_std([r["methods"][method][test][metric] for r in per_seed])
+            for test in TEST_SETS
+            for metric in ("AUC", "AP")
+        }
+        for method in per_seed[0]["methods"]
+    }
 
 
 def to_markdown(args, command: str, per_seed: list[dict], summary: dict, wall: float, cpu: float):
@@ -337,25 +296,11 @@ def main(argv: list[str] | None = None) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     md = to_markdown(args, command, per_seed, summary, wall, cpu)
-    args.out.with_suffix(".md").write_text(md)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["root"] = str(args.root)
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "command": command,
-                "config": config,
-                "summary": summary,
-                "per_seed": per_seed,
-                "wall_s": wall,
-                "cpu_s": cpu,
-            },
-            indent=2,
-        )
-    )
-    print(md)
+    payload = {"command": command, "config": config, "summary": summary, "per_seed": per_seed}
+    write_results(args.out, md, {**payload, "wall_s": wall, "cpu_s": cpu})
 
 
 if __name__ == "__main__":

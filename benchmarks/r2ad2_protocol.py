@@ -33,7 +33,6 @@ It writes ``benchmarks/results/r2ad2_protocol.md`` and ``.json``, headed by the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -52,28 +51,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from uniad_plugin.detectors.gradients import ConfoundingGradients
 from uniad_plugin.detectors.r2ad2 import R2AD2
 from uniad_plugin.models import accuracy, lenet, train_classifier
-from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol_common import batched, load_mnist, log, mean_std, pick, svdd_scores, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NORMAL = [0, 1, 2, 3]
 ANOMALOUS = [4, 5, 6, 7, 8, 9]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def load_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
-    from torchvision.datasets import MNIST
-
-    ds = MNIST(str(root), train=train, download=False)
-    return ds.data.float().div(255).unsqueeze(1), ds.targets.clone()
-
-
-def pick(y: Tensor, classes: list[int], n: int, gen: torch.Generator) -> Tensor:
-    idx = torch.nonzero(torch.isin(y, torch.tensor(classes))).flatten()
-    idx = idx[torch.randperm(len(idx), generator=gen)]
-    return idx if n <= 0 else idx[:n]
 
 
 def conv_autoencoder() -> nn.Sequential:
@@ -111,27 +95,6 @@ def train_autoencoder(x: Tensor, epochs: int, seed: int) -> nn.Module:
             loss.backward()
             opt.step()
     return ae.eval()
-
-
-def svdd_scores(z_train: Tensor, z_test: Tensor, epochs: int, seed: int) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    model = BatchedSVDD(1, z_train.shape[1], hidden=(128,), rep_dim=32)
-    fit_svdd(
-        model,
-        z_train,
-        torch.zeros(len(z_train), dtype=torch.long),
-        nu=0.1,
-        epochs=epochs,
-        warmup_epochs=min(5, epochs),
-        generator=gen,
-    )
-    with torch.no_grad():
-        return model.dist2(z_test, torch.zeros(len(z_test), dtype=torch.long)).numpy()
-
-
-def scores_of(det, x: Tensor, size: int = 500) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([det(c) for c in x.split(size)]).cpu().numpy()
 
 
 def run_seed(args, seed: int, data) -> dict:
@@ -184,25 +147,25 @@ def run_seed(args, seed: int, data) -> dict:
     t = time.time()
     det = R2AD2(clf, **r2_kwargs).fit(DataLoader(with_known, batch_size=fit_bs))
     res["r2ad2_classifier_params"] = det.params
-    record(f"R2AD2, LeNet target ({len(known_idx)} known)", t, scores_of(det, x_test))
+    record(f"R2AD2, LeNet target ({len(known_idx)} known)", t, batched(det, x_test))
     if args.r2ad2_unsupervised:
         t = time.time()
         det = R2AD2(clf, **r2_kwargs).fit(DataLoader(only_normal, batch_size=fit_bs))
-        record("R2AD2, LeNet target (no known)", t, scores_of(det, x_test))
+        record("R2AD2, LeNet target (no known)", t, batched(det, x_test))
     t = time.time()
     det = R2AD2(ae, target="autoencoder", **r2_kwargs).fit(
         DataLoader(with_known, batch_size=fit_bs)
     )
     res["r2ad2_autoencoder_params"] = det.params
-    record(f"R2AD2, autoencoder target ({len(known_idx)} known)", t, scores_of(det, x_test))
+    record(f"R2AD2, autoencoder target ({len(known_idx)} known)", t, batched(det, x_test))
     del det
 
     t = time.time()
     det = ConfoundingGradients(clf, seed=seed).fit(DataLoader(only_normal, batch_size=fit_bs))
-    record("ConfoundingGradients (no known)", t, scores_of(det, x_test))
+    record("ConfoundingGradients (no known)", t, batched(det, x_test))
     t = time.time()
     det = ConfoundingGradients(clf, seed=seed).fit(DataLoader(with_known, batch_size=fit_bs))
-    record(f"ConfoundingGradients ({len(known_idx)} known)", t, scores_of(det, x_test))
+    record(f"ConfoundingGradients ({len(known_idx)} known)", t, batched(det, x_test))
     del det
 
     t = time.time()
@@ -213,7 +176,7 @@ def run_seed(args, seed: int, data) -> dict:
     record(
         "Deep SVDD (pixels)",
         t,
-        svdd_scores(x_norm.flatten(1), x_test.flatten(1), args.svdd_epochs, seed),
+        svdd_scores(x_norm.flatten(1), x_test.flatten(1), (128,), args.svdd_epochs, seed),
     )
     t = time.time()
     forest = IsolationForest(n_estimators=100, random_state=seed).fit(x_norm.flatten(1).numpy())
@@ -228,18 +191,14 @@ def run_seed(args, seed: int, data) -> dict:
 
 
 def summarise(per_seed: list[dict]) -> dict:
-    out: dict = {}
-    for method in per_seed[0]["methods"]:
-        out[method] = {}
-        for metric in ("AUC", "AP"):
-            vals = np.array([r["methods"][method][metric] for r in per_seed])
-            out[method][metric] = {
-                "mean": float(vals.mean()),
-                "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-            }
-        secs = np.array([r["timings_s"][method] for r in per_seed])
-        out[method]["seconds"] = float(secs.mean())
-    return out
+    return {
+        method: {
+            "AUC": mean_std([r["methods"][method]["AUC"] for r in per_seed]),
+            "AP": mean_std([r["methods"][method]["AP"] for r in per_seed]),
+            "seconds": float(np.mean([r["timings_s"][method] for r in per_seed])),
+        }
+        for method in per_seed[0]["methods"]
+    }
 
 
 def to_markdown(args, command: str, per_seed: list[dict], summary: dict, wall: float, cpu: float):
@@ -333,24 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = usage.ru_utime + usage.ru_stime
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     md = to_markdown(args, command, per_seed, summary, wall, cpu)
-    args.out.with_suffix(".md").write_text(md)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "command": command,
-                "config": config,
-                "summary": summary,
-                "per_seed": per_seed,
-                "wall_s": wall,
-                "cpu_s": cpu,
-            },
-            indent=2,
-        )
-    )
-    print(md)
+    payload = {"command": command, "config": config, "summary": summary, "per_seed": per_seed}
+    write_results(args.out, md, {**payload, "wall_s": wall, "cpu_s": cpu})
 
 
 if __name__ == "__main__":
