@@ -38,8 +38,8 @@ _STATE_VERSION = 1
 #: alarm sizes of the authors' code: (LSTM, LSTM, Dense, Dense)
 ALARM_BIG = (1000, 500, 200, 75)
 ALARM_SMALL = (100, 50, 25, 10)
-#: ``alarm_dims="auto"`` uses ALARM_BIG from this many labelled training samples on
-_BIG_FROM = 10_000
+#: names accepted by ``alarm_dims``
+_ALARMS = {"small": ALARM_SMALL, "big": ALARM_BIG}
 #: standardised gradients are clipped to this magnitude (numerical safety for extreme inputs)
 _CLIP = 1e4
 
@@ -193,8 +193,10 @@ class R2AD2(ModelMixin, GradientDetector, StructuredDetector):
       skipping tensors above ``max_param_size`` elements outside the last layer
       (:func:`default_gradient_params`); the paper uses all layers of a small autoencoder, which
       is not tractable for an LSTM on the gradient of a larger classifier. ``params`` chooses.
-    * *Alarm size*: ``alarm_dims="auto"`` uses the paper's small sizes below 10,000 labelled
-      fit samples and the big ones from there on.
+    * *Alarm size*: the paper's small sizes ``(100, 50, 25, 10)`` by default
+      (``alarm_dims="small"``); the authors switch to the big ones (``"big"``: LSTM 1000 and 500
+      on gradients of thousands of entries) for large data sets, which costs hours of CPU time
+      per fit on MNIST-sized data, so here it is an option.
     * *Epochs*: ``epochs=30`` by default instead of the paper's 100 (CPU budget); the running
       statistics of the normalisation start from the exact statistics of the training
       gradients instead of (0, 1), since few epochs would not let a 0.99 momentum converge.
@@ -222,7 +224,8 @@ class R2AD2(ModelMixin, GradientDetector, StructuredDetector):
     :param params: names of the parameter tensors whose gradients are used; ``None`` =
         :func:`default_gradient_params`
     :param max_param_size: see :func:`default_gradient_params`
-    :param alarm_dims: ``"auto"`` or the alarm sizes ``(lstm1, lstm2, dense1, ...)``
+    :param alarm_dims: ``"small"`` (the paper's ``(100, 50, 25, 10)``), ``"big"``
+        (``(1000, 500, 200, 75)``) or the alarm sizes ``(lstm1, lstm2, dense1, ...)``
     :param dropout: dropout of the alarm network
     :param epochs: training epochs of the alarm network
     :param lr: Adam learning rate of the alarm network (and of its normalisation)
@@ -270,7 +273,7 @@ class R2AD2(ModelMixin, GradientDetector, StructuredDetector):
         snapshot_batch_size: int = 256,
         params: Sequence[str] | None = None,
         max_param_size: int = 2**12,
-        alarm_dims: str | Sequence[int] = "auto",
+        alarm_dims: str | Sequence[int] = "small",
         dropout: float = 0.4,
         epochs: int = 30,
         lr: float = 1e-3,
@@ -306,8 +309,10 @@ class R2AD2(ModelMixin, GradientDetector, StructuredDetector):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"expected chunk_size >= 1 or None, got {chunk_size}")
         if isinstance(alarm_dims, str):
-            if alarm_dims != "auto":
-                raise ValueError(f"expected alarm_dims 'auto' or a sequence, got {alarm_dims!r}")
+            if alarm_dims not in _ALARMS:
+                raise ValueError(
+                    f"expected alarm_dims 'small', 'big' or a sequence of sizes, got {alarm_dims!r}"
+                )
         elif len(alarm_dims) < 2 or min(int(d) for d in alarm_dims) < 1:
             raise ValueError(f"expected at least two positive alarm sizes, got {alarm_dims}")
         self.model = model
@@ -539,8 +544,8 @@ class R2AD2(ModelMixin, GradientDetector, StructuredDetector):
             )
         labels = (y < 0).float()
         dims = self.alarm_dims
-        if dims == "auto":
-            dims = ALARM_BIG if len(y) >= _BIG_FROM else ALARM_SMALL
+        if isinstance(dims, str):
+            dims = _ALARMS[dims]
         self.alarm = self._train_alarm(features.float(), labels, tuple(dims))
         return self
 
