@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = "python benchmarks/uniform_ablation.py " + " ".join(argv or sys.argv[1:])
+    cmd = "python benchmarks/uniform_ablation.py " + shlex.join(argv or sys.argv[1:])
     out.with_suffix(".json").write_text(
         json.dumps({"command": cmd, "accuracy": acc, "attacks": suite.info, "rows": rows}, indent=1)
     )
