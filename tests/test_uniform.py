@@ -107,6 +107,31 @@ def test_structured_api_matches_predict(detector, digits):
         detector.predict_structured(feats[:2], logits)
     with pytest.raises(ValueError, match="features for layer"):
         detector.predict_structured([f[:, :3] for f in feats], logits)
+    with pytest.raises(ValueError, match="expected logits of 10 classes"):
+        detector.predict_structured(feats, logits[:, :7])
+    with pytest.raises(ValueError, match="expected 64 logits"):
+        detector.predict_structured(feats, logits[:10])
+
+
+def test_float64_model_fits_and_loads(digits, digits_model):
+    import copy
+
+    model = copy.deepcopy(digits_model).double()
+    loader = DataLoader(digits.train, batch_size=256)
+    det = UniformDetector(model, epochs=2, warmup_epochs=1).fit(loader)
+    x = digits.test.tensors[0][:16]
+    restored = UniformDetector(model).load_state_dict(det.state_dict())
+    assert torch.equal(det(x), restored(x))
+
+
+def test_failed_load_leaves_the_detector_usable(detector, digits, digits_model):
+    x = digits.test.tensors[0][:16]
+    before = detector(x)
+    state = detector.state_dict()
+    state["layers"] = list(reversed(state["layers"]))  # layer sizes disagree with the spheres
+    with pytest.raises(ValueError):
+        detector.load_state_dict(state)
+    assert torch.equal(detector(x), before)
 
 
 def test_fit_structured_matches_fit(digits, digits_model):

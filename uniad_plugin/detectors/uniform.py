@@ -238,6 +238,7 @@ class UniformDetector(ModelMixin, StructuredDetector):
         ys: list[Tensor] = []
         preds: list[Tensor] = []
         input_shape = None
+        n_outputs = 0
         for batch in data_loader:
             if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                 raise ValueError("expected the loader to yield (x, y) batches")
@@ -251,6 +252,7 @@ class UniformDetector(ModelMixin, StructuredDetector):
             feats_all.append([f.cpu() for f in feats])
             ys.append(y.cpu())
             preds.append(logits.argmax(1).cpu())
+            n_outputs = logits.shape[1]
         if not ys:
             raise ValueError(
                 "expected a loader with at least one (x, y) batch, got an empty loader"
@@ -258,11 +260,8 @@ class UniformDetector(ModelMixin, StructuredDetector):
         zs = [torch.cat([f[i] for f in feats_all]) for i in range(len(feats_all[0]))]
         y = torch.cat(ys)
         pred = torch.cat(preds)
-        n_classes_model = int(
-            self.extract(torch.zeros((1, *input_shape), device=device))[1].shape[1]
-        )
         self.input_shape = input_shape
-        return self.fit_structured(zs, y, pred=pred, n_classes=n_classes_model)
+        return self.fit_structured(zs, y, pred=pred, n_classes=n_outputs)
 
     def fit_structured(
         self,
@@ -421,7 +420,13 @@ class UniformDetector(ModelMixin, StructuredDetector):
                 raise ValueError(
                     f"expected {sphere.in_dim} features for layer {name!r}, got {z.shape[1]}"
                 )
+        if logits.dim() == 2 and logits.shape[1] != self.n_classes:
+            raise ValueError(
+                f"expected logits of {self.n_classes} classes (as fitted), got {logits.shape[1]}"
+            )
         k = logits.argmax(1) if logits.dim() == 2 else logits
+        if len(k) != len(zs[0]):
+            raise ValueError(f"expected {len(zs[0])} logits or classes, got {len(k)}")
         return self._fused(zs, k.long().to(device)).sum(dim=1)
 
     # ------------------------------------------------------------------ state
@@ -478,19 +483,20 @@ class UniformDetector(ModelMixin, StructuredDetector):
         if self.model is not None:
             resolve_layers(self.model, layers)  # raises ValueError for unknown layers
             if input_shape is not None:
-                self.layers = layers
-                saved_pooling, self.pooling = self.pooling, cfg.get("pooling", "avg")
+                saved = self.layers, self.pooling
+                self.layers, self.pooling = layers, cfg.get("pooling", "avg")
+                probe = torch.zeros((1, *input_shape), device=device, dtype=model_dtype(self.model))
                 try:
-                    feats, logits = self.extract(torch.zeros((1, *input_shape), device=device))
+                    feats, logits = self.extract(probe)
                 except Exception as e:
-                    self.pooling = saved_pooling
+                    self.layers, self.pooling = saved
                     raise ValueError(
                         f"the state was fitted for inputs of shape {input_shape}, which this "
                         f"model cannot process: {e}"
                     ) from e
                 got = [f.shape[1] for f in feats]
                 if got != in_dims or logits.shape[1] != n_classes:
-                    self.pooling = saved_pooling
+                    self.layers, self.pooling = saved
                     raise ValueError(
                         f"the state was fitted for a model with layer sizes {in_dims} and "
                         f"{n_classes} classes, this model has {got} and {logits.shape[1]}"
