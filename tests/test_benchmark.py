@@ -176,6 +176,20 @@ def test_shared_representations_equal_raw_predict(bench, digits_model, digits):
         assert torch.allclose(bench.scores[e.name]["ID"], raw, atol=1e-6), e.name
 
 
+def test_shared_representations_in_any_order(bench, digits_model, digits):
+    """A features detector listed before a logits detector of the same model."""
+    entries = build_detectors(
+        ["KNN", "Mahalanobis", "MaxSoftmax"], digits_model, digits.test.tensors[0]
+    )
+    bench.fit(entries)
+    rows = bench.evaluate(entries)
+    assert all(r["Error"] is None for r in rows), [r["Error"] for r in rows]
+    x = digits.test.tensors[0]
+    for e in entries:
+        raw = e.detector.predict(x).double()
+        assert torch.allclose(bench.scores[e.name]["ID"], raw, atol=1e-6), e.name
+
+
 def test_survives_failing_detectors(bench, digits):
     entries = [
         DetectorEntry("fit-fails", FailingDetector("fit")),

@@ -534,28 +534,27 @@ def _extract(
         for key, p in producers.items()
         if isinstance(p, PenultimateEncoder) and id(p.model) in producers
     }
+    # encoders served by their model's pass, whatever the order of the producers
+    served = set(fused.values())
     out: dict[int, list[Tensor]] = {k: [] for k in producers}
     labels: list[Tensor] = []
     batches = _progress(loader, progress, desc=desc, unit="batch", leave=False)
     for x, y in batches:
         x = x.to(device)
         labels.append(torch.as_tensor(y).cpu())
-        done: set[int] = set()
         for key, producer in producers.items():
-            if key in done:
+            if key in served:
                 continue
             if key in fused:
                 enc_key = fused[key]
                 z, logits = producers[enc_key].with_logits(x)
                 out[key].append(logits.detach().cpu())
                 out[enc_key].append(z.detach().cpu())
-                done.update((key, enc_key))
                 continue
             r = producer(x)
             if isinstance(r, (tuple, list)):
                 r = r[0]
             out[key].append(r.detach().cpu())
-            done.add(key)
     return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
 
 
