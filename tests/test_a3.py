@@ -237,3 +237,15 @@ def test_metadata():
     from pytorch_ood.detector import A3 as Registered
 
     assert Registered is A3
+
+
+def test_state_restores_the_fitted_layers(digits_model, digits):
+    """A state loads with the layers it was fitted on, whatever the new instance was given."""
+    loader = DataLoader(digits.train, batch_size=128)
+    probe = A3(digits_model, epochs=1).fit(loader)
+    first, last = probe.layer_names[0], probe.layer_names[-1]
+    det = A3(digits_model, layers=[first], epochs=1).fit(loader)
+    other = A3(digits_model, layers=[last]).load_state_dict(det.state_dict())
+    assert other.layer_names == [first]
+    x = digits.test.tensors[0][:32]
+    assert torch.equal(det(x), other(x))

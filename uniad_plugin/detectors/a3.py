@@ -908,14 +908,22 @@ class A3(StructuredDetector):
         input_shape = tuple(int(s) for s in state["input_shape"])
         device = self._model_device()
         probe = torch.full((2, *input_shape), 0.5, device=device, dtype=self._model_dtype())
+        # the layers the state was fitted on, not whatever this instance was configured with
+        saved_layers, self.layers = self.layers, list(state["layer_names"])
         try:
             names, dims, n_out, taps = self._resolve(probe)
         except (RuntimeError, ValueError) as err:
+            self.layers = saved_layers
             raise ValueError(
-                f"the state was fitted for inputs of shape {input_shape}, which this model "
-                f"cannot process: {err}"
+                f"the state was fitted for layers {state['layer_names']} and inputs of shape "
+                f"{input_shape}, which this model cannot process: {err}"
             ) from err
-        if dims != list(state["layer_dims"]) or n_out != state["num_outputs"]:
+        if (
+            names != list(state["layer_names"])
+            or dims != list(state["layer_dims"])
+            or n_out != state["num_outputs"]
+        ):
+            self.layers = saved_layers
             raise ValueError(
                 f"expected a state for this model (activations {names} with sizes {dims}, "
                 f"{n_out} outputs), got one fitted on a model with layers "
