@@ -538,7 +538,12 @@ class ConfoundingGradients(ModelMixin, GradientDetector, StructuredDetector):
         if self._use_classifier():
             return self.classifier(z.float()).squeeze(1)
         if self.per_class:
-            k = self._predicted(logits, len(z)).to(device).clamp(0, len(self.centers) - 1)
+            k = self._predicted(logits, len(z)).to(device)
+            if len(k) and (int(k.min()) < 0 or int(k.max()) >= len(self.centers)):
+                raise ValueError(
+                    f"expected predicted classes in [0, {len(self.centers)}) as fitted, got "
+                    f"classes up to {int(k.max())}"
+                )
         else:
             k = torch.zeros(len(z), dtype=torch.long, device=device)
         d = z - self.centers[k]

@@ -95,11 +95,15 @@ def last_layer_params(model: nn.Module, n_layers: int = 2) -> list[str]:
     """
     if n_layers < 1:
         raise ValueError(f"expected n_layers >= 1, got {n_layers}")
-    layers = [
-        [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
-        for name, module in model.named_modules()
-    ]
-    layers = [names for names in layers if names]
+    # names as model.named_parameters() gives them (a tied parameter under its first name only)
+    first_name = {id(p): n for n, p in reversed(list(model.named_parameters()))}
+    seen: set[int] = set()
+    layers = []
+    for _, module in model.named_modules():
+        own = [p for _, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            layers.append([first_name[id(p)] for p in own])
     if not layers:
         raise ValueError("expected a model with parameters, got one without any")
     return resolve_params(model, [n for names in layers[-n_layers:] for n in names])
