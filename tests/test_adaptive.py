@@ -52,7 +52,12 @@ def test_adaptive_attack_lowers_detector_score(detectors, digits, digits_model):
     with torch.no_grad():
         assert (digits_model(adaptive.x).argmax(1) != adaptive.source_labels).all()
     assert (adaptive.x - adaptive.clean).abs().amax() <= 0.2 + 1e-5
-    assert det(adaptive.x).median() < det(plain.x).median()
+    # at 5% false positives on ID data, the adaptive attack is detected far less often
+    s_id = det(digits.test.tensors[0])
+    n = plain.info["n_attacked"]
+    plain_detected = evasion_rate(s_id, det(plain.x), n)["detected"]
+    adaptive_detected = evasion_rate(s_id, det(adaptive.x), adaptive.info["n_attacked"])["detected"]
+    assert adaptive_detected < 0.5 * plain_detected, (plain_detected, adaptive_detected)
 
 
 def test_adaptive_attack_is_deterministic(detectors, digits, digits_model):

@@ -41,7 +41,7 @@ def test_separates_fgsm_adversarials(detector, digits, digits_model):
     correct = digits_model(x_att).argmax(1) == y_att
     adv = adv[success & correct]
     assert len(adv) > 30, "the attack should succeed on a good share of the attack split"
-    assert auroc(detector(digits.test.tensors[0]), detector(adv)) > 0.85
+    assert auroc(detector(digits.test.tensors[0]), detector(adv)) > 0.9
 
 
 def test_multi_layer_default_beats_penultimate_only_on_adversarials(digits, digits_model):
@@ -54,7 +54,7 @@ def test_multi_layer_default_beats_penultimate_only_on_adversarials(digits, digi
     multi = UniformDetector(digits_model).fit(loader)
     penultimate = UniformDetector(digits_model, layers=["8:input"]).fit(loader)
     x = digits.test.tensors[0]
-    assert auroc(multi(x), multi(adv)) > auroc(penultimate(x), penultimate(adv))
+    assert auroc(multi(x), multi(adv)) > auroc(penultimate(x), penultimate(adv)) + 0.03
 
 
 def test_default_layers_are_reported(detector):
