@@ -5,8 +5,6 @@ makes every detector registered in the ``pytorch_ood.detectors`` entry-point gro
 importable from :mod:`pytorch_ood.detector`, and exposes the public names lazily.
 """
 
-from __future__ import annotations
-
 from uniad_plugin import _bridge
 
 __version__ = "0.1.0"

@@ -18,8 +18,6 @@ A third party registers its own detector with one table in its ``pyproject.toml`
     MyDetector = "my_package.module:MyDetector"
 """
 
-from __future__ import annotations
-
 import sys
 
 TARGET_MODULE = "pytorch_ood.detector"
