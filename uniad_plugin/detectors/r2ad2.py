@@ -91,7 +91,8 @@ def lstm_sequence(lstm: nn.LSTM, x: Tensor) -> Tensor:
 
     Same result as ``lstm(x)[0]``, written out with the module's own weights: the input
     projection of all time steps is one matrix product, then a loop over the (few) time steps.
-    On CPU this is several times faster than the oneDNN kernel for the short sequences here.
+    Kept because the committed R2-AD2 results were produced with it; ``lstm(x)[0]`` computes
+    the same up to float rounding.
     """
     xi = nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
     h = x.new_zeros(x.shape[0], lstm.hidden_size)
@@ -195,8 +196,8 @@ class R2AD2(ModelMixin, GradientDetector, StructuredDetector):
       is not tractable for an LSTM on the gradient of a larger classifier. ``params`` chooses.
     * *Alarm size*: the paper's small sizes ``(100, 50, 25, 10)`` by default
       (``alarm_dims="small"``); the authors switch to the big ones (``"big"``: LSTM 1000 and 500
-      on gradients of thousands of entries) for large data sets, which costs hours of CPU time
-      per fit on MNIST-sized data, so here it is an option.
+      on gradients of thousands of entries) for large data sets; on a CPU that alarm is far
+      slower to train, so here it is an option.
     * *Epochs*: ``epochs=30`` by default instead of the paper's 100 (CPU budget); the running
       statistics of the normalisation start from the exact statistics of the training
       gradients instead of (0, 1), since few epochs would not let a 0.99 momentum converge.
