@@ -1,8 +1,10 @@
 """The ``uniad`` command: fit detectors on ID data, evaluate them against OOD, AD and NS inputs.
 
-A thin layer of :mod:`argparse` over :func:`uniad_plugin.benchmark.run_default` (scikit-learn's
-digits, offline, the default) and :func:`uniad_plugin.benchmark.run_mnist` (``--dataset
-mnist``). Bad arguments exit with status 2 and a one-line message on stderr.
+A thin layer of :mod:`argparse` over the benchmark's engine: :func:`config_from_args` maps the
+arguments onto one :class:`~uniad_plugin.benchmark.config.RunConfig` (scikit-learn's digits,
+offline, by default; ``--dataset mnist``) and :func:`~uniad_plugin.benchmark.run.run` runs it.
+Bad arguments exit with status 2 and a one-line message on stderr: the parser's own errors, the
+command's usage errors and the library's :class:`~uniad_plugin.benchmark.ConfigError`.
 
 Examples::
 
@@ -19,6 +21,10 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from uniad_plugin.benchmark import RunConfig
 
 EPILOG = """\
 attacks: fgsm, pgd_linf (L-inf budgets) and pgd_l2, deepfool, cw_l2 (L2 budgets); give budgets
@@ -39,13 +45,13 @@ cache: trained reference models and adversarial sets are cached in --cache-dir (
 """
 
 
-class _UsageError(Exception):
-    pass
+class UsageError(Exception):
+    """Bad arguments of the ``uniad`` command: exit status 2, one line on stderr."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
-        raise _UsageError(f"{message} (see 'uniad --help')")
+        raise UsageError(f"{message} (see 'uniad --help')")
 
 
 def _positive_int(text: str) -> int:
@@ -176,8 +182,51 @@ def _list_detectors() -> str:
     return "\n".join(lines)
 
 
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The :class:`~uniad_plugin.benchmark.config.RunConfig` of parsed ``uniad`` arguments.
+
+    :raises UsageError: on arguments that do not go together (the command exits with status 2)
+    """
+    from uniad_plugin.benchmark import RunConfig
+
+    if args.dataset == "mnist" and args.data_root is None:
+        raise UsageError("--dataset mnist needs --data-root DIR (a folder with MNIST/raw inside)")
+    if args.dataset != "mnist" and args.n_test is not None:
+        raise UsageError("--n-test applies to --dataset mnist only (digits has a fixed split)")
+    eps = {}
+    if args.eps_linf:
+        eps["linf"] = tuple(args.eps_linf)
+    if args.eps_l2:
+        eps["l2"] = tuple(args.eps_l2)
+    return RunConfig(
+        dataset=args.dataset,
+        fast=args.fast,
+        detectors=args.detectors,
+        attacks=args.attacks,
+        eps=eps or None,
+        noise=args.noise,
+        ood=args.ood,
+        n_test=args.n_test,
+        n_noise=args.n_noise,
+        n_ood=args.n_ood,
+        n_attack=args.n_attack,
+        n_fit=args.n_fit,
+        model_path=args.model,
+        arch=args.arch,
+        epochs=args.epochs,
+        data_root=args.data_root,
+        download=args.download,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        out_dir=args.out,
+        plots=not args.no_plots,
+        progress=not args.quiet,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from uniad_plugin import benchmark as bm
+    from uniad_plugin.benchmark import results_to_table, run
 
     if args.version:
         from uniad_plugin import __version__
@@ -187,48 +236,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_detectors:
         print(_list_detectors())
         return 0
-    eps = {}
-    if args.eps_linf:
-        eps["linf"] = tuple(args.eps_linf)
-    if args.eps_l2:
-        eps["l2"] = tuple(args.eps_l2)
-    common = dict(
-        detectors=args.detectors,
-        attacks=args.attacks,
-        eps=eps or None,
-        noise=args.noise,
-        ood=args.ood,
-        model_path=args.model,
-        arch=args.arch,
-        download=args.download,
-        seed=args.seed,
-        device=args.device,
-        fast=args.fast,
-        cache_dir=args.cache_dir,
-        out_dir=args.out,
-        plots=not args.no_plots,
-        progress=not args.quiet,
-        epochs=args.epochs,
-        n_noise=args.n_noise,
-        n_ood=args.n_ood,
-        n_attack=args.n_attack,
-        n_fit=args.n_fit,
-    )
-    if args.dataset == "mnist":
-        if args.data_root is None:
-            raise bm.UsageError(
-                "--dataset mnist needs --data-root DIR (a folder with MNIST/raw inside)"
-            )
-        result = bm.run_mnist(args.data_root, n_test=args.n_test, **common)
-    else:
-        if args.n_test is not None:
-            raise bm.UsageError(
-                "--n-test applies to --dataset mnist only (digits has a fixed split)"
-            )
-        result = bm.run_default(data_root=args.data_root, **common)
-    table = (
-        result.table if args.metric == "AUROC" else bm.results_to_table(result.rows, args.metric)
-    )
+    result = run(config_from_args(args))
+    table = result.table if args.metric == "AUROC" else results_to_table(result.rows, args.metric)
     print(table, end="")
     for note in result.meta.get("notes", []):
         print(f"note: {note}")
@@ -253,13 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except SystemExit as e:  # --help
         return int(e.code or 0) if not isinstance(e.code, str) else 2
-    except _UsageError as e:
+    except UsageError as e:
         print(f"uniad: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from uniad_plugin.benchmark import UsageError
+        from uniad_plugin.benchmark import ConfigError
 
-        if isinstance(e, UsageError):
+        if isinstance(e, ConfigError):
             print(f"uniad: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
         raise

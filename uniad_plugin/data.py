@@ -3,14 +3,18 @@
 :func:`digits_splits` turns scikit-learn's bundled 8x8 digits into three disjoint tensor
 datasets: ``train`` (fit the classifier and the detectors), ``test`` (ID inputs that are
 scored) and ``attack`` (ID inputs that adversarial examples are crafted from, so that no
-scored ID input is also the source of an adversarial one).
+scored ID input is also the source of an adversarial one). :func:`mnist_splits` does the same
+for MNIST, read through torchvision from a data root.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import TensorDataset
 
 
@@ -58,5 +62,59 @@ def digits_splits(
         train=TensorDataset(x[train_idx], y[train_idx]),
         test=TensorDataset(x[test_idx], y[test_idx]),
         attack=TensorDataset(x[attack_idx], y[attack_idx]),
+        num_classes=10,
+    )
+
+
+def mnist_splits(
+    root: str | os.PathLike,
+    *,
+    seed: int = 0,
+    n_test: int = 2000,
+    n_attack: int = 1000,
+    download: bool = False,
+) -> Splits:
+    """MNIST through torchvision as :class:`~uniad_plugin.data.Splits` (images 1x28x28 in [0, 1]).
+
+    ``train`` is the 60,000 training images; ``test`` and ``attack`` are disjoint random
+    subsets (``n_test`` and ``n_attack`` images, drawn with ``seed``) of the 10,000 test images.
+
+    :raises ConfigError: if ``root`` does not exist or holds no MNIST (and ``download`` is off)
+    """
+    from torchvision.datasets import MNIST
+
+    from uniad_plugin.benchmark._common import ConfigError, one_line
+
+    root = Path(root)
+    if not root.is_dir() and not download:
+        raise ConfigError(
+            f"data root {str(root)!r} does not exist; pass --data-root DIR with MNIST/raw inside, "
+            "or add --download"
+        )
+    if n_test < 1 or n_attack < 1 or n_test + n_attack > 10000:
+        raise ConfigError(
+            f"expected n_test >= 1, n_attack >= 1 and n_test + n_attack <= 10000 (MNIST's test "
+            f"set), got {n_test} and {n_attack}"
+        )
+    try:
+        train = MNIST(str(root), train=True, download=download)
+        test = MNIST(str(root), train=False, download=download)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"MNIST not found under {str(root)!r} ({one_line(e)}); expected "
+            f"{root / 'MNIST' / 'raw'} with the IDX files, or add --download"
+        ) from e
+
+    def tensors(ds) -> tuple[Tensor, Tensor]:
+        return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
+
+    x_tr, y_tr = tensors(train)
+    x_te, y_te = tensors(test)
+    perm = torch.randperm(len(x_te), generator=torch.Generator().manual_seed(seed))
+    t_idx, a_idx = perm[:n_test], perm[n_test : n_test + n_attack]
+    return Splits(
+        train=TensorDataset(x_tr, y_tr),
+        test=TensorDataset(x_te[t_idx], y_te[t_idx]),
+        attack=TensorDataset(x_te[a_idx], y_te[a_idx]),
         num_classes=10,
     )

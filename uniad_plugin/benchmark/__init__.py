@@ -1,0 +1,155 @@
+"""One evaluation for out-of-distribution, adversarial and noise inputs.
+
+:class:`UnifiedBenchmark` (:mod:`~uniad_plugin.benchmark.evaluation`) is a
+:class:`pytorch_ood.benchmark.Benchmark` whose test sets are the ID test set combined with
+anomaly sets of the three classes of the uniform framework (OOD: natural data from another
+distribution, AD: adversarial examples, NS: noise); it scores every set once per detector and
+reports pytorch-ood's metrics per set, per class and overall.
+
+The modules of the package, one job each:
+
+- :mod:`~uniad_plugin.benchmark.evaluation`: :class:`UnifiedBenchmark`, the metric rows,
+  :func:`summarise`;
+- :mod:`~uniad_plugin.benchmark.wiring`: detectors wired to a classifier by name
+  (:func:`build_detectors`);
+- :mod:`~uniad_plugin.benchmark.fitting`: fitting them on the same data (:func:`fit_detectors`);
+- :mod:`~uniad_plugin.benchmark.reporting`: tables, CSV, JSON (:func:`save_results`);
+- :mod:`~uniad_plugin.benchmark.plots`: ROC curves and score histograms;
+- :mod:`~uniad_plugin.benchmark.model_cache`: the user's model, the cached reference model;
+- :mod:`~uniad_plugin.benchmark.anomaly_sets`: the anomaly sets of a run, by name;
+- :mod:`~uniad_plugin.benchmark.config`: :class:`RunConfig`, one frozen value that describes a
+  whole run, its profiles and its checks (:class:`ConfigError`);
+- :mod:`~uniad_plugin.benchmark.run`: the engine, :func:`run` (behind the ``uniad`` command).
+
+A detector that cannot run on the model is *skipped* and one that raises while it is built,
+fitted or scored is marked as *failed*; either way its row says why and the other detectors
+complete. Every name is importable from :mod:`uniad_plugin.benchmark` itself.
+"""
+
+from uniad_plugin.benchmark._common import ConfigError
+from uniad_plugin.benchmark.anomaly_sets import (
+    DEFAULT_ATTACKS,
+    NOISE_SETS,
+    OFFLINE_OOD_SETS,
+    adversarial_sets,
+    build_anomaly_sets,
+    load_ood_sets,
+    noise_sets,
+    parse_attacks,
+)
+from uniad_plugin.benchmark.config import (
+    DIGITS,
+    DIGITS_FAST,
+    MNIST,
+    MNIST_FAST,
+    PROFILES,
+    Profile,
+    RunConfig,
+    RunPlan,
+)
+from uniad_plugin.benchmark.evaluation import (
+    ID_NAME,
+    KINDS,
+    METRICS,
+    UnifiedBenchmark,
+    summarise,
+)
+from uniad_plugin.benchmark.fitting import fit_detectors
+from uniad_plugin.benchmark.model_cache import (
+    check_model_output,
+    default_cache_dir,
+    load_model,
+    trained_model,
+)
+from uniad_plugin.benchmark.plots import plot_histograms, plot_roc
+from uniad_plugin.benchmark.reporting import (
+    results_to_csv,
+    results_to_json,
+    results_to_table,
+    save_results,
+)
+from uniad_plugin.benchmark.run import (
+    RunResult,
+    run,
+    run_benchmark,
+    run_default,
+    run_mnist,
+)
+from uniad_plugin.benchmark.wiring import (
+    DEFAULT_DETECTORS,
+    DetectorEntry,
+    ModelParts,
+    PenultimateEncoder,
+    available_detectors,
+    build_detectors,
+    check_detector_names,
+)
+from uniad_plugin.data import mnist_splits
+
+__all__ = [
+    # names of earlier versions
+    "KINDS",
+    "METRICS",
+    "ID_NAME",
+    "DEFAULT_DETECTORS",
+    "UsageError",
+    "DetectorEntry",
+    "ModelParts",
+    "PenultimateEncoder",
+    "UnifiedBenchmark",
+    "available_detectors",
+    "build_detectors",
+    "fit_detectors",
+    "summarise",
+    "results_to_table",
+    "results_to_csv",
+    "results_to_json",
+    "save_results",
+    "plot_roc",
+    "plot_histograms",
+    "DEFAULT_ATTACKS",
+    "NOISE_SETS",
+    "OFFLINE_OOD_SETS",
+    "check_detector_names",
+    "default_cache_dir",
+    "parse_attacks",
+    "load_ood_sets",
+    "load_model",
+    "check_model_output",
+    "trained_model",
+    "mnist_splits",
+    "build_anomaly_sets",
+    "RunResult",
+    "run_benchmark",
+    "run_default",
+    "run_mnist",
+    # new
+    "ConfigError",
+    "Profile",
+    "PROFILES",
+    "DIGITS",
+    "DIGITS_FAST",
+    "MNIST",
+    "MNIST_FAST",
+    "RunConfig",
+    "RunPlan",
+    "adversarial_sets",
+    "noise_sets",
+    "run",
+]
+
+
+def __getattr__(name: str) -> object:
+    # ``UsageError`` of earlier versions: the library raises ConfigError; usage errors are the
+    # command's concern (uniad_plugin.cli)
+    if name == "UsageError":
+        import warnings
+
+        warnings.warn(
+            "uniad_plugin.benchmark.UsageError is deprecated; catch "
+            "uniad_plugin.benchmark.ConfigError (its new name) instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ConfigError
+    raise AttributeError(f"module 'uniad_plugin.benchmark' has no attribute {name!r}")

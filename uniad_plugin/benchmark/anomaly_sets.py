@@ -1,0 +1,269 @@
+"""The anomaly sets of a run, by name: OOD sets, adversarial sets and noise sets.
+
+:func:`parse_attacks` turns attack specs (``"pgd_linf@0.1,0.2"``) into budgets;
+:func:`load_ood_sets`, :func:`adversarial_sets` and :func:`noise_sets` make the sets of each
+class with the generators of :mod:`uniad_plugin.anomalies`; :func:`build_anomaly_sets` makes all
+of them, in the order OOD, AD, NS.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from uniad_plugin.benchmark._common import ConfigError, one_line
+
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "NOISE_SETS",
+    "OFFLINE_OOD_SETS",
+    "adversarial_sets",
+    "attack_norms",
+    "build_anomaly_sets",
+    "check_choice",
+    "load_ood_sets",
+    "noise_sets",
+    "ood_set_names",
+    "parse_attacks",
+]
+
+#: default attacks (all five, at the profile's budgets)
+DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd_linf", "pgd_l2", "deepfool", "cw_l2")
+#: noise sets and OOD sets offered by the command (real OOD sets need files under a data root)
+NOISE_SETS: tuple[str, ...] = ("gaussian", "uniform", "salt_pepper", "noisy_id")
+OFFLINE_OOD_SETS: tuple[str, ...] = ("letters", "photos")
+
+
+def attack_norms() -> dict[str, str]:
+    from uniad_plugin.anomalies import ATTACKS
+
+    return {name: spec.norm for name, spec in ATTACKS.items()}
+
+
+def parse_attacks(
+    specs: Sequence[str], default_eps: Mapping[str, Sequence[float]]
+) -> dict[str, tuple[float, ...]]:
+    """Parse attack specs ``"name"`` (default budgets) or ``"name@eps1,eps2"``.
+
+    :param specs: e.g. ``["fgsm", "pgd_l2@0.5,1"]``
+    :param default_eps: budgets per attack norm (``"linf"``, ``"l2"``) or per attack name
+    :return: attack name -> budgets, in the order given
+    :raises ConfigError: on an unknown attack, a bad or non-positive eps, or a repeated attack
+    """
+    norms = attack_norms()
+    out: dict[str, tuple[float, ...]] = {}
+    for spec in specs:
+        name, _, eps_text = str(spec).partition("@")
+        name = name.strip().lower()
+        if name not in norms:
+            raise ConfigError(
+                f"unknown attack {name!r}; choose from {', '.join(norms)} "
+                "(optionally with budgets, e.g. pgd_linf@0.1,0.2)"
+            )
+        if name in out:
+            raise ConfigError(f"attack {name!r} was given twice; list its budgets once: {name}@a,b")
+        if eps_text:
+            try:
+                eps = tuple(float(e) for e in eps_text.split(","))
+            except ValueError:
+                raise ConfigError(
+                    f"bad budget in {spec!r}; expected numbers, e.g. {name}@0.1,0.2"
+                ) from None
+            if not all(math.isfinite(e) and e > 0 for e in eps):
+                raise ConfigError(f"expected positive finite budgets in {spec!r}")
+        else:
+            eps = tuple(default_eps.get(name, default_eps.get(norms[name], ())))
+            if not eps:
+                raise ConfigError(f"no default budget for {name!r}; give one, e.g. {name}@0.1")
+        out[name] = tuple(dict.fromkeys(eps))
+    return out
+
+
+def ood_set_names() -> list[str]:
+    from uniad_plugin.anomalies import OOD_DATASETS
+
+    return [*OFFLINE_OOD_SETS, *(n for n in OOD_DATASETS if n not in OFFLINE_OOD_SETS)]
+
+
+def check_choice(kind: str, names: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    out = []
+    for name in names:
+        key = name.strip().lower()
+        if key not in allowed:
+            raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(allowed)}")
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def load_ood_sets(
+    names: Sequence[str],
+    shape: tuple[int, int, int],
+    *,
+    optional: Sequence[str] = (),
+    n: int = 1000,
+    data_root: str | os.PathLike | None = None,
+    download: bool = False,
+    seed: int = 0,
+) -> tuple[list[Any], list[str]]:
+    """Load OOD sets by name: ``letters`` and ``photos`` offline, real sets from ``data_root``.
+
+    :param names: set names
+    :param shape: image shape ``(C, H, W)`` the sets are converted to
+    :param optional: names that are left out with a note when they cannot be loaded
+    :param n: images per set
+    :return: the sets and notes about optional sets left out
+    :raises ConfigError: if a set that is not optional cannot be loaded
+    """
+    from uniad_plugin import anomalies as an
+
+    sets: list[Any] = []
+    notes: list[str] = []
+    for name in names:
+        if name == "letters":
+            sets.append(an.font_letters(n, shape, seed=seed))
+        elif name == "photos":
+            sets.append(an.photo_patches(n, shape, seed=seed))
+        else:
+            try:
+                if data_root is None:
+                    raise ConfigError(f"the OOD set {name!r} needs --data-root (or --download)")
+                sets.append(an.load_ood(name, data_root, shape, download=download, n=n, seed=seed))
+            except Exception as e:  # noqa: BLE001
+                if name in optional:
+                    notes.append(f"OOD set {name!r} left out: {one_line(e)}")
+                    continue
+                if isinstance(e, ConfigError):
+                    raise
+                raise ConfigError(f"cannot load the OOD set {name!r}: {one_line(e)}") from e
+    return sets, notes
+
+
+def adversarial_sets(
+    model: nn.Module,
+    attack_data: Dataset,
+    attacks: Mapping[str, Sequence[float]],
+    *,
+    n_attack: int | None = None,
+    attack_params: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[Any]:
+    """One adversarial set per attack and budget, crafted from ``attack_data``.
+
+    :param model: the classifier that is attacked
+    :param attack_data: ID samples the adversarials are crafted from (not the ID test set)
+    :param attacks: attack name -> budgets (see :func:`parse_attacks`)
+    :param n_attack: attack at most this many correctly classified sources per attack
+    :param attack_params: foolbox keyword overrides per attack name
+    :param cache_dir: cache of the run; the sets are cached in its ``adversarial`` folder
+    """
+    from uniad_plugin import anomalies as an
+
+    adv_dir = Path(cache_dir) / "adversarial" if cache_dir is not None else None
+    return [
+        an.make_adversarial(
+            model,
+            attack_data,
+            attack,
+            float(eps),
+            device=device,
+            seed=seed,
+            cache_dir=adv_dir,
+            progress=progress,
+            max_samples=n_attack,
+            attack_params=dict((attack_params or {}).get(attack, {})) or None,
+        )
+        for attack, budgets in attacks.items()
+        for eps in budgets
+    ]
+
+
+def noise_sets(
+    names: Sequence[str],
+    shape: tuple[int, int, int],
+    attack_data: Dataset,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+) -> list[Any]:
+    """Noise sets by name (``gaussian``, ``uniform``, ``salt_pepper``, ``noisy_id``).
+
+    :param names: set names; unknown names are passed over
+    :param shape: image shape ``(C, H, W)``
+    :param attack_data: ID samples ``noisy_id`` draws its images from
+    :param n: images per set (``noisy_id``: at most this many)
+    """
+    from uniad_plugin import anomalies as an
+
+    makers = {
+        "gaussian": lambda: an.gaussian_noise(n, shape, seed=seed),
+        "uniform": lambda: an.uniform_noise(n, shape, seed=seed),
+        "salt_pepper": lambda: an.salt_and_pepper(n, shape, seed=seed),
+        "noisy_id": lambda: an.noisy_id(attack_data, seed=seed, max_samples=n),
+    }
+    return [makers[name]() for name in names if name in makers]
+
+
+#: keyword arguments of :func:`build_anomaly_sets` besides the set names, and where they go
+_OOD_OPTIONS = {
+    "optional_ood": "optional",
+    "n_ood": "n",
+    "data_root": "data_root",
+    "download": "download",
+}
+_ADV_OPTIONS = ("n_attack", "attack_params", "cache_dir", "device", "progress")
+
+
+def build_anomaly_sets(
+    model: nn.Module,
+    attack_data: Dataset,
+    shape: tuple[int, int, int],
+    *,
+    attacks: Mapping[str, Sequence[float]],
+    noise: Sequence[str],
+    ood: Sequence[str],
+    prebuilt: Sequence[Any] = (),
+    n_noise: int = 1000,
+    **options: Any,
+) -> tuple[list[Any], list[str]]:
+    """The anomaly sets of one run, in the order OOD, AD, NS.
+
+    :param model: the classifier that is attacked
+    :param attack_data: ID samples the adversarials are crafted from (not the ID test set);
+        ``noisy_id`` also draws its images from here
+    :param shape: image shape ``(C, H, W)``
+    :param attacks: attack name -> budgets (see :func:`parse_attacks`)
+    :param noise: noise set names (``gaussian``, ``uniform``, ``salt_pepper``, ``noisy_id``)
+    :param ood: OOD set names (``letters``, ``photos`` offline; real sets need ``data_root``)
+    :param prebuilt: sets made beforehand (e.g. OOD sets from :func:`load_ood_sets`), put first
+    :param n_noise: images per noise set (``noisy_id``: at most this many)
+    :param options: ``seed``; ``optional_ood``, ``n_ood``, ``data_root``, ``download`` of
+        :func:`load_ood_sets` (``optional``, ``n``, ...); ``n_attack``, ``attack_params``,
+        ``cache_dir``, ``device``, ``progress`` of :func:`adversarial_sets`
+    :return: the sets and notes about optional sets left out
+    :raises ConfigError: if a requested real OOD set cannot be loaded
+    :raises TypeError: on an unknown keyword argument
+    """
+    unknown = set(options) - {"seed", *_OOD_OPTIONS, *_ADV_OPTIONS}
+    if unknown:
+        raise TypeError(f"expected keyword arguments of build_anomaly_sets, got {sorted(unknown)}")
+    seed = options.get("seed", 0)
+    ood_kw = {key: options[name] for name, key in _OOD_OPTIONS.items() if name in options}
+    sets, notes = load_ood_sets(ood, shape, seed=seed, **ood_kw)
+    adv_kw = {name: options[name] for name in _ADV_OPTIONS if name in options}
+    return [
+        *prebuilt,
+        *sets,
+        *adversarial_sets(model, attack_data, attacks, seed=seed, **adv_kw),
+        *noise_sets(noise, shape, attack_data, n=n_noise, seed=seed),
+    ], notes

@@ -1,0 +1,385 @@
+"""What one run of the benchmark does, as one frozen value: :class:`RunConfig`.
+
+A run's defaults come from the :class:`Profile` of its data set: :data:`DIGITS` (scikit-learn's
+digits, offline) and :data:`MNIST`, each with a ``fast`` variant (:data:`DIGITS_FAST`,
+:data:`MNIST_FAST`) with small sizes for tests and a quick look. Fields of a
+:class:`RunConfig` left at ``None`` take the profile's value.
+
+:meth:`RunConfig.resolve` is the one place where a configuration is checked: it raises
+:class:`ConfigError` (unknown names, bad sizes, nothing to evaluate, a bad device) before any
+heavy work, and returns the :class:`RunPlan` the engine (:func:`~uniad_plugin.benchmark.run.run`)
+follows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from uniad_plugin.benchmark._common import ConfigError
+from uniad_plugin.benchmark.anomaly_sets import (
+    DEFAULT_ATTACKS,
+    NOISE_SETS,
+    OFFLINE_OOD_SETS,
+    attack_norms,
+    check_choice,
+    ood_set_names,
+    parse_attacks,
+)
+from uniad_plugin.benchmark.model_cache import default_cache_dir
+from uniad_plugin.benchmark.wiring import DEFAULT_DETECTORS, check_detector_names
+
+__all__ = [
+    "DIGITS",
+    "DIGITS_FAST",
+    "MNIST",
+    "MNIST_FAST",
+    "ConfigError",
+    "Profile",
+    "RunConfig",
+    "RunPlan",
+]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Defaults of one data set.
+
+    :param name: data set name (``"digits"``, ``"mnist"``)
+    :param arch: ``"module:function"`` of the reference architecture
+    :param epochs: training epochs of the reference model
+    :param train_batch_size: batch size of its training
+    :param eps: default attack budgets by norm (``"linf"``, ``"l2"``) or by attack name
+    :param ood: default OOD sets
+    :param optional_ood: default OOD sets that are left out with a note when their files are
+        missing
+    :param n_noise: images per noise set
+    :param n_ood: images per OOD set
+    :param n_attack: correctly classified sources attacked per attack and budget (``None``: all)
+    :param n_fit: training samples the detectors are fitted on (``None``: all)
+    :param attack_params: foolbox keyword overrides per attack name
+    :param n_test: ID test images (``None``: the data set's fixed split)
+    :param attack_split: images of the attack split (``None``: the data set's fixed split); a
+        full run grows it to ``n_attack`` if that is larger
+    """
+
+    name: str
+    arch: str
+    epochs: int
+    train_batch_size: int
+    eps: Mapping[str, tuple[float, ...]]
+    ood: tuple[str, ...]
+    optional_ood: tuple[str, ...]
+    n_noise: int
+    n_ood: int
+    n_attack: int | None
+    n_fit: int | None
+    attack_params: Mapping[str, Mapping[str, Any]]
+    n_test: int | None = None
+    attack_split: int | None = None
+
+
+#: C&W settings of the command: 3 binary-search steps of 50 Adam steps from c = 1 (instead
+#: of foolbox's 5 x 100 from c = 0.01): 150 instead of 500 gradient steps per input
+_CW_DEFAULT: dict[str, Any] = {"steps": 50, "binary_search_steps": 3, "initial_const": 1.0}
+_CW_FAST: dict[str, Any] = {**_CW_DEFAULT, "steps": 20, "binary_search_steps": 2}
+
+#: scikit-learn's digits (1x8x8, offline): a small CNN, 30 epochs
+DIGITS = Profile(
+    name="digits",
+    arch="uniad_plugin.models:digits_cnn",
+    epochs=30,
+    train_batch_size=64,
+    eps={"linf": (0.1, 0.2), "l2": (0.5, 1.0), "deepfool": (1.0,), "cw_l2": (1.0,)},
+    ood=OFFLINE_OOD_SETS,
+    optional_ood=(),
+    n_noise=450,
+    n_ood=450,
+    n_attack=None,
+    n_fit=None,
+    attack_params={"cw_l2": _CW_DEFAULT},
+)
+
+#: :data:`DIGITS` with small sizes: one budget per attack, 50 attack sources, 100 images per
+#: OOD / noise set, C&W 2 x 20 steps
+DIGITS_FAST = dataclasses.replace(
+    DIGITS,
+    eps={"linf": (0.2,), "l2": (1.0,), "deepfool": (1.0,), "cw_l2": (1.0,)},
+    n_noise=100,
+    n_ood=100,
+    n_attack=50,
+    attack_params={"cw_l2": _CW_FAST},
+)
+
+#: MNIST (1x28x28) through torchvision: LeNet, 3 epochs; 2,000 ID test images and an attack
+#: split of 1,000 images from MNIST's test set
+MNIST = Profile(
+    name="mnist",
+    arch="uniad_plugin.models:lenet",
+    epochs=3,
+    train_batch_size=128,
+    eps={"linf": (0.1, 0.3), "l2": (1.0, 2.0), "deepfool": (2.0,), "cw_l2": (2.0,)},
+    ood=(*OFFLINE_OOD_SETS, "fashion_mnist", "kmnist"),
+    optional_ood=("fashion_mnist", "kmnist"),
+    n_noise=1000,
+    n_ood=1000,
+    n_attack=500,
+    n_fit=None,
+    attack_params={"cw_l2": _CW_DEFAULT},
+    n_test=2000,
+    attack_split=1000,
+)
+
+#: :data:`MNIST` with small sizes: 1 epoch, 200 test images, 50 attack sources, detectors
+#: fitted on 2,000 training images
+MNIST_FAST = dataclasses.replace(
+    MNIST,
+    epochs=1,
+    eps={"linf": (0.3,), "l2": (2.0,), "deepfool": (2.0,), "cw_l2": (2.0,)},
+    n_noise=100,
+    n_ood=100,
+    n_attack=50,
+    n_fit=2000,
+    attack_params={"cw_l2": _CW_FAST},
+    n_test=200,
+    attack_split=50,
+)
+
+#: data set name -> (profile, fast profile)
+PROFILES: Mapping[str, tuple[Profile, Profile]] = {
+    "digits": (DIGITS, DIGITS_FAST),
+    "mnist": (MNIST, MNIST_FAST),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run of the benchmark does; ``None`` takes the profile's default.
+
+    :param dataset: ID data, a key of :data:`PROFILES` (``"digits"``, ``"mnist"``)
+    :param fast: use the profile's fast variant (small sizes)
+    :param detectors: detector names (default :data:`DEFAULT_DETECTORS`)
+    :param attacks: attack specs ``"name"`` or ``"name@eps1,eps2"`` (default: all five)
+    :param eps: default budgets of attacks given without ``@``, by norm (``"linf"``,
+        ``"l2"``) or attack name; a norm replaces the profile's per-attack budgets of that norm
+    :param noise: noise set names (default: all four)
+    :param ood: OOD set names (default: the profile's; real sets need ``data_root``)
+    :param n_test: ID test images scored (MNIST only)
+    :param n_noise: images per noise set
+    :param n_ood: images per OOD set
+    :param n_attack: correctly classified sources attacked per attack and budget
+    :param n_fit: fit the detectors on this many training samples (default: all)
+    :param attack_params: foolbox overrides per attack, e.g. ``{"cw_l2": {"steps": 50}}``,
+        merged onto the profile's
+    :param detector_kwargs: constructor overrides per detector name
+    :param model_path: a ``state_dict`` file of the user's classifier (see
+        :func:`~uniad_plugin.benchmark.model_cache.load_model`)
+    :param arch: ``"module:function"`` (or ``"file.py:function"``, or the function) building
+        the architecture (default: the profile's reference CNN)
+    :param epochs: training epochs of the reference model
+    :param data_root: folder of torchvision data sets (MNIST, real OOD sets)
+    :param download: let torchvision download missing data sets
+    :param seed: seed of every random choice (splits, training, attacks, noise, detectors)
+    :param device: ``"cpu"`` or ``"cuda[:i]"``
+    :param cache_dir: cache of trained models and adversarials (default
+        :func:`~uniad_plugin.benchmark.model_cache.default_cache_dir`)
+    :param out_dir: output folder (``None``: write nothing)
+    :param plots: draw ROC curves and histograms (PNG)
+    :param progress: show progress bars
+    :param batch_size: batch size of fitting and scoring
+    """
+
+    dataset: str = "digits"
+    fast: bool = False
+    detectors: Sequence[str] | None = None
+    attacks: Sequence[str] | None = None
+    eps: Mapping[str, Sequence[float]] | None = None
+    noise: Sequence[str] | None = None
+    ood: Sequence[str] | None = None
+    n_test: int | None = None
+    n_noise: int | None = None
+    n_ood: int | None = None
+    n_attack: int | None = None
+    n_fit: int | None = None
+    attack_params: Mapping[str, Mapping[str, Any]] | None = None
+    detector_kwargs: Mapping[str, Mapping[str, Any]] | None = None
+    model_path: str | os.PathLike | None = None
+    arch: str | Callable[[], nn.Module] | None = None
+    epochs: int | None = None
+    data_root: str | os.PathLike | None = None
+    download: bool = False
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    cache_dir: str | os.PathLike | None = None
+    out_dir: str | os.PathLike | None = "uniad-results"
+    plots: bool = True
+    progress: bool = True
+    batch_size: int = 256
+
+    @property
+    def profile(self) -> Profile:
+        """The profile of :attr:`dataset` (its fast variant if :attr:`fast`).
+
+        :raises ConfigError: on an unknown data set
+        """
+        if self.dataset not in PROFILES:
+            raise ConfigError(f"expected dataset in {tuple(PROFILES)}, got {self.dataset!r}")
+        return PROFILES[self.dataset][1 if self.fast else 0]
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+    def resolve(self) -> RunPlan:
+        """Check the configuration and fill in the profile's defaults.
+
+        :raises ConfigError: on an unknown data set, detector, attack, noise or OOD set, a bad
+            budget or size, a bad device, MNIST without ``data_root``, or nothing to evaluate
+        """
+        return _resolve(self)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked :class:`RunConfig` with every default filled in (made by
+    :meth:`RunConfig.resolve`); what the engine runs.
+
+    :param config: the configuration
+    :param detectors: canonical detector names
+    :param attacks: attack name -> budgets
+    :param noise: noise set names
+    :param ood: OOD set names
+    :param optional_ood: OOD sets left out with a note when their files are missing
+    :param n_noise: images per noise set
+    :param n_ood: images per OOD set
+    :param n_attack: sources attacked per attack and budget (``None``: all)
+    :param n_fit: training samples the detectors are fitted on (``None``: all)
+    :param attack_params: foolbox overrides per attack
+    :param device: the device
+    :param cache_dir: cache of models and adversarials (``None``: no cache)
+    :param epochs: training epochs of the reference model
+    :param n_test: ID test images (``None``: the data set's fixed split)
+    :param attack_split: images of the attack split (``None``: the data set's fixed split)
+    """
+
+    config: RunConfig
+    detectors: tuple[str, ...]
+    attacks: Mapping[str, tuple[float, ...]]
+    noise: tuple[str, ...]
+    ood: tuple[str, ...]
+    optional_ood: tuple[str, ...] = ()
+    n_noise: int = 1000
+    n_ood: int = 1000
+    n_attack: int | None = None
+    n_fit: int | None = None
+    attack_params: Mapping[str, Mapping[str, Any]] | None = None
+    device: torch.device = torch.device("cpu")
+    cache_dir: Path | None = None
+    epochs: int | None = None
+    n_test: int | None = None
+    attack_split: int | None = None
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`.
+
+    :raises ConfigError: if it is malformed, or CUDA is asked for but not available
+    """
+    try:
+        dev = torch.device(device)
+    except Exception:  # noqa: BLE001
+        raise ConfigError(f"bad device {device!r}; expected e.g. 'cpu' or 'cuda:0'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available; use --device cpu"
+        )
+    return dev
+
+
+def _default(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+def _eps_defaults(profile: Profile, eps: Mapping[str, Sequence[float]] | None) -> dict:
+    """The profile's budgets with ``eps`` on top; a budget per norm replaces the per-attack
+    budgets of that norm."""
+    out = dict(profile.eps)
+    for key in eps or {}:
+        for name, norm in attack_norms().items():
+            if norm == key:
+                out.pop(name, None)
+    out.update(eps or {})
+    return out
+
+
+def _check_sizes(c: RunConfig) -> None:
+    for name in ("epochs", "n_test", "n_noise", "n_ood", "n_attack", "n_fit", "batch_size"):
+        value = getattr(c, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"expected {name} >= 1, got {value}")
+    if c.dataset == "mnist" and c.data_root is None:
+        raise ConfigError("expected data_root (a folder with MNIST/raw inside) for MNIST, got None")
+    if c.n_test is not None and c.profile.n_test is None:
+        raise ConfigError(
+            f"expected n_test only for a data set without a fixed split, got n_test={c.n_test} "
+            f"for {c.dataset!r}"
+        )
+
+
+def _attack_params(profile: Profile, overrides: Mapping[str, Mapping[str, Any]] | None) -> dict:
+    params = {k: dict(v) for k, v in profile.attack_params.items()}
+    for k, v in (overrides or {}).items():
+        params[k] = {**params.get(k, {}), **v}
+    return params
+
+
+def _split_sizes(c: RunConfig, profile: Profile) -> tuple[int | None, int | None]:
+    """ID test images and attack split of a data set without a fixed split."""
+    if profile.n_test is None:
+        return None, None
+    n_test = _default(c.n_test, profile.n_test)
+    # noisy_id draws from the attack split too; a full run grows it if n_attack asks
+    n_src = profile.attack_split if c.fast else max(profile.attack_split, c.n_attack or 0)
+    return n_test, max(1, min(n_src, 10000 - n_test))
+
+
+def _resolve(c: RunConfig) -> RunPlan:
+    profile = c.profile
+    device = check_device(c.device)
+    detectors = check_detector_names(_default(c.detectors, DEFAULT_DETECTORS))
+    attacks = parse_attacks(_default(c.attacks, DEFAULT_ATTACKS), _eps_defaults(profile, c.eps))
+    noise = check_choice("noise set", _default(c.noise, NOISE_SETS), NOISE_SETS)
+    ood = check_choice("OOD set", _default(c.ood, profile.ood), ood_set_names())
+    _check_sizes(c)
+    if not (detectors or attacks or noise or ood):
+        raise ConfigError("nothing to evaluate")
+    if not (attacks or noise or ood):
+        raise ConfigError("expected at least one anomaly set (attack, noise or OOD set)")
+    if not detectors:
+        raise ConfigError("expected at least one detector")
+    n_test, attack_split = _split_sizes(c, profile)
+    return RunPlan(
+        config=c,
+        detectors=tuple(detectors),
+        attacks=attacks,
+        noise=tuple(noise),
+        ood=tuple(ood),
+        optional_ood=profile.optional_ood if c.ood is None else (),
+        n_noise=_default(c.n_noise, profile.n_noise),
+        n_ood=_default(c.n_ood, profile.n_ood),
+        n_attack=_default(c.n_attack, profile.n_attack),
+        n_fit=_default(c.n_fit, profile.n_fit),
+        attack_params=_attack_params(profile, c.attack_params),
+        device=device,
+        cache_dir=Path(c.cache_dir) if c.cache_dir is not None else default_cache_dir(),
+        epochs=_default(c.epochs, profile.epochs),
+        n_test=n_test,
+        attack_split=attack_split,
+    )

@@ -1,0 +1,178 @@
+"""Fitting detectors on the same ID data, with representations shared between detectors.
+
+Logits and penultimate features are extracted once per data set for every detector that
+consumes them (:class:`~pytorch_ood.api.LogitsDetector` / :class:`~pytorch_ood.api.FeaturesDetector`
+without input gradients); :class:`~uniad_plugin.benchmark.evaluation.UnifiedBenchmark` uses the
+same extraction when it scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from pytorch_ood.api import Detector, FeaturesDetector, GradientDetector, LogitsDetector
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from uniad_plugin.benchmark._common import progress as _progress
+from uniad_plugin.benchmark.wiring import DetectorEntry, PenultimateEncoder, as_entries
+
+__all__ = ["fit_detectors"]
+
+
+def logits_producer(det: Detector) -> nn.Module | None:
+    if isinstance(det, LogitsDetector) and not isinstance(det, GradientDetector):
+        model = getattr(det, "model", None)
+        return model if isinstance(model, nn.Module) else None
+    return None
+
+
+def features_producer(det: Detector) -> Callable[[Tensor], Tensor] | None:
+    if isinstance(det, FeaturesDetector) and not isinstance(det, GradientDetector):
+        encoder = getattr(det, "encoder", None)
+        return encoder if callable(encoder) else None
+    return None
+
+
+def _loader(data: Dataset | DataLoader, batch_size: int) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+@torch.no_grad()
+def extract(
+    producers: Mapping[int, Callable[[Tensor], Tensor]],
+    loader: DataLoader,
+    device: torch.device,
+    desc: str | None = None,
+    progress: bool = False,
+) -> tuple[dict[int, Tensor], Tensor]:
+    """Representations of every producer (logits models, encoders) over ``loader``.
+
+    An encoder :class:`PenultimateEncoder` of a model that is also a logits producer is
+    computed in the same forward pass as the logits.
+    """
+    fused = {
+        id(p.model): key
+        for key, p in producers.items()
+        if isinstance(p, PenultimateEncoder) and id(p.model) in producers
+    }
+    # encoders served by their model's pass, whatever the order of the producers
+    served = set(fused.values())
+    out: dict[int, list[Tensor]] = {k: [] for k in producers}
+    labels: list[Tensor] = []
+    batches = _progress(loader, progress, desc=desc, unit="batch", leave=False)
+    for x, y in batches:
+        x = x.to(device)
+        labels.append(torch.as_tensor(y).cpu())
+        for key, producer in producers.items():
+            if key in served:
+                continue
+            if key in fused:
+                enc_key = fused[key]
+                z, logits = producers[enc_key].with_logits(x)
+                out[key].append(logits.detach().cpu())
+                out[enc_key].append(z.detach().cpu())
+                continue
+            r = producer(x)
+            if isinstance(r, (tuple, list)):
+                r = r[0]
+            out[key].append(r.detach().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
+
+
+def producers_of(entries: Sequence[DetectorEntry]) -> dict[int, Callable[[Tensor], Tensor]]:
+    producers: dict[int, Callable[[Tensor], Tensor]] = {}
+    for e in entries:
+        if not e.ok:
+            continue
+        for p in (logits_producer(e.detector), features_producer(e.detector)):
+            if p is not None:
+                producers[id(p)] = p
+    return producers
+
+
+def move_entries(entries: Sequence[DetectorEntry], device: torch.device, stage: str) -> None:
+    """Move every usable detector to ``device``; one that raises is marked failed at ``stage``."""
+    for e in entries:
+        if e.ok:
+            try:
+                e.detector.to(device)
+            except Exception as err:  # noqa: BLE001 - shown in the results
+                e.fail(stage, err)
+
+
+def _shared_input(det: Detector, reps: Mapping[int, Tensor]) -> tuple[str, Tensor] | None:
+    """``("logits", z)`` or ``("features", z)`` if ``reps`` holds the detector's input."""
+    lp, fp = logits_producer(det), features_producer(det)
+    if lp is not None and id(lp) in reps:
+        return "logits", reps[id(lp)]
+    if fp is not None and id(fp) in reps:
+        return "features", reps[id(fp)]
+    return None
+
+
+def predict_shared(
+    det: Detector, reps: Mapping[int, Tensor], device: torch.device
+) -> Tensor | None:
+    """Scores from the shared logits or features of ``det`` (``None`` if ``reps`` lacks them)."""
+    shared = _shared_input(det, reps)
+    if shared is None:
+        return None
+    with torch.no_grad():
+        if shared[0] == "logits":
+            return det.predict_logits(shared[1].to(device))
+        return det.predict_features(shared[1].to(device))
+
+
+def fit_detectors(
+    detectors: Detector | DetectorEntry | Sequence[Detector | DetectorEntry],
+    data: Dataset | DataLoader,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[DetectorEntry]:
+    """Fit every detector on the same ID data.
+
+    Logits and penultimate features are extracted once for all detectors that consume them
+    (``fit_logits`` / ``fit_features``); every other detector gets ``fit(loader)``. A detector
+    whose fitting raises is marked ``"failed"`` with the error; the others are still fitted.
+
+    :param detectors: detectors or entries (see :func:`build_detectors`)
+    :param data: ID training data, a dataset or loader of ``(x, y)`` with labels ``>= 0``
+    :param batch_size: batch size when ``data`` is a dataset
+    :param device: device to fit on
+    :param progress: show progress bars
+    :return: the entries, updated in place
+    """
+    entries = as_entries(detectors)
+    device = torch.device(device)
+    loader = _loader(data, batch_size)
+    to_fit = [e for e in entries if e.ok and getattr(e.detector, "requires_fit", True)]
+    move_entries(to_fit, device, "fit")
+    producers = producers_of([e for e in to_fit if e.ok])
+    reps: dict[int, Tensor] = {}
+    labels: Tensor | None = None
+    if producers:
+        try:
+            reps, labels = extract(producers, loader, device, "extracting train", progress)
+        except Exception:  # noqa: BLE001 - fall back to each detector's own fit
+            reps = {}
+    for e in _progress(to_fit, progress, desc="fitting detectors", unit="detector"):
+        if not e.ok:
+            continue
+        det = e.detector
+        try:
+            shared = _shared_input(det, reps)
+            if shared is None:
+                det.fit(loader)
+            elif shared[0] == "logits":
+                det.fit_logits(shared[1].to(device), labels.to(device))
+            else:
+                det.fit_features(shared[1].to(device), labels.to(device))
+        except Exception as err:  # noqa: BLE001 - shown in the results
+            e.fail("fit", err)
+    return entries

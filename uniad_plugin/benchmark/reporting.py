@@ -1,0 +1,201 @@
+"""Result rows as tables (text, Markdown), CSV and JSON, and the files of a run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from uniad_plugin.benchmark.evaluation import ALL, KINDS, MEAN, METRICS
+
+__all__ = ["results_to_csv", "results_to_json", "results_to_table", "save_results"]
+
+
+def _detectors_in(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["Detector"] for r in rows))
+
+
+def _fmt(value: float) -> str:
+    return (
+        "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    )
+
+
+def results_to_table(
+    rows: Sequence[Mapping[str, Any]], metric: str = "AUROC", *, fmt: str = "text"
+) -> str:
+    """One metric as a table: a line per anomaly set, class mean and overall mean, a column
+    per detector; detectors without numbers are listed below with the reason.
+
+    :param rows: rows from :meth:`UnifiedBenchmark.evaluate`
+    :param metric: one of :data:`METRICS`
+    :param fmt: ``"text"`` (aligned columns for a terminal) or ``"markdown"``
+    :raises ValueError: on an unknown metric or format
+    """
+    if metric not in METRICS:
+        raise ValueError(f"expected metric in {METRICS}, got {metric!r}")
+    if fmt not in ("text", "markdown"):
+        raise ValueError(f"expected fmt 'text' or 'markdown', got {fmt!r}")
+    detectors = _detectors_in(rows)
+    index = {(r["Detector"], r["Class"], r["Dataset"]): r for r in rows}
+    evaluated = [d for d in detectors if any(k[0] == d and k[2] != MEAN for k in index)]
+    header = ["Class", "Dataset", "N", *evaluated]
+    body = [_table_line(index, evaluated, key, metric) for key in _table_keys(rows, evaluated)]
+    lower = " (lower is better)" if metric.startswith("FPR") else ""
+    title = f"{metric}{lower}: ID test set vs each anomaly set"
+    notes = _table_notes(rows, detectors, evaluated)
+    if fmt == "markdown":
+        return _markdown(title, header, body, notes)
+    return _text(title, header, body, notes)
+
+
+def _table_keys(
+    rows: Sequence[Mapping[str, Any]], evaluated: Sequence[str]
+) -> list[tuple[str, str]]:
+    """``(class, set)`` of every table line: the sets and the mean of each class, then overall."""
+    keys: list[tuple[str, str]] = []
+    for kind in KINDS:
+        sets = list(
+            dict.fromkeys(r["Dataset"] for r in rows if r["Class"] == kind and r["Dataset"] != MEAN)
+        )
+        keys.extend((kind, s) for s in sets)
+        if sets:
+            keys.append((kind, MEAN))
+    if evaluated:
+        keys.append((ALL, MEAN))
+    return keys
+
+
+def _table_line(
+    index: Mapping[tuple[str, str, str], Mapping[str, Any]],
+    evaluated: Sequence[str],
+    key: tuple[str, str],
+    metric: str,
+) -> list[str]:
+    """The cells of one table line: class, set, N and the metric of every detector."""
+    kind, name = key
+    ns = [index[(d, kind, name)]["N"] for d in evaluated if (d, kind, name) in index]
+    line = [kind, name, str(max(ns)) if ns and name != MEAN else ""]
+    for d in evaluated:
+        r = index.get((d, kind, name))
+        if r is None:
+            line.append("")
+        elif r["Error"] is not None and name != MEAN:
+            line.append("err" if r["Error"] != "empty set" else "empty")
+        else:
+            line.append(_fmt(r[metric]))
+    return line
+
+
+def _table_notes(
+    rows: Sequence[Mapping[str, Any]], detectors: Sequence[str], evaluated: Sequence[str]
+) -> list[str]:
+    """Why a detector or a set has no numbers, one note each."""
+    notes = []
+    for d in detectors:
+        for r in rows:
+            if r["Detector"] == d and r["Error"] is not None and r["Error"] != "empty set":
+                where = "" if r["Dataset"] == MEAN and r["Class"] == ALL else f" [{r['Dataset']}]"
+                if d not in evaluated or r["Dataset"] != MEAN:
+                    notes.append(f"{d}{where}: {r['Error']}")
+    return notes
+
+
+def _markdown(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+    ]
+    lines += ["| " + " | ".join(c if c else " " for c in line) + " |" for line in body]
+    out = "\n".join([f"**{title}**", "", *lines])
+    if notes:
+        out += "\n\n" + "\n".join(f"- {n}" for n in notes)
+    return out + "\n"
+
+
+def _text(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+
+    def aligned(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    lines = [title, aligned(header), "  ".join("-" * w for w in widths)]
+    lines.extend(aligned(line) for line in body)
+    if notes:
+        lines.append("")
+        lines.append("Not evaluated / errors:")
+        lines.extend(f"  {n}" for n in notes)
+    return "\n".join(lines) + "\n"
+
+
+def results_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as CSV (one line per row; missing numbers are empty cells)."""
+    buf = io.StringIO()
+    fields = ["Detector", "Class", "Dataset", *METRICS, "N", "Error"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(
+            {
+                k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                for k, v in r.items()
+            }
+        )
+    return buf.getvalue()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Tensor):
+        return _jsonable(value.tolist())
+    return value
+
+
+def results_to_json(
+    rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None
+) -> str:
+    """The rows (and run details ``meta``) as JSON; missing numbers are ``null``."""
+    return json.dumps(_jsonable({"meta": dict(meta or {}), "rows": list(rows)}), indent=2)
+
+
+def save_results(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv``, ``table.txt`` and ``table.md`` to ``out_dir``.
+
+    :return: file kind -> path
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "json": out / "results.json",
+        "csv": out / "results.csv",
+        "table": out / "table.txt",
+        "markdown": out / "table.md",
+    }
+    files["json"].write_text(results_to_json(rows, meta) + "\n")
+    files["csv"].write_text(results_to_csv(rows))
+    files["table"].write_text("\n".join(results_to_table(rows, m) for m in METRICS))
+    files["markdown"].write_text(
+        "\n".join(results_to_table(rows, m, fmt="markdown") for m in METRICS)
+    )
+    return files

@@ -1,0 +1,393 @@
+"""The engine of a run: :func:`run` takes a :class:`~uniad_plugin.benchmark.config.RunConfig`
+and does everything behind the ``uniad`` command: the ID splits, the classifier (the user's or
+a cached reference model), the anomaly sets, the detectors, fitting, evaluation and the files.
+
+:func:`run_default`, :func:`run_mnist` and :func:`run_benchmark` are the functions of earlier
+versions, kept as thin wrappers that build a configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from uniad_plugin.benchmark._common import safe_name
+from uniad_plugin.benchmark.anomaly_sets import (
+    NOISE_SETS,
+    OFFLINE_OOD_SETS,
+    adversarial_sets,
+    load_ood_sets,
+    noise_sets,
+)
+from uniad_plugin.benchmark.config import RunConfig, RunPlan
+from uniad_plugin.benchmark.evaluation import UnifiedBenchmark
+from uniad_plugin.benchmark.model_cache import (
+    check_model_output,
+    load_model,
+    resolve_architecture,
+    trained_model,
+)
+from uniad_plugin.benchmark.plots import plot_histograms, plot_roc
+from uniad_plugin.benchmark.reporting import results_to_table, save_results
+from uniad_plugin.benchmark.wiring import DEFAULT_DETECTORS, build_detectors
+from uniad_plugin.data import Splits
+
+__all__ = ["RunResult", "evaluate_plan", "run", "run_benchmark", "run_default", "run_mnist"]
+
+_METRIC_NOTES = (
+    "per set: ID test set vs that set (OODMetrics, anomalies positive); class "
+    "mean: unweighted mean over the class's sets; overall: mean of the class means"
+)
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced.
+
+    :param rows: result rows (see :meth:`UnifiedBenchmark.evaluate`)
+    :param table: the AUROC table as printed by the ``uniad`` command
+    :param meta: run details (data, model, anomaly sets, detectors, timings, notes)
+    :param files: written files by kind (``json``, ``csv``, ``table``, ``markdown``, plots)
+    :param benchmark: the benchmark, with the raw scores in ``benchmark.scores``
+    :param model: the evaluated classifier
+    """
+
+    rows: list[dict[str, Any]]
+    table: str
+    meta: dict[str, Any]
+    files: dict[str, Any]
+    benchmark: UnifiedBenchmark
+    model: nn.Module
+
+
+def run(config: RunConfig) -> RunResult:
+    """Run the benchmark that ``config`` describes.
+
+    Checks the configuration first (:meth:`RunConfig.resolve`), then loads the ID splits and
+    the OOD sets, loads the user's model or trains (or loads from the cache) the reference
+    model, crafts the adversarial sets from the attack split, makes the noise sets, builds the
+    detectors, fits them on the ID training data, evaluates them with
+    :class:`UnifiedBenchmark` and writes results and plots to ``config.out_dir``.
+
+    :raises ConfigError: on a bad configuration (before any heavy work), missing data or a
+        model that does not fit the data set
+    """
+    plan = config.resolve()
+    splits = _splits(plan)
+    shape = tuple(splits.test.tensors[0].shape[1:])
+    ood_sets, notes = load_ood_sets(
+        plan.ood,
+        shape,
+        optional=plan.optional_ood,
+        n=plan.n_ood,
+        data_root=config.data_root,
+        download=config.download,
+        seed=config.seed,
+    )
+    meta: dict[str, Any] = {"dataset": config.profile.name, "fast": config.fast}
+    t = time.perf_counter()
+    model, meta["model"] = _model(plan, splits)
+    meta["model_s"] = round(time.perf_counter() - t, 2)
+    check_model_output(model.to(plan.device), splits.test.tensors[0][:8], splits.num_classes)
+    plan = dataclasses.replace(plan, ood=(), optional_ood=())
+    return evaluate_plan(model, splits, plan, prebuilt=ood_sets, notes=notes, meta=meta)
+
+
+def _splits(plan: RunPlan) -> Splits:
+    from uniad_plugin.data import digits_splits, mnist_splits
+
+    c = plan.config
+    if c.profile.name == "mnist":
+        return mnist_splits(
+            c.data_root,
+            seed=c.seed,
+            n_test=plan.n_test,
+            n_attack=plan.attack_split,
+            download=c.download,
+        )
+    return digits_splits(c.seed)
+
+
+def _model(plan: RunPlan, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
+    """The user's model, or the reference model trained on ``splits.train`` (cached)."""
+    c = plan.config
+    arch = c.arch or c.profile.arch
+    if c.model_path is not None:
+        return load_model(c.model_path, arch), {"source": str(c.model_path), "arch": str(arch)}
+    factory = resolve_architecture(arch)
+    if c.arch is not None:
+        arch_name = safe_name(str(c.arch).rpartition(":")[2])
+    else:
+        arch_name = c.profile.arch.rpartition(":")[2]
+    check_model_output(factory().eval(), splits.test.tensors[0][:8], splits.num_classes)
+    model, cached = trained_model(
+        arch_name,
+        factory,
+        splits.train,
+        epochs=plan.epochs,
+        seed=c.seed,
+        batch_size=c.profile.train_batch_size,
+        cache_dir=plan.cache_dir,
+        device=plan.device,
+        progress=c.progress,
+    )
+    return model, {"source": "trained", "arch": str(arch), "epochs": plan.epochs, "cached": cached}
+
+
+def evaluate_plan(
+    model: nn.Module,
+    splits: Splits,
+    plan: RunPlan,
+    *,
+    prebuilt: Sequence[Any] = (),
+    notes: Sequence[str] = (),
+    meta: Mapping[str, Any] | None = None,
+) -> RunResult:
+    """Fit the detectors of ``plan`` on ``splits.train`` and evaluate them against its OOD, AD
+    and NS sets; write results and plots to ``plan.config.out_dir`` (``None``: nothing).
+
+    :param model: the classifier, inputs in [0, 1]
+    :param splits: :class:`~uniad_plugin.data.Splits`; the adversarials are crafted from
+        ``splits.attack``
+    :param plan: what to run (see :meth:`RunConfig.resolve`)
+    :param prebuilt: anomaly sets made beforehand (put first), e.g. OOD sets
+    :param notes: notes to keep in the run details
+    :param meta: run details to start from
+    :return: the rows, the printed table, run details and the written files
+    """
+    c = plan.config
+    t0 = time.perf_counter()
+    model = model.to(plan.device).eval()
+    example = splits.test.tensors[0][:8]
+    check_model_output(model, example, splits.num_classes)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    sets, more_notes = _anomaly_sets(model, splits, plan, prebuilt)
+    timings["anomaly_sets_s"] = time.perf_counter() - t
+    train = _fit_subset(splits.train, plan.n_fit, c.seed)
+    bench = UnifiedBenchmark(
+        train, splits.test, sets, batch_size=c.batch_size, device=plan.device, progress=c.progress
+    )
+    entries = build_detectors(
+        plan.detectors,
+        model,
+        example,
+        seed=c.seed,
+        device=plan.device,
+        detector_kwargs=c.detector_kwargs,
+    )
+    t = time.perf_counter()
+    bench.fit(entries)
+    timings["fit_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rows = bench.evaluate(entries)
+    timings["evaluate_s"] = time.perf_counter() - t
+    run_meta = _run_meta(model, splits, plan, len(train), dict(meta or {}))
+    run_meta.update(
+        anomaly_sets=[_set_summary(a) for a in sets],
+        detectors=[{"name": e.name, "status": e.status, "reason": e.reason} for e in entries],
+        notes=[*notes, *more_notes],
+        metric_notes=_METRIC_NOTES,
+    )
+    files = _write(rows, bench, c, run_meta, timings, t0)
+    table = results_to_table(rows, "AUROC")
+    return RunResult(
+        rows=rows, table=table, meta=run_meta, files=files, benchmark=bench, model=model
+    )
+
+
+def _anomaly_sets(
+    model: nn.Module, splits: Splits, plan: RunPlan, prebuilt: Sequence[Any]
+) -> tuple[list[Any], list[str]]:
+    """The anomaly sets of ``plan``, in the order ``prebuilt``, OOD, AD, NS."""
+    c = plan.config
+    shape = tuple(splits.test.tensors[0].shape[1:])
+    ood, notes = load_ood_sets(
+        plan.ood,
+        shape,
+        optional=plan.optional_ood,
+        n=plan.n_ood,
+        data_root=c.data_root,
+        download=c.download,
+        seed=c.seed,
+    )
+    adversarial = adversarial_sets(
+        model,
+        splits.attack,
+        plan.attacks,
+        n_attack=plan.n_attack,
+        attack_params=plan.attack_params,
+        seed=c.seed,
+        cache_dir=plan.cache_dir,
+        device=plan.device,
+        progress=c.progress,
+    )
+    noise = noise_sets(plan.noise, shape, splits.attack, n=plan.n_noise, seed=c.seed)
+    return [*prebuilt, *ood, *adversarial, *noise], notes
+
+
+def _fit_subset(train: Dataset, n_fit: int | None, seed: int) -> Dataset:
+    """A random (``seed``) subset of ``n_fit`` training samples; all if ``n_fit`` is None."""
+    if n_fit is None or n_fit >= len(train):
+        return train
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n_fit]
+    return TensorDataset(*(t[idx] for t in train.tensors))
+
+
+def _run_meta(
+    model: nn.Module, splits: Splits, plan: RunPlan, n_fit: int, meta: dict[str, Any]
+) -> dict[str, Any]:
+    from uniad_plugin.models import accuracy
+
+    c = plan.config
+    loader = DataLoader(splits.test, batch_size=c.batch_size)
+    meta.update(
+        seed=c.seed,
+        device=str(plan.device),
+        input_shape=list(splits.test.tensors[0].shape[1:]),
+        num_classes=splits.num_classes,
+        n_train=len(splits.train),
+        n_fit=n_fit,
+        n_test=len(splits.test),
+        n_attack_split=len(splits.attack),
+        test_accuracy=accuracy(model, loader, plan.device),
+    )
+    return meta
+
+
+def _write(
+    rows: list[dict[str, Any]],
+    bench: UnifiedBenchmark,
+    config: RunConfig,
+    meta: dict[str, Any],
+    timings: dict[str, float],
+    t0: float,
+) -> dict[str, Any]:
+    """Plots and result files into ``config.out_dir`` (nothing if it is ``None``); the
+    timings go into ``meta``."""
+    files: dict[str, Any] = {}
+    model_s = 0.0
+    out_dir = config.out_dir
+    if out_dir is not None:
+        t = time.perf_counter()
+        if config.plots:
+            plots = Path(out_dir) / "plots"
+            files["roc"] = plot_roc(bench.scores, bench.kinds, plots)
+            files["histograms"] = plot_histograms(bench.scores, bench.kinds, plots)
+        timings["plots_s"] = time.perf_counter() - t
+        model_s = float(meta.get("model_s", 0.0))
+    timings["total_s"] = time.perf_counter() - t0 + model_s
+    meta["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    if out_dir is not None:
+        files.update(save_results(rows, out_dir, meta))
+    return files
+
+
+def _set_summary(a: Any) -> dict[str, Any]:
+    info = {
+        k: v for k, v in getattr(a, "info", {}).items() if k not in ("source_labels", "adv_pred")
+    }
+    return {"name": a.name, "kind": a.kind, "n": len(a), "info": info}
+
+
+def run_default(**overrides: Any) -> RunResult:
+    """The embedded default evaluation, offline: scikit-learn's digits (1x8x8).
+
+    ``run(RunConfig(dataset="digits", **overrides))``; see :class:`RunConfig` for the keyword
+    arguments and :data:`~uniad_plugin.benchmark.config.DIGITS` for the defaults: a small CNN
+    (:func:`~uniad_plugin.models.digits_cnn`, 30 epochs, cached) or the user's model; the
+    default detectors; OOD sets ``letters`` and ``photos``; all five attacks, crafted from the
+    correctly classified inputs of the attack split: ``fgsm`` and ``pgd_linf`` at L-inf budgets
+    0.1 and 0.2, ``pgd_l2`` at L2 budgets 0.5 and 1.0, ``deepfool`` and ``cw_l2`` at L2 budget
+    1.0 (these two search the smallest perturbation and the budget only caps it, so each budget
+    would rerun the same search; ask for more with e.g. ``"cw_l2@0.5,1"``); C&W with 3 x 50
+    steps from c = 1 instead of foolbox's 5 x 100 from c = 0.01, to stay within the time budget
+    (override with ``attack_params``); the four noise sets. ``fast=True`` shrinks everything
+    for tests (:data:`~uniad_plugin.benchmark.config.DIGITS_FAST`).
+
+    :raises ConfigError: on bad arguments (before any heavy work)
+    """
+    return run(RunConfig(dataset="digits", **overrides))
+
+
+def run_mnist(data_root: Any, **overrides: Any) -> RunResult:
+    """The real-scale evaluation on MNIST (1x28x28) through torchvision.
+
+    ``run(RunConfig(dataset="mnist", data_root=data_root, **overrides))``; see
+    :class:`RunConfig` for the keyword arguments and
+    :data:`~uniad_plugin.benchmark.config.MNIST` for the defaults: LeNet
+    (:func:`~uniad_plugin.models.lenet`, 3 epochs on the 60,000 training images, cached) or the
+    user's model; ``n_test`` (2,000) ID test images and a disjoint attack split of 1,000 images
+    (or ``n_attack`` if larger), both from MNIST's test set; OOD sets ``letters``, ``photos``
+    and, when their files are under ``data_root`` (or with ``download``), ``fashion_mnist`` and
+    ``kmnist``; all five attacks on ``n_attack`` (500) correctly classified sources each:
+    ``fgsm``, ``pgd_linf`` at L-inf budgets 0.1 and 0.3, ``pgd_l2`` at L2 budgets 1.0 and 2.0,
+    ``deepfool`` and ``cw_l2`` at L2 budget 2.0; the four noise sets (1,000 images each). The
+    detectors are fitted on all 60,000 training images, or on a random (``seed``) subset of
+    ``n_fit``.
+
+    :param data_root: folder with ``MNIST/raw`` (torchvision's layout)
+    :raises ConfigError: on bad arguments or missing data (before any heavy work)
+    """
+    return run(RunConfig(dataset="mnist", data_root=data_root, **overrides))
+
+
+#: keyword arguments of :func:`run_benchmark` that go into the plan, with their defaults
+_PLAN_DEFAULTS: dict[str, Any] = {
+    "detectors": DEFAULT_DETECTORS,
+    "noise": NOISE_SETS,
+    "ood": OFFLINE_OOD_SETS,
+    "optional_ood": (),
+    "n_noise": 1000,
+    "n_ood": 1000,
+    "n_attack": None,
+    "n_fit": None,
+    "attack_params": None,
+}
+
+
+def run_benchmark(
+    model: nn.Module,
+    splits: Splits,
+    *,
+    attacks: Mapping[str, Sequence[float]],
+    prebuilt: Sequence[Any] = (),
+    notes: Sequence[str] = (),
+    meta: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Fit detectors on ``splits.train`` and evaluate them against OOD, AD and NS sets.
+
+    The engine of earlier versions, kept for its callers: builds a :class:`RunPlan` and calls
+    :func:`evaluate_plan`. ``overrides`` are ``detectors``, ``noise``, ``ood``,
+    ``optional_ood``, ``n_noise`` (1000), ``n_ood`` (1000), ``n_attack``, ``n_fit``,
+    ``attack_params`` and any field of :class:`RunConfig` (``seed``, ``device``,
+    ``cache_dir`` (default: no cache), ``out_dir``, ``plots``, ``progress``, ``batch_size``,
+    ``data_root``, ``download``, ``detector_kwargs``, ...); nothing is checked beyond what
+    the steps check themselves.
+
+    :param model: the classifier, in eval mode, inputs in [0, 1]
+    :param splits: :class:`~uniad_plugin.data.Splits`
+    :param attacks: attack name -> budgets (see :func:`parse_attacks`)
+    :param prebuilt: anomaly sets made beforehand (put first), e.g. OOD sets
+    :param notes: notes to keep in the run details
+    :param meta: run details to start from
+    """
+    plan_fields = {k: overrides.pop(k, v) for k, v in _PLAN_DEFAULTS.items()}
+    config = RunConfig(**overrides)
+    plan = RunPlan(
+        config=config,
+        attacks={k: tuple(v) for k, v in attacks.items()},
+        device=torch.device(config.device),
+        cache_dir=Path(config.cache_dir) if config.cache_dir is not None else None,
+        **plan_fields,
+    )
+    return evaluate_plan(model, splits, plan, prebuilt=prebuilt, notes=notes, meta=meta)

@@ -1,0 +1,427 @@
+"""Detectors wired to a classifier by name.
+
+:class:`ModelParts` finds what the built-in pytorch-ood detectors need from a classifier (its
+logits, penultimate features, head, consecutive blocks) with one probe forward pass;
+:func:`build_detectors` builds detectors by name from a declarative table of the built-in
+detectors plus the detectors registered in the ``pytorch_ood.detectors`` entry-point group. A
+detector that cannot run on the model is *skipped*, one whose constructor raises is *failed*;
+either way its :class:`DetectorEntry` says why.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pytorch_ood.api import Detector
+from torch import Tensor, nn
+
+from uniad_plugin._utils import model_device
+from uniad_plugin.benchmark._common import ConfigError, one_line
+from uniad_plugin.nn.taps import INPUT_SUFFIX, LOG_SOFTMAX, LOGITS, LayerTaps, default_layers
+
+__all__ = [
+    "DEFAULT_DETECTORS",
+    "DetectorEntry",
+    "ModelParts",
+    "PenultimateEncoder",
+    "available_detectors",
+    "build_detectors",
+    "check_detector_names",
+]
+
+#: detectors of the ``uniad`` command when none are chosen (those that cannot run on the
+#: model are skipped with the reason shown)
+DEFAULT_DETECTORS: tuple[str, ...] = (
+    "UniformDetector",
+    "MaxSoftmax",
+    "EnergyBased",
+    "ODIN",
+    "Mahalanobis",
+    "MultiMahalanobis",
+    "KNN",
+    "ViM",
+)
+
+
+class PenultimateEncoder(nn.Module):
+    """The features a classifier feeds into its last ``nn.Linear`` (its penultimate layer).
+
+    Uses :class:`~uniad_plugin.nn.taps.LayerTaps`, so it works for any model whose head is an
+    ``nn.Linear`` that runs in ``forward``, not only for ``nn.Sequential``. Feature maps are
+    average-pooled to ``(B, D)``.
+
+    :param model: the classifier
+    :param layer: tapped layer, e.g. ``"fc:input"``
+    """
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.taps = LayerTaps(model, [layer])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.taps(x)[1][0]
+
+    def with_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Penultimate features and logits from one forward pass."""
+        logits, (z,) = self.taps(x)
+        return z, logits
+
+
+class _As4d(nn.Module):
+    """``(B, D)`` -> ``(B, D, 1, 1)`` so that MultiMahalanobis can average over space."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, :, None, None] if x.dim() == 2 else x
+
+
+@dataclass
+class ModelParts:
+    """What the built-in detectors need from a classifier, found by one probe forward pass.
+
+    :param model: the classifier
+    :param num_classes: number of classes (width of the logits)
+    :param layers: :func:`~uniad_plugin.nn.taps.default_layers` of the model
+    :param head: the last ``nn.Linear`` that runs (``None`` if there is none)
+    :param encoder: penultimate features (input of ``head``), ``None`` without a head
+    :param blocks: consecutive blocks split at the stage boundaries (``nn.Sequential`` only)
+    :param split: ``(backbone, head)`` halves of an ``nn.Sequential`` split before its last
+        ``nn.Linear`` (``None`` otherwise)
+    :param feature_dim: width of the penultimate features
+    :param notes: why a part is missing, by part (``"features"``, ``"sequential"``)
+    """
+
+    model: nn.Module
+    num_classes: int
+    layers: list[str]
+    head: nn.Linear | None = None
+    encoder: PenultimateEncoder | None = None
+    blocks: list[nn.Module] | None = None
+    split: tuple[nn.Module, nn.Module] | None = None
+    feature_dim: int | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, example: Tensor) -> ModelParts:
+        """Analyse ``model`` with a probe batch ``example`` (a few inputs)."""
+        with torch.no_grad():
+            logits = model(example)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        layers = default_layers(model, example)
+        modules = dict(model.named_modules())
+        head_layer = next((n for n in layers if n.endswith(INPUT_SUFFIX)), None)
+        head = encoder = None
+        feature_dim = None
+        notes: dict[str, str] = {}
+        if head_layer is not None:
+            head_name = head_layer[: -len(INPUT_SUFFIX)]
+            candidate = modules[head_name]
+            if isinstance(candidate, nn.Linear):
+                head = candidate
+                encoder = PenultimateEncoder(model, head_layer)
+                feature_dim = head.in_features
+        if head is None:
+            notes["features"] = "the model has no nn.Linear head whose input is the features"
+        blocks, split = _sequential_parts(model, layers, head_layer if head is not None else None)
+        if not isinstance(model, nn.Sequential):
+            notes["sequential"] = (
+                "needs consecutive layers; only nn.Sequential models are split automatically"
+            )
+        return cls(
+            model=model,
+            num_classes=int(logits.shape[1]),
+            layers=layers,
+            head=head,
+            encoder=encoder,
+            blocks=blocks,
+            split=split,
+            feature_dim=feature_dim,
+            notes=notes,
+        )
+
+
+def _sequential_parts(
+    model: nn.Module, layers: Sequence[str], head_layer: str | None
+) -> tuple[list[nn.Module] | None, tuple[nn.Module, nn.Module] | None]:
+    """Consecutive blocks of an ``nn.Sequential`` split at the stage boundaries of ``layers``,
+    and its ``(backbone, head)`` halves split before ``head_layer`` (``None`` where impossible).
+    """
+    if not isinstance(model, nn.Sequential):
+        return None, None
+    blocks = split = None
+    top = [n for n, _ in model.named_children()]
+    ends: list[int] = []
+    for layer in layers:
+        if layer in (LOGITS, LOG_SOFTMAX):
+            continue
+        name = layer[: -len(INPUT_SUFFIX)] if layer.endswith(INPUT_SUFFIX) else layer
+        idx = top.index(name.split(".")[0])
+        ends.append(idx if layer.endswith(INPUT_SUFFIX) else idx + 1)
+    ends = sorted(set(e for e in ends if e > 0))
+    if ends:
+        starts = [0, *ends[:-1]]
+        blocks = [
+            nn.Sequential(*list(model.children())[s:e]) for s, e in zip(starts, ends, strict=True)
+        ]
+        blocks[-1] = nn.Sequential(*blocks[-1], _As4d())
+    if head_layer is not None:
+        name = head_layer[: -len(INPUT_SUFFIX)]
+        if name in top:
+            h = top.index(name)
+            split = (model[:h], model[h:])
+    return blocks, split
+
+
+def _need(parts: ModelParts, what: str) -> str | None:
+    """Reason why ``parts`` lacks ``what`` ("features", "bias", "sequential", "split")."""
+    if what in ("features", "bias", "split") and parts.encoder is None:
+        return "needs penultimate features: " + parts.notes.get("features", "none found")
+    if what == "bias" and parts.head is not None and parts.head.bias is None:
+        return "needs the bias of the last nn.Linear, which has none"
+    if what == "sequential" and parts.blocks is None:
+        return "MultiMahalanobis " + parts.notes.get("sequential", "found no layer boundaries")
+    if what == "split" and parts.split is None:
+        return "needs the model split before its last nn.Linear; only nn.Sequential is split"
+    return None
+
+
+def _builtin(name: str) -> type:
+    import pytorch_ood.detector as d
+
+    return getattr(d, name)
+
+
+def _knn(p: ModelParts, kw: dict) -> Detector:
+    return _builtin("KNN")(p.encoder, **{"k": 50, **kw})
+
+
+def _vim(p: ModelParts, kw: dict) -> Detector:
+    d = max(1, (p.feature_dim or 2) // 2)
+    return _builtin("ViM")(p.encoder, **{"d": d, "w": p.head.weight, "b": p.head.bias, **kw})
+
+
+def _react(p: ModelParts, kw: dict) -> Detector:
+    backbone, head = p.split
+    return _builtin("ReAct")(backbone, head, **kw)
+
+
+#: built-in pytorch-ood detectors the benchmark can wire to a classifier:
+#: name -> (requirement, factory(parts, kwargs), one-line description)
+_BUILTINS: dict[str, tuple[str | None, Callable[[ModelParts, dict], Detector], str]] = {
+    "MaxSoftmax": (None, lambda p, kw: _builtin("MaxSoftmax")(p.model, **kw), "logits"),
+    "EnergyBased": (None, lambda p, kw: _builtin("EnergyBased")(p.model, **kw), "logits"),
+    "MaxLogit": (None, lambda p, kw: _builtin("MaxLogit")(p.model, **kw), "logits"),
+    "Entropy": (None, lambda p, kw: _builtin("Entropy")(p.model, **kw), "logits"),
+    "GEN": (None, lambda p, kw: _builtin("GEN")(p.model, **kw), "logits"),
+    "KLMatching": (None, lambda p, kw: _builtin("KLMatching")(p.model, **kw), "logits, fitted"),
+    "OpenMax": (None, lambda p, kw: _builtin("OpenMax")(p.model, **kw), "logits, fitted"),
+    "ODIN": (None, lambda p, kw: _builtin("ODIN")(p.model, **kw), "input gradients"),
+    "Mahalanobis": (
+        "features",
+        lambda p, kw: _builtin("Mahalanobis")(p.encoder, **kw),
+        "penultimate features, fitted",
+    ),
+    "RMD": ("features", lambda p, kw: _builtin("RMD")(p.encoder, **kw), "penultimate, fitted"),
+    "KNN": ("features", _knn, "penultimate features, fitted (k=50)"),
+    "ViM": ("bias", _vim, "penultimate features + head, fitted (d = D/2)"),
+    "fDBD": (
+        "features",
+        lambda p, kw: _builtin("fDBD")(p.encoder, p.head, **kw),
+        "penultimate features + head, fitted",
+    ),
+    "NCI": (
+        "features",
+        lambda p, kw: _builtin("NCI")(p.encoder, p.head, **kw),
+        "penultimate features + head, fitted",
+    ),
+    "MahalanobisODIN": (
+        "features",
+        lambda p, kw: _builtin("MahalanobisODIN")(p.encoder, **kw),
+        "penultimate features + input gradients, fitted",
+    ),
+    "MultiMahalanobis": (
+        "sequential",
+        lambda p, kw: _builtin("MultiMahalanobis")(p.blocks, **kw),
+        "every stage + penultimate features, fitted (nn.Sequential only)",
+    ),
+    "ReAct": ("split", _react, "clipped penultimate features (nn.Sequential only), fitted"),
+}
+
+
+def _registered() -> dict[str, Any]:
+    from uniad_plugin import _bridge
+
+    return dict(_bridge.registered_detectors())
+
+
+def available_detectors() -> dict[str, str]:
+    """Every detector name the benchmark accepts, mapped to a short description.
+
+    Built-in pytorch-ood detectors come first, then the detectors registered in the
+    ``pytorch_ood.detectors`` entry-point group (marked ``plugin``).
+    """
+    names = {name: f"pytorch-ood; {desc}" for name, (_, _, desc) in _BUILTINS.items()}
+    for name, ep in sorted(_registered().items()):
+        names.setdefault(name, f"plugin ({ep.value})")
+    return names
+
+
+def _canonical(name: str, known: Iterable[str]) -> str | None:
+    known = list(known)
+    if name in known:
+        return name
+    lower = {k.lower(): k for k in known}
+    return lower.get(name.lower())
+
+
+@dataclass
+class DetectorEntry:
+    """A named detector in a benchmark run, or the reason why there is none.
+
+    :param name: name shown in the results
+    :param detector: the detector (``None`` if it was skipped or could not be built)
+    :param status: ``"ok"``, ``"skipped"`` (cannot run on this model) or ``"failed"`` (raised)
+    :param reason: why it was skipped or failed
+    """
+
+    name: str
+    detector: Detector | None = None
+    status: str = "ok"
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.detector is not None
+
+    def fail(self, stage: str, error: BaseException) -> None:
+        """Mark the entry as failed at ``stage`` ("build", "fit", "predict") with ``error``."""
+        self.status = "failed"
+        self.reason = f"{stage} failed: {one_line(error)}"
+
+
+def build_detectors(
+    names: Sequence[str],
+    model: nn.Module,
+    example: Tensor,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    detector_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[DetectorEntry]:
+    """Build detectors by name, wired to ``model``.
+
+    Built-in pytorch-ood detectors take the classifier (logits detectors, ODIN), its
+    penultimate features (:class:`PenultimateEncoder`: Mahalanobis, KNN, ViM, ...) or, for an
+    ``nn.Sequential``, its consecutive blocks (MultiMahalanobis). Registered plugin detectors
+    are constructed as ``Cls(model)`` (with ``seed=seed`` if their constructor takes a seed).
+    Names are matched case-insensitively.
+
+    :param names: detector names, see :func:`available_detectors`
+    :param model: the classifier, in eval mode
+    :param example: a few model inputs for one probe forward pass
+    :param seed: seed for detectors that take one (and for the global generator while building)
+    :param device: device of the detectors
+    :param detector_kwargs: extra constructor keyword arguments per detector name
+    :return: one entry per name; a detector that cannot run on the model is ``"skipped"``, one
+        whose constructor raises is ``"failed"``, both with the reason
+    :raises ConfigError: if a name is unknown or given twice (before anything is built)
+    """
+    registered = _registered()
+    canonical = check_detector_names(names)
+    kwargs_by_name = {k: dict(v) for k, v in (detector_kwargs or {}).items()}
+    model.eval()
+    parts = ModelParts.from_model(model, example.to(model_device(model)))
+    entries: list[DetectorEntry] = []
+    for name in canonical:
+        kw = kwargs_by_name.get(name, {})
+        entry = DetectorEntry(name)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                if name in _BUILTINS:
+                    requirement, factory, _ = _BUILTINS[name]
+                    reason = _need(parts, requirement) if requirement else None
+                    if reason is not None:
+                        entries.append(DetectorEntry(name, None, "skipped", reason))
+                        continue
+                    detector = factory(parts, kw)
+                else:
+                    cls = registered[name].load()
+                    params = inspect.signature(cls).parameters
+                    if "seed" in params and "seed" not in kw:
+                        kw = {**kw, "seed": seed}
+                    detector = cls(model, **kw)
+                entry.detector = detector.to(device)
+        except Exception as e:  # noqa: BLE001 - shown in the results
+            entry.fail("build", e)
+        entries.append(entry)
+    return entries
+
+
+def as_entries(
+    detectors: Detector
+    | DetectorEntry
+    | Sequence[Detector | DetectorEntry]
+    | Mapping[str, Detector],
+) -> list[DetectorEntry]:
+    if isinstance(detectors, (Detector, DetectorEntry)):
+        detectors = [detectors]
+    if isinstance(detectors, Mapping):
+        items: list[Any] = [DetectorEntry(str(k), v) for k, v in detectors.items()]
+    elif isinstance(detectors, Sequence) and not isinstance(detectors, str):
+        items = list(detectors)
+    else:
+        raise TypeError(
+            "expected a Detector, a DetectorEntry, a sequence of them or a mapping name -> "
+            f"Detector, got {type(detectors).__name__}"
+        )
+    if not items:
+        raise ValueError("expected at least one detector, got none")
+    entries: list[DetectorEntry] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, DetectorEntry):
+            entry = item
+        elif isinstance(item, Detector):
+            entry = DetectorEntry(type(item).__name__, item)
+        else:
+            raise TypeError(f"expected Detector or DetectorEntry items, got {type(item).__name__}")
+        if not isinstance(entry.detector, (Detector, type(None))):
+            raise TypeError(
+                f"expected entry {entry.name!r} to hold a Detector, got "
+                f"{type(entry.detector).__name__}"
+            )
+        count = seen.get(entry.name, 0)
+        seen[entry.name] = count + 1
+        if count:
+            entry = DetectorEntry(
+                f"{entry.name}#{count + 1}", entry.detector, entry.status, entry.reason
+            )
+        entries.append(entry)
+    return entries
+
+
+def check_detector_names(names: Sequence[str]) -> list[str]:
+    """Canonical detector names (case-insensitive match).
+
+    :raises ConfigError: if a name is unknown or repeated
+    """
+    known = list(available_detectors())
+    out: list[str] = []
+    for name in names:
+        c = _canonical(name, known)
+        if c is None:
+            raise ConfigError(
+                f"unknown detector {name!r}; choose from {', '.join(known)} "
+                "(see 'uniad --list-detectors')"
+            )
+        if c in out:
+            raise ConfigError(f"detector {c!r} was given twice")
+        out.append(c)
+    return out
