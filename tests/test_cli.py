@@ -232,3 +232,66 @@ def test_bad_arguments_exit_nonzero_with_one_line(case, bad_model_files, capsys,
     assert out == ""
     assert not (bad_model_files / "out").exists()
     assert not (bad_model_files / "cache").exists()  # nothing was trained or attacked
+
+
+def test_arguments_map_onto_one_config():
+    from uniad_plugin.benchmark import RunConfig
+
+    args = cli.build_parser().parse_args(
+        [
+            "--dataset",
+            "mnist",
+            "--data-root",
+            "d",
+            "--detectors",
+            "KNN",
+            "--attacks",
+            "fgsm@0.1",
+            "--eps-l2",
+            "0.5",
+            "--noise",
+            "--n-test",
+            "300",
+            "--n-fit",
+            "99",
+            "--epochs",
+            "2",
+            "--fast",
+            "--seed",
+            "5",
+            "--out",
+            "o",
+            "--cache-dir",
+            "c",
+            "--no-plots",
+            "--quiet",
+        ]
+    )
+    config = cli.config_from_args(args)
+    assert config == RunConfig(
+        dataset="mnist",
+        data_root="d",
+        detectors=["KNN"],
+        attacks=["fgsm@0.1"],
+        eps={"l2": (0.5,)},
+        noise=[],
+        n_test=300,
+        n_fit=99,
+        epochs=2,
+        fast=True,
+        seed=5,
+        out_dir="o",
+        cache_dir="c",
+        plots=False,
+        progress=False,
+    )
+    defaults = cli.config_from_args(cli.build_parser().parse_args([]))
+    assert defaults == RunConfig()
+
+
+def test_usage_errors_belong_to_the_command():
+    parse = cli.build_parser().parse_args
+    with pytest.raises(cli.UsageError, match="needs --data-root"):
+        cli.config_from_args(parse(["--dataset", "mnist"]))
+    with pytest.raises(cli.UsageError, match="--n-test applies to --dataset mnist only"):
+        cli.config_from_args(parse(["--n-test", "5"]))

@@ -1,0 +1,129 @@
+"""RunConfig: profiles are values, one place checks a configuration, errors say what was expected."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from uniad_plugin.benchmark import (
+    DEFAULT_ATTACKS,
+    DEFAULT_DETECTORS,
+    DIGITS,
+    DIGITS_FAST,
+    MNIST,
+    MNIST_FAST,
+    NOISE_SETS,
+    PROFILES,
+    ConfigError,
+    Profile,
+    RunConfig,
+    run_default,
+)
+
+
+def test_profiles_are_frozen_values():
+    assert PROFILES == {"digits": (DIGITS, DIGITS_FAST), "mnist": (MNIST, MNIST_FAST)}
+    assert all(isinstance(p, Profile) for pair in PROFILES.values() for p in pair)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DIGITS.epochs = 1  # type: ignore[misc]
+    assert RunConfig().profile is DIGITS
+    assert RunConfig(fast=True).profile is DIGITS_FAST
+    assert RunConfig(dataset="mnist", data_root=".", fast=True).profile is MNIST_FAST
+    # a fast variant shrinks the sizes and keeps the rest
+    assert DIGITS_FAST.n_attack == 50 and DIGITS_FAST.arch == DIGITS.arch
+    assert MNIST_FAST.n_test == 200 and MNIST_FAST.epochs == 1 and MNIST.n_test == 2000
+
+
+def test_config_is_frozen_and_replaceable():
+    c = RunConfig(seed=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.seed = 4  # type: ignore[misc]
+    assert c.replace(seed=4).seed == 4 and c.seed == 3
+
+
+def test_resolve_fills_in_the_profile():
+    plan = RunConfig(cache_dir="/tmp/x").resolve()
+    assert plan.detectors == DEFAULT_DETECTORS
+    assert list(plan.attacks) == list(DEFAULT_ATTACKS)
+    assert plan.attacks["fgsm"] == (0.1, 0.2) and plan.attacks["cw_l2"] == (1.0,)
+    assert plan.noise == NOISE_SETS and plan.ood == ("letters", "photos")
+    assert (plan.n_noise, plan.n_ood, plan.n_attack, plan.epochs) == (450, 450, None, 30)
+    assert plan.attack_params["cw_l2"]["steps"] == 50
+    assert plan.device == torch.device("cpu") and str(plan.cache_dir) == "/tmp/x"
+    assert (plan.n_test, plan.attack_split) == (None, None)
+
+
+def test_resolve_overrides():
+    plan = RunConfig(
+        fast=True,
+        detectors=["knn"],
+        attacks=["fgsm", "deepfool", "pgd_l2@3"],
+        eps={"l2": (0.7,)},
+        noise=["Uniform"],
+        ood=["letters"],
+        n_noise=9,
+        attack_params={"cw_l2": {"steps": 5}},
+    ).resolve()
+    assert plan.detectors == ("KNN",)
+    # a budget per norm replaces the per-attack defaults of that norm (deepfool is L2)
+    assert plan.attacks == {"fgsm": (0.2,), "deepfool": (0.7,), "pgd_l2": (3.0,)}
+    assert plan.noise == ("uniform",) and plan.ood == ("letters",) and plan.optional_ood == ()
+    assert plan.n_noise == 9 and plan.n_ood == 100
+    assert plan.attack_params["cw_l2"] == {**DIGITS_FAST.attack_params["cw_l2"], "steps": 5}
+
+
+def test_mnist_split_sizes():
+    plan = RunConfig(dataset="mnist", data_root=".").resolve()
+    assert (plan.n_test, plan.attack_split, plan.n_attack) == (2000, 1000, 500)
+    assert plan.optional_ood == ("fashion_mnist", "kmnist")
+    plan = RunConfig(dataset="mnist", data_root=".", n_test=9500, n_attack=2000).resolve()
+    assert (plan.n_test, plan.attack_split) == (9500, 500)
+    plan = RunConfig(dataset="mnist", data_root=".", fast=True, n_attack=2000).resolve()
+    assert (plan.n_test, plan.attack_split) == (200, 50)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dataset": "cifar"}, r"expected dataset in \('digits', 'mnist'\), got 'cifar'"),
+        ({"device": "toaster"}, "bad device 'toaster'; expected e.g. 'cpu'"),
+        ({"detectors": ["Nope"]}, "unknown detector 'Nope'; choose from"),
+        ({"detectors": ["KNN", "knn"]}, "detector 'KNN' was given twice"),
+        ({"attacks": ["pgd"]}, "unknown attack 'pgd'; choose from fgsm"),
+        ({"attacks": ["fgsm@-1"]}, "expected positive finite budgets"),
+        ({"noise": ["pink"]}, "unknown noise set 'pink'; choose from gaussian"),
+        ({"ood": ["cats"]}, "unknown OOD set 'cats'; choose from letters"),
+        ({"n_noise": 0}, "expected n_noise >= 1, got 0"),
+        ({"batch_size": 0}, "expected batch_size >= 1, got 0"),
+        ({"n_test": 10}, "expected n_test only for a data set without a fixed split"),
+        ({"dataset": "mnist"}, "expected data_root"),
+        ({"detectors": []}, "expected at least one detector"),
+        ({"attacks": [], "noise": [], "ood": []}, "expected at least one anomaly set"),
+        ({"detectors": [], "attacks": [], "noise": [], "ood": []}, "nothing to evaluate"),
+    ],
+)
+def test_bad_configs_raise_config_error(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**changes).resolve()
+
+
+def test_config_error_is_a_value_error_and_usage_error_is_its_deprecated_alias():
+    assert issubclass(ConfigError, ValueError)
+    with pytest.warns(DeprecationWarning, match="ConfigError"):
+        from uniad_plugin.benchmark import UsageError
+    assert UsageError is ConfigError
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from uniad_plugin.benchmark import ConfigError as again  # no warning
+    assert again is ConfigError
+
+
+def test_old_entry_points_check_before_heavy_work(tmp_path):
+    with pytest.raises(ConfigError, match="unknown detector"):
+        run_default(detectors=["Nope"], cache_dir=tmp_path, out_dir=tmp_path / "o")
+    with pytest.raises(TypeError, match="bogus"):
+        run_default(bogus=1)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "models").exists()
