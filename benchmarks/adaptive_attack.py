@@ -18,22 +18,15 @@ from pathlib import Path
 
 import torch
 from pytorch_ood.detector import Mahalanobis, MultiMahalanobis
-from pytorch_ood.metrics import OODMetrics
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_setup import HERE, load_mnist, trained_lenet  # noqa: E402
+from mnist_setup import HERE, trained_lenet  # noqa: E402
 
 from uniad_plugin.anomalies.adaptive import evasion_rate, make_adaptive  # noqa: E402
 from uniad_plugin.benchmark import UnifiedBenchmark  # noqa: E402
+from uniad_plugin.data import mnist_dataset  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
-
-
-def auroc(s_id: torch.Tensor, s_ood: torch.Tensor) -> float:
-    m = OODMetrics()
-    labels = torch.cat([torch.zeros(len(s_id)), -torch.ones(len(s_ood))]).long()
-    m.update(torch.cat([s_id, s_ood]), labels)
-    return float(m.compute()["AUROC"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "adaptive_attack"))
     args = ap.parse_args(argv)
 
-    train, test = load_mnist(args.data_root)
+    train = mnist_dataset(args.data_root, train=True)
+    test = mnist_dataset(args.data_root, train=False)
     model = trained_lenet(train, seed=args.seed)
     for p in model.parameters():
         p.requires_grad_(False)

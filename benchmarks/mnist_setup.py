@@ -5,11 +5,11 @@ Not a test: needs the MNIST IDX files (``torchvision.datasets.MNIST(root, downlo
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pytorch_ood.metrics import OODMetrics
 from torch.utils.data import DataLoader, TensorDataset
 
 from uniad_plugin.anomalies import (
@@ -21,7 +21,9 @@ from uniad_plugin.anomalies import (
     salt_and_pepper,
     uniform_noise,
 )
-from uniad_plugin.models import accuracy, lenet, train_classifier
+from uniad_plugin.benchmark import trained_model
+from uniad_plugin.data import mnist_dataset
+from uniad_plugin.models import accuracy, lenet
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -38,32 +40,21 @@ ATTACK_GRID = [
 ]
 
 
-def load_mnist(root: str) -> tuple[TensorDataset, TensorDataset]:
-    from torchvision.datasets import MNIST
-
-    def to_ds(train: bool) -> TensorDataset:
-        ds = MNIST(root=root, train=train, download=False)
-        return TensorDataset(ds.data.unsqueeze(1).float() / 255.0, ds.targets.long())
-
-    return to_ds(True), to_ds(False)
-
-
 def trained_lenet(train: TensorDataset, epochs: int = 3, seed: int = 0) -> torch.nn.Module:
-    """LeNet trained on MNIST, cached in ``benchmarks/.cache`` keyed by data size, epochs, seed."""
-    CACHE.mkdir(exist_ok=True)
-    key = hashlib.sha256(f"lenet-{len(train)}-{epochs}-{seed}".encode()).hexdigest()[:16]
-    path = CACHE / f"lenet-{key}.pt"
-    model = lenet()
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    torch.manual_seed(seed)
-    loader = DataLoader(
-        train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    """LeNet trained on MNIST as the ``uniad`` command trains it (the package's
+    :func:`~uniad_plugin.benchmark.trained_model`), cached in ``benchmarks/.cache``."""
+    model, _ = trained_model(
+        "lenet", lenet, train, epochs=epochs, seed=seed, batch_size=128, cache_dir=CACHE
     )
-    train_classifier(model, loader, epochs=epochs, seed=seed, progress=True)
-    torch.save(model.state_dict(), path)
-    return model.eval()
+    return model
+
+
+def auroc(s_id: torch.Tensor, s_ood: torch.Tensor) -> float:
+    """AUROC of ID scores against anomaly scores (pytorch-ood's OODMetrics)."""
+    m = OODMetrics()
+    labels = torch.cat([torch.zeros(len(s_id)), -torch.ones(len(s_ood))]).long()
+    m.update(torch.cat([s_id, s_ood]), labels)
+    return float(m.compute()["AUROC"])
 
 
 @dataclass
@@ -105,7 +96,7 @@ def anomaly_suite(
 
 
 def mnist_model_and_suite(root: str, seed: int = 0):
-    train, test = load_mnist(root)
+    train, test = mnist_dataset(root, train=True), mnist_dataset(root, train=False)
     model = trained_lenet(train, seed=seed)
     acc = accuracy(model, DataLoader(test, batch_size=1000))
     return train, test, model, acc, anomaly_suite(model, test, seed=seed)

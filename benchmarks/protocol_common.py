@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uniad_plugin.data import mnist_dataset
 from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd
 
 
@@ -22,10 +23,7 @@ def log(msg: str) -> None:
 
 def load_mnist(root: Path, train: bool) -> tuple[Tensor, Tensor]:
     """MNIST images in [0, 1] of shape (N, 1, 28, 28) and their labels (no download)."""
-    from torchvision.datasets import MNIST
-
-    ds = MNIST(str(root), train=train, download=False)
-    return ds.data.float().div(255).unsqueeze(1), ds.targets.clone()
+    return mnist_dataset(root, train=train).tensors
 
 
 def pick(y: Tensor, classes: list[int], n: int | None, gen: torch.Generator) -> Tensor:

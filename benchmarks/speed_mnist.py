@@ -20,8 +20,9 @@ from pytorch_ood.detector import Mahalanobis, MultiMahalanobis
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_setup import HERE, load_mnist, trained_lenet  # noqa: E402
+from mnist_setup import HERE, trained_lenet  # noqa: E402
 
+from uniad_plugin.data import mnist_dataset  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 
 
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "speed_mnist.md"))
     args = ap.parse_args(argv)
 
-    train, test = load_mnist(args.data_root)
+    train = mnist_dataset(args.data_root, train=True)
+    test = mnist_dataset(args.data_root, train=False)
     model = trained_lenet(train)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 from pytorch_ood.detector import MaxSoftmax, MultiMahalanobis
-from pytorch_ood.metrics import OODMetrics
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_setup import HERE, mnist_model_and_suite  # noqa: E402
+from mnist_setup import HERE, auroc, mnist_model_and_suite  # noqa: E402
 
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 from uniad_plugin.nn.taps import default_layers  # noqa: E402
@@ -63,13 +62,6 @@ VARIANTS: dict[str, dict] = {
     "epochs 60": {**DEFAULT, "epochs": 60},
     "nu 0.05": {**DEFAULT, "nu": 0.05},
 }
-
-
-def auroc(s_id: torch.Tensor, s_ood: torch.Tensor) -> float:
-    m = OODMetrics()
-    labels = torch.cat([torch.zeros(len(s_id)), -torch.ones(len(s_ood))]).long()
-    m.update(torch.cat([s_id, s_ood]), labels)
-    return float(m.compute()["AUROC"])
 
 
 def batched(fn, x: torch.Tensor, bs: int = 1000) -> torch.Tensor:

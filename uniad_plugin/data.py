@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from torch.utils.data import TensorDataset
 
 
@@ -66,6 +65,21 @@ def digits_splits(
     )
 
 
+def mnist_dataset(
+    root: str | os.PathLike, *, train: bool = True, download: bool = False
+) -> TensorDataset:
+    """MNIST's training (60,000) or test (10,000) images through torchvision, in their order,
+    as a tensor dataset of images 1x28x28 in [0, 1] and labels.
+
+    :param root: folder with ``MNIST/raw`` (torchvision's layout)
+    :raises RuntimeError: (torchvision's) if the files are missing and ``download`` is off
+    """
+    from torchvision.datasets import MNIST
+
+    ds = MNIST(str(root), train=train, download=download)
+    return TensorDataset(ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long())
+
+
 def mnist_splits(
     root: str | os.PathLike,
     *,
@@ -81,8 +95,6 @@ def mnist_splits(
 
     :raises ConfigError: if ``root`` does not exist or holds no MNIST (and ``download`` is off)
     """
-    from torchvision.datasets import MNIST
-
     from uniad_plugin.benchmark._common import ConfigError, one_line
 
     root = Path(root)
@@ -97,19 +109,13 @@ def mnist_splits(
             f"set), got {n_test} and {n_attack}"
         )
     try:
-        train = MNIST(str(root), train=True, download=download)
-        test = MNIST(str(root), train=False, download=download)
+        x_tr, y_tr = mnist_dataset(root, train=True, download=download).tensors
+        x_te, y_te = mnist_dataset(root, train=False, download=download).tensors
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
             f"MNIST not found under {str(root)!r} ({one_line(e)}); expected "
             f"{root / 'MNIST' / 'raw'} with the IDX files, or add --download"
         ) from e
-
-    def tensors(ds) -> tuple[Tensor, Tensor]:
-        return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
-
-    x_tr, y_tr = tensors(train)
-    x_te, y_te = tensors(test)
     perm = torch.randperm(len(x_te), generator=torch.Generator().manual_seed(seed))
     t_idx, a_idx = perm[:n_test], perm[n_test : n_test + n_attack]
     return Splits(
