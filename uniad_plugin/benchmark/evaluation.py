@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from pytorch_ood.api import BenchmarkInfo, Detector, GradientDetector, Paper, Task
+from pytorch_ood.api import BenchmarkInfo, Detector, GradientDetector, Task
 from pytorch_ood.benchmark import Benchmark
 from pytorch_ood.metrics import OODMetrics
 from torch import Tensor
@@ -32,6 +32,7 @@ from uniad_plugin.benchmark.fitting import (
     producers_of,
 )
 from uniad_plugin.benchmark.wiring import DetectorEntry, as_entries
+from uniad_plugin.detectors.uniform import UniformDetector  # the paper of the framework
 
 __all__ = ["ALL", "ID_NAME", "KINDS", "MEAN", "METRICS", "UnifiedBenchmark", "summarise"]
 
@@ -107,14 +108,7 @@ class UnifiedBenchmark(Benchmark):
     """
 
     info = BenchmarkInfo(
-        paper=Paper(
-            title="A Uniform Framework for Anomaly Detection in Deep Neural Networks",
-            venue="Neural Processing Letters",
-            year=2022,
-            url="https://arxiv.org/abs/2110.03092",
-        ),
-        tasks={Task.CLASSIFICATION},
-        ai_coded=True,
+        paper=UniformDetector.info.paper, tasks={Task.CLASSIFICATION}, ai_coded=True
     )
 
     def __init__(

@@ -28,6 +28,13 @@ def _pyplot(out_dir: str | os.PathLike) -> tuple[Any, Path]:
     return plt, out
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _roc(id_scores: Tensor, ood_scores: Tensor) -> tuple[Any, Any]:
     from sklearn.metrics import roc_curve
 
@@ -80,11 +87,7 @@ def plot_roc(
         ax.set_ylabel("true positive rate (anomalies flagged)")
         ax.set_title(f"ROC: ID test vs {kind} (all sets pooled)")
         ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        path = out / f"roc_{kind}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(plt, fig, out / f"roc_{kind}.png"))
     return files
 
 
@@ -148,9 +151,5 @@ def plot_histograms(
         ax.set_ylabel("density")
         ax.set_title(det)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"hist_{safe_name(det)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(plt, fig, out / f"hist_{safe_name(det)}.png"))
     return files

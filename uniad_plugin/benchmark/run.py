@@ -82,16 +82,7 @@ def run(config: RunConfig) -> RunResult:
     """
     plan = config.resolve()
     splits = _splits(plan)
-    shape = tuple(splits.test.tensors[0].shape[1:])
-    ood_sets, notes = load_ood_sets(
-        plan.ood,
-        shape,
-        optional=plan.optional_ood,
-        n=plan.n_ood,
-        data_root=config.data_root,
-        download=config.download,
-        seed=config.seed,
-    )
+    ood_sets, notes = _ood_sets(plan, tuple(splits.test.tensors[0].shape[1:]))
     meta: dict[str, Any] = {"dataset": config.profile.name, "fast": config.fast}
     t = time.perf_counter()
     model, meta["model"] = _model(plan, splits)
@@ -210,15 +201,7 @@ def _anomaly_sets(
     """The anomaly sets of ``plan``, in the order ``prebuilt``, OOD, AD, NS."""
     c = plan.config
     shape = tuple(splits.test.tensors[0].shape[1:])
-    ood, notes = load_ood_sets(
-        plan.ood,
-        shape,
-        optional=plan.optional_ood,
-        n=plan.n_ood,
-        data_root=c.data_root,
-        download=c.download,
-        seed=c.seed,
-    )
+    ood, notes = _ood_sets(plan, shape)
     adversarial = adversarial_sets(
         model,
         splits.attack,
@@ -232,6 +215,19 @@ def _anomaly_sets(
     )
     noise = noise_sets(plan.noise, shape, splits.attack, n=plan.n_noise, seed=c.seed)
     return [*prebuilt, *ood, *adversarial, *noise], notes
+
+
+def _ood_sets(plan: RunPlan, shape: tuple[int, ...]) -> tuple[list[Any], list[str]]:
+    c = plan.config
+    return load_ood_sets(
+        plan.ood,
+        shape,
+        optional=plan.optional_ood,
+        n=plan.n_ood,
+        data_root=c.data_root,
+        download=c.download,
+        seed=c.seed,
+    )
 
 
 def _fit_subset(train: Dataset, n_fit: int | None, seed: int) -> Dataset:
