@@ -370,6 +370,12 @@ def as_entries(
     | Sequence[Detector | DetectorEntry]
     | Mapping[str, Detector],
 ) -> list[DetectorEntry]:
+    """Detectors, entries or a mapping name -> detector as entries with distinct names
+    (a repeated name gets ``#2``, ``#3``, ...).
+
+    :raises TypeError: on anything else
+    :raises ValueError: if there is no detector
+    """
     if isinstance(detectors, (Detector, DetectorEntry)):
         detectors = [detectors]
     if isinstance(detectors, Mapping):
