@@ -46,7 +46,9 @@ def test_config_is_frozen_and_replaceable():
 
 def test_resolve_fills_in_the_profile():
     plan = RunConfig(cache_dir="/tmp/x").resolve()
-    assert plan.detectors == DEFAULT_DETECTORS
+    # the model-free sanity baselines join every run
+    assert plan.detectors == (*DEFAULT_DETECTORS, "PixelGrid", "PixelCount", "PixelKNN")
+    assert RunConfig(sanity=False).resolve().detectors == DEFAULT_DETECTORS
     assert list(plan.attacks) == list(DEFAULT_ATTACKS)
     assert plan.attacks["fgsm"] == (0.1, 0.2) and plan.attacks["cw_l2"] == (1.0,)
     assert plan.noise == NOISE_SETS and plan.ood == ("letters", "photos")
@@ -67,7 +69,7 @@ def test_resolve_overrides():
         n_noise=9,
         attack_params={"cw_l2": {"steps": 5}},
     ).resolve()
-    assert plan.detectors == ("KNN",)
+    assert plan.detectors == ("KNN", "PixelGrid", "PixelCount", "PixelKNN")
     # a budget per norm replaces the per-attack defaults of that norm (deepfool is L2)
     assert plan.attacks == {"fgsm": (0.2,), "deepfool": (0.7,), "pgd_l2": (3.0,)}
     assert plan.noise == ("uniform",) and plan.ood == ("letters",) and plan.optional_ood == ()
@@ -77,12 +79,26 @@ def test_resolve_overrides():
 
 def test_mnist_split_sizes():
     plan = RunConfig(dataset="mnist", data_root=".").resolve()
-    assert (plan.n_test, plan.attack_split, plan.n_attack) == (2000, 1000, 500)
+    assert (plan.n_test, plan.attack_split, plan.n_val, plan.n_attack) == (2000, 1000, 1000, 500)
     assert plan.optional_ood == ("fashion_mnist", "kmnist")
+    plan = RunConfig(dataset="mnist", data_root=".", n_test=8000, n_attack=2000).resolve()
+    assert (plan.n_test, plan.attack_split, plan.n_val) == (8000, 1000, 1000)
     plan = RunConfig(dataset="mnist", data_root=".", n_test=9500, n_attack=2000).resolve()
-    assert (plan.n_test, plan.attack_split) == (9500, 500)
+    assert (plan.n_test, plan.attack_split, plan.n_val) == (9500, 1, 499)
     plan = RunConfig(dataset="mnist", data_root=".", fast=True, n_attack=2000).resolve()
-    assert (plan.n_test, plan.attack_split) == (200, 50)
+    assert (plan.n_test, plan.attack_split, plan.n_val) == (200, 50, 200)
+
+
+def test_validation_split_takes_other_budgets_and_seeds():
+    report = RunConfig(dataset="mnist", data_root=".", seed=3).resolve()
+    val = RunConfig(dataset="mnist", data_root=".", seed=3, split="validation").resolve()
+    assert report.attacks["fgsm"] == (0.1, 0.3) and val.attacks["fgsm"] == (0.15, 0.25)
+    assert not set(report.attacks["pgd_l2"]) & set(val.attacks["pgd_l2"])
+    assert report.anomaly_seed == 3 and val.anomaly_seed == 1003
+    assert report.grid_levels == 255 and RunConfig().resolve().grid_levels == 16
+    assert RunConfig(continuous=True).resolve().grid_levels is None
+    with pytest.raises(ConfigError, match="split"):
+        RunConfig(split="test").resolve()
 
 
 @pytest.mark.parametrize(

@@ -63,10 +63,11 @@ def test_rows_means_and_scores(bench, digits_model, digits):
     assert [e.name for e in entries] == ["MaxSoftmax", "Mahalanobis"]
     bench.fit(entries)
     rows = bench.evaluate(entries)
-    assert all(set(r) == {"Detector", "Class", "Dataset", *METRICS, "N", "Error"} for r in rows)
+    fields = {"Detector", "Class", "Dataset", *METRICS, "N", "PixelSeparable", "Error"}
+    assert all(set(r) == fields for r in rows)
     for name in ("MaxSoftmax", "Mahalanobis"):
         mine = [r for r in rows if r["Detector"] == name]
-        per_set = [r for r in mine if r["Dataset"] != "mean"]
+        per_set = [r for r in mine if r["Dataset"] not in ("mean", "worst")]
         assert [r["Dataset"] for r in per_set] == bench.ood_names
         assert all(r["Error"] is None and 0 <= r["AUROC"] <= 1 for r in per_set)
         means = {r["Class"]: r for r in mine if r["Dataset"] == "mean"}
@@ -76,6 +77,12 @@ def test_rows_means_and_scores(bench, digits_model, digits):
         assert means["NS"]["N"] == 200
         overall = sum(means[k]["AUROC"] for k in KINDS) / 3
         assert means["all"]["AUROC"] == pytest.approx(overall)
+        worst = {r["Class"]: r for r in mine if r["Dataset"] == "worst"}
+        assert worst["NS"]["AUROC"] == min(ns)
+        assert worst["all"]["AUROC"] == min(r["AUROC"] for r in per_set)
+        assert worst["all"]["FPR95TPR"] == max(r["FPR95TPR"] for r in per_set)
+        # without a held-out ID set there is no threshold, so no detection rate
+        assert all(math.isnan(r["DR@5%FPR"]) for r in per_set)
         # raw scores are kept: ID once, every anomaly set once
         assert set(bench.scores[name]) == {"ID", *bench.ood_names}
         assert len(bench.scores[name]["ID"]) == len(digits.test)
@@ -97,7 +104,7 @@ def test_metrics_match_pytorch_ood(bench, digits_model, digits):
             m.update(det(x), y)
     expected = m.compute()
     row = next(r for r in rows if r["Dataset"] == "uniform")
-    for k in METRICS:
+    for k in ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR"):
         assert row[k] == pytest.approx(expected[k], abs=1e-6)
 
 
@@ -191,5 +198,52 @@ def test_summarise_weighs_every_class_the_same():
     ]
     out = {(r["Class"], r["Dataset"]): r for r in summarise(rows, "det")}
     assert out[("AD", "mean")]["AUROC"] == pytest.approx(0.8)
+    assert out[("AD", "worst")]["AUROC"] == pytest.approx(0.7)
+    assert out[("all", "worst")]["AUROC"] == pytest.approx(0.5)
     assert out[("NS", "mean")]["Error"] == "no set of this class was scored"
     assert out[("all", "mean")]["AUROC"] == pytest.approx((0.5 + 0.8) / 2)
+
+
+def test_detection_rate_uses_the_held_out_id_set(digits_model, digits):
+    """The 5%-FPR threshold comes from the held-out ID set, never from the ID test set."""
+    sets = _sets(digits)
+    b = UnifiedBenchmark(digits.train, digits.test, sets, id_val=digits.val, progress=False)
+    det = MaxSoftmax(digits_model)
+    rows = b.evaluate([det])
+    with torch.no_grad():
+        val = det(digits.val.tensors[0]).double()
+        test = det(digits.test.tensors[0]).double()
+    thr = float(torch.quantile(val, 0.95, interpolation="higher"))
+    assert b.thresholds["MaxSoftmax"]["threshold"] == pytest.approx(thr)
+    assert b.thresholds["MaxSoftmax"]["id_test_fpr"] == pytest.approx(
+        float((test > thr).double().mean())
+    )
+    assert set(b.scores["MaxSoftmax"]) == {"ID", "ID-val", *b.ood_names}
+    for a in sets:
+        row = next(r for r in rows if r["Dataset"] == a.name)
+        with torch.no_grad():
+            s = det(a.x).double()
+        assert row["DR@5%FPR"] == pytest.approx(float((s > thr).double().mean()))
+    # a test set changed to hold more confident samples does not move the threshold
+    b2 = UnifiedBenchmark(digits.train, digits.val, sets, id_val=digits.val, progress=False)
+    b2.evaluate([det])
+    assert b2.thresholds["MaxSoftmax"]["threshold"] == pytest.approx(thr)
+
+
+def test_pixel_separable_sets_are_flagged(digits):
+    """A set that a model-free baseline separates is marked in every row and in the table."""
+    from uniad_plugin.benchmark import results_to_csv
+    from uniad_plugin.benchmark.sanity import PixelGrid
+
+    on_grid = AnomalySet((digits.test.tensors[0][:30].flip(-1) * 16).round() / 16, "OOD", "mirror")
+    off_grid = AnomalySet(digits.test.tensors[0][:30] + 0.01, "AD", "shifted")
+    b = UnifiedBenchmark(digits.train, digits.test, [on_grid, off_grid], progress=False)
+    rows = b.evaluate([DetectorEntry("PixelGrid", PixelGrid(16))])
+    assert b.pixel_separable == ["shifted"]
+    by_set = {r["Dataset"]: r for r in rows if r["Class"] != "all"}
+    assert by_set["shifted"]["PixelSeparable"] is True
+    assert by_set["mirror"]["PixelSeparable"] is False and by_set["mirror"]["AUROC"] == 0.5
+    assert by_set["mean"]["PixelSeparable"] is None
+    table = results_to_table(rows)
+    assert "shifted !" in table and "mirror !" not in table and "Pixel* baseline" in table
+    assert ",PixelSeparable," in results_to_csv(rows).splitlines()[0]

@@ -38,7 +38,8 @@ def test_outputs(bench, digits_model, tmp_path):
         results_to_table(rows, "ACC")
     csv_text = results_to_csv(rows)
     assert (
-        csv_text.splitlines()[0] == "Detector,Class,Dataset,AUROC,AUPR-IN,AUPR-OUT,FPR95TPR,N,Error"
+        csv_text.splitlines()[0]
+        == "Detector,Class,Dataset,AUROC,AUPR-IN,AUPR-OUT,FPR95TPR,DR@5%FPR,N,PixelSeparable,Error"
     )
     data = json.loads(results_to_json(rows, {"seed": 0}))
     assert data["meta"] == {"seed": 0}

@@ -1,10 +1,11 @@
 """In-distribution data that works offline.
 
-:func:`digits_splits` turns scikit-learn's bundled 8x8 digits into three disjoint tensor
+:func:`digits_splits` turns scikit-learn's bundled 8x8 digits into four disjoint tensor
 datasets: ``train`` (fit the classifier and the detectors), ``test`` (ID inputs that are
-scored) and ``attack`` (ID inputs that adversarial examples are crafted from, so that no
-scored ID input is also the source of an adversarial one). :func:`mnist_splits` does the same
-for MNIST, read through torchvision from a data root.
+scored), ``attack`` (ID inputs that adversarial examples are crafted from, so that no
+scored ID input is also the source of an adversarial one) and ``val`` (held-out ID inputs on
+which thresholds are chosen, never fitted on and never reported). :func:`mnist_splits` does the
+same for MNIST, read through torchvision from a data root.
 """
 
 from __future__ import annotations
@@ -16,15 +17,28 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+#: parts of MNIST's test set that :func:`mnist_splits` draws from: ``"report"`` for the
+#: reported evaluation, ``"validation"`` (disjoint from it) for tuning and ablations
+PARTS: tuple[str, ...] = ("report", "validation")
+
 
 @dataclass
 class Splits:
-    """Three disjoint ID splits with images in [0, 1] of shape ``(N, C, H, W)``."""
+    """Disjoint ID splits with images in [0, 1] of shape ``(N, C, H, W)``.
+
+    :param train: fits the classifier and the detectors
+    :param test: the ID inputs that are scored and reported
+    :param attack: the ID inputs adversarials and ``noisy_id`` are made from
+    :param num_classes: number of classes
+    :param val: held-out ID inputs for thresholds (e.g. the detection rate at 5% FPR);
+        ``None`` if there are none
+    """
 
     train: TensorDataset
     test: TensorDataset
     attack: TensorDataset
     num_classes: int
+    val: TensorDataset | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -32,17 +46,22 @@ class Splits:
 
 
 def digits_splits(
-    seed: int = 0, test_fraction: float = 0.25, attack_fraction: float = 0.15
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    attack_fraction: float = 0.15,
+    val_fraction: float = 0.1,
 ) -> Splits:
-    """scikit-learn's digits (1,797 images, 1x8x8, values scaled to [0, 1]) in three splits.
+    """scikit-learn's digits (1,797 images, 1x8x8, values k/16 scaled to [0, 1]) in four
+    splits: ``test``, ``attack``, ``val`` (held-out ID for thresholds) and ``train`` (the rest).
 
     :param seed: seed of the random permutation that assigns samples to splits
     :raises ValueError: if the fractions leave no training data
     """
-    if not (0 < test_fraction and 0 < attack_fraction and test_fraction + attack_fraction < 1):
+    fractions = (test_fraction, attack_fraction, val_fraction)
+    if not (min(fractions) > 0 and sum(fractions) < 1):
         raise ValueError(
-            "expected 0 < test_fraction, 0 < attack_fraction and their sum < 1, got "
-            f"{test_fraction} and {attack_fraction}"
+            "expected positive test_fraction, attack_fraction and val_fraction with a sum < 1, "
+            f"got {test_fraction}, {attack_fraction} and {val_fraction}"
         )
     from sklearn.datasets import load_digits
 
@@ -50,18 +69,14 @@ def digits_splits(
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.long)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(test_fraction * len(x)))
-    n_attack = int(round(attack_fraction * len(x)))
-    test_idx, attack_idx, train_idx = (
-        perm[:n_test],
-        perm[n_test : n_test + n_attack],
-        perm[n_test + n_attack :],
-    )
+    sizes = [int(round(f * len(x))) for f in fractions]
+    test_idx, attack_idx, val_idx, train_idx = perm.split([*sizes, len(x) - sum(sizes)])
     return Splits(
         train=TensorDataset(x[train_idx], y[train_idx]),
         test=TensorDataset(x[test_idx], y[test_idx]),
         attack=TensorDataset(x[attack_idx], y[attack_idx]),
         num_classes=10,
+        val=TensorDataset(x[val_idx], y[val_idx]),
     )
 
 
@@ -86,14 +101,20 @@ def mnist_splits(
     seed: int = 0,
     n_test: int = 2000,
     n_attack: int = 1000,
+    n_val: int = 1000,
     download: bool = False,
+    part: str = "report",
 ) -> Splits:
     """MNIST through torchvision as :class:`~uniad_plugin.data.Splits` (images 1x28x28 in [0, 1]).
 
-    ``train`` is the 60,000 training images; ``test`` and ``attack`` are disjoint random
-    subsets (``n_test`` and ``n_attack`` images, drawn with ``seed``) of the 10,000 test images.
+    ``train`` is the 60,000 training images; ``test``, ``attack`` and ``val`` are disjoint
+    random subsets (``n_test``, ``n_attack`` and ``n_val`` images) of the 10,000 test images,
+    taken from the front of a permutation drawn with ``seed`` (``part="report"``) or from its
+    back (``part="validation"``): with the same seed and sizes, the validation part shares no
+    image with the report part.
 
-    :raises ConfigError: if ``root`` does not exist or holds no MNIST (and ``download`` is off)
+    :raises ConfigError: if ``root`` does not exist or holds no MNIST (and ``download`` is off),
+        or the sizes do not fit in the test set
     """
     from uniad_plugin.benchmark._common import ConfigError, one_line
 
@@ -103,10 +124,15 @@ def mnist_splits(
             f"data root {str(root)!r} does not exist; pass --data-root DIR with MNIST/raw inside, "
             "or add --download"
         )
-    if n_test < 1 or n_attack < 1 or n_test + n_attack > 10000:
+    if part not in PARTS:
+        raise ConfigError(f"expected part in {PARTS}, got {part!r}")
+    total = n_test + n_attack + n_val
+    room = 10000 if part == "report" else 5000
+    if min(n_test, n_attack, n_val) < 1 or total > room:
         raise ConfigError(
-            f"expected n_test >= 1, n_attack >= 1 and n_test + n_attack <= 10000 (MNIST's test "
-            f"set), got {n_test} and {n_attack}"
+            f"expected n_test, n_attack, n_val >= 1 with a sum <= {room} (MNIST's test set"
+            + (", half of it for each part" if part != "report" else "")
+            + f"), got {n_test}, {n_attack} and {n_val}"
         )
     try:
         x_tr, y_tr = mnist_dataset(root, train=True, download=download).tensors
@@ -117,10 +143,13 @@ def mnist_splits(
             f"{root / 'MNIST' / 'raw'} with the IDX files, or add --download"
         ) from e
     perm = torch.randperm(len(x_te), generator=torch.Generator().manual_seed(seed))
-    t_idx, a_idx = perm[:n_test], perm[n_test : n_test + n_attack]
+    if part == "validation":
+        perm = perm.flip(0)
+    t_idx, a_idx, v_idx = perm[:total].split([n_test, n_attack, n_val])
     return Splits(
         train=TensorDataset(x_tr, y_tr),
         test=TensorDataset(x_te[t_idx], y_te[t_idx]),
         attack=TensorDataset(x_te[a_idx], y_te[a_idx]),
         num_classes=10,
+        val=TensorDataset(x_te[v_idx], y_te[v_idx]),
     )

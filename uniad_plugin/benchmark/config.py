@@ -34,7 +34,11 @@ from uniad_plugin.benchmark.anomaly_sets import (
     parse_attacks,
 )
 from uniad_plugin.benchmark.model_cache import default_cache_dir
-from uniad_plugin.benchmark.wiring import DEFAULT_DETECTORS, check_detector_names
+from uniad_plugin.benchmark.wiring import (
+    DEFAULT_DETECTORS,
+    SANITY_DETECTORS,
+    check_detector_names,
+)
 
 __all__ = [
     "DIGITS",
@@ -68,6 +72,10 @@ class Profile:
     :param n_test: ID test images (``None``: the data set's fixed split)
     :param attack_split: images of the attack split (``None``: the data set's fixed split); a
         full run grows it to ``n_attack`` if that is larger
+    :param grid_levels: the ID data's value grid: values are ``k / grid_levels`` (16 for
+        scikit-learn's digits, 255 for 8-bit images); generated anomaly sets are put on it
+    :param validation_eps: the attack budgets of ``split="validation"``, other than ``eps``
+    :param n_val: held-out ID images for thresholds (``None``: the data set's fixed split)
     """
 
     name: str
@@ -84,6 +92,9 @@ class Profile:
     attack_params: Mapping[str, Mapping[str, Any]]
     n_test: int | None = None
     attack_split: int | None = None
+    grid_levels: int = 255
+    validation_eps: Mapping[str, tuple[float, ...]] | None = None
+    n_val: int | None = None
 
 
 #: C&W settings of the command: 3 binary-search steps of 50 Adam steps from c = 1 (instead
@@ -105,6 +116,13 @@ DIGITS = Profile(
     n_attack=None,
     n_fit=None,
     attack_params={"cw_l2": _CW_DEFAULT},
+    grid_levels=16,
+    validation_eps={
+        "linf": (0.15, 0.25),
+        "l2": (0.75, 1.25),
+        "deepfool": (1.25,),
+        "cw_l2": (1.25,),
+    },
 )
 
 #: :data:`DIGITS` with small sizes: one budget per attack, 50 attack sources, 100 images per
@@ -135,6 +153,9 @@ MNIST = Profile(
     attack_params={"cw_l2": _CW_DEFAULT},
     n_test=2000,
     attack_split=1000,
+    grid_levels=255,
+    validation_eps={"linf": (0.15, 0.25), "l2": (1.5, 2.5), "deepfool": (2.5,), "cw_l2": (2.5,)},
+    n_val=1000,
 )
 
 #: :data:`MNIST` with small sizes: 1 epoch, 200 test images, 50 attack sources, detectors
@@ -150,6 +171,7 @@ MNIST_FAST = dataclasses.replace(
     attack_params={"cw_l2": _CW_FAST},
     n_test=200,
     attack_split=50,
+    n_val=200,
 )
 
 #: data set name -> (profile, fast profile)
@@ -194,6 +216,13 @@ class RunConfig:
     :param plots: draw ROC curves and histograms (PNG)
     :param progress: show progress bars
     :param batch_size: batch size of fitting and scoring
+    :param sanity: add the model-free sanity baselines (``PixelGrid``, ``PixelCount``,
+        ``PixelKNN``) to the detectors
+    :param continuous: generate continuous anomaly sets (off the data's value grid, labelled
+        ``(continuous)`` in every table) instead of sets on the grid
+    :param split: ``"report"`` (the reported sets) or ``"validation"``: anomaly sets that share
+        nothing with the reported ones (other seeds, fonts, photos, attack budgets and, on
+        MNIST, other test images), for tuning and ablations
     """
 
     dataset: str = "digits"
@@ -222,6 +251,9 @@ class RunConfig:
     plots: bool = True
     progress: bool = True
     batch_size: int = 256
+    sanity: bool = True
+    continuous: bool = False
+    split: str = "report"
 
     @property
     def profile(self) -> Profile:
@@ -267,6 +299,7 @@ class RunPlan:
     :param epochs: training epochs of the reference model
     :param n_test: ID test images (``None``: the data set's fixed split)
     :param attack_split: images of the attack split (``None``: the data set's fixed split)
+    :param n_val: held-out ID images (``None``: the data set's fixed split)
     """
 
     config: RunConfig
@@ -285,6 +318,27 @@ class RunPlan:
     epochs: int | None = None
     n_test: int | None = None
     attack_split: int | None = None
+    n_val: int | None = None
+
+    @property
+    def grid_levels(self) -> int | None:
+        """The value grid of the generated sets (``None``: continuous)."""
+        return None if self.config.continuous else self.config.profile.grid_levels
+
+    @property
+    def anomaly_seed(self) -> int:
+        """Seed of the generated anomaly sets: another one for the validation split."""
+        return self.config.seed + (VALIDATION_SEED_OFFSET if self.validation else 0)
+
+    @property
+    def validation(self) -> bool:
+        return self.config.split == "validation"
+
+
+#: added to the seed of the anomaly sets of ``split="validation"``
+VALIDATION_SEED_OFFSET = 1000
+#: the splits of a run
+SPLITS: tuple[str, ...] = ("report", "validation")
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -307,10 +361,13 @@ def _default(value: Any, fallback: Any) -> Any:
     return fallback if value is None else value
 
 
-def _eps_defaults(profile: Profile, eps: Mapping[str, Sequence[float]] | None) -> dict:
-    """The profile's budgets with ``eps`` on top; a budget per norm replaces the per-attack
-    budgets of that norm."""
-    out = dict(profile.eps)
+def _eps_defaults(
+    profile: Profile, eps: Mapping[str, Sequence[float]] | None, split: str = "report"
+) -> dict:
+    """The profile's budgets (of the split) with ``eps`` on top; a budget per norm replaces the
+    per-attack budgets of that norm."""
+    base = profile.validation_eps if split == "validation" else None
+    out = dict(base if base is not None else profile.eps)
     for key in eps or {}:
         for name, norm in attack_norms().items():
             if norm == key:
@@ -326,6 +383,8 @@ def _check_sizes(c: RunConfig) -> None:
             raise ConfigError(f"expected {name} >= 1, got {value}")
     if c.dataset == "mnist" and c.data_root is None:
         raise ConfigError("expected data_root (a folder with MNIST/raw inside) for MNIST, got None")
+    if c.split not in SPLITS:
+        raise ConfigError(f"expected split in {SPLITS}, got {c.split!r}")
     if c.n_test is not None and c.profile.n_test is None:
         raise ConfigError(
             f"expected n_test only for a data set without a fixed split, got n_test={c.n_test} "
@@ -340,21 +399,28 @@ def _attack_params(profile: Profile, overrides: Mapping[str, Mapping[str, Any]] 
     return params
 
 
-def _split_sizes(c: RunConfig, profile: Profile) -> tuple[int | None, int | None]:
-    """ID test images and attack split of a data set without a fixed split."""
+def _split_sizes(c: RunConfig, profile: Profile) -> tuple[int | None, int | None, int | None]:
+    """ID test images, attack split and held-out ID images of a data set without a fixed
+    split (MNIST's 10,000 test images): the test set first, then the attack split, then as much
+    of the held-out set as is left."""
     if profile.n_test is None:
-        return None, None
+        return None, None, None
     n_test = _default(c.n_test, profile.n_test)
     # noisy_id draws from the attack split too; a full run grows it if n_attack asks
     n_src = profile.attack_split if c.fast else max(profile.attack_split, c.n_attack or 0)
-    return n_test, max(1, min(n_src, 10000 - n_test))
+    n_val = profile.n_val or 1
+    attack = max(1, min(n_src, 10000 - n_test - n_val))
+    return n_test, attack, max(1, min(n_val, 10000 - n_test - attack))
 
 
 def _resolve(c: RunConfig) -> RunPlan:
     profile = c.profile
     device = check_device(c.device)
     detectors = check_detector_names(_default(c.detectors, DEFAULT_DETECTORS))
-    attacks = parse_attacks(_default(c.attacks, DEFAULT_ATTACKS), _eps_defaults(profile, c.eps))
+    if c.sanity and detectors:
+        detectors += [n for n in SANITY_DETECTORS if n not in detectors]
+    eps = _eps_defaults(profile, c.eps, c.split)
+    attacks = parse_attacks(_default(c.attacks, DEFAULT_ATTACKS), eps)
     noise = check_choice("noise set", _default(c.noise, NOISE_SETS), NOISE_SETS)
     ood = check_choice("OOD set", _default(c.ood, profile.ood), ood_set_names())
     _check_sizes(c)
@@ -364,7 +430,7 @@ def _resolve(c: RunConfig) -> RunPlan:
         raise ConfigError("expected at least one anomaly set (attack, noise or OOD set)")
     if not detectors:
         raise ConfigError("expected at least one detector")
-    n_test, attack_split = _split_sizes(c, profile)
+    n_test, attack_split, n_val = _split_sizes(c, profile)
     return RunPlan(
         config=c,
         detectors=tuple(detectors),
@@ -382,4 +448,5 @@ def _resolve(c: RunConfig) -> RunPlan:
         epochs=_default(c.epochs, profile.epochs),
         n_test=n_test,
         attack_split=attack_split,
+        n_val=n_val,
     )

@@ -34,17 +34,49 @@ from uniad_plugin.benchmark.fitting import (
 from uniad_plugin.benchmark.wiring import DetectorEntry, as_entries
 from uniad_plugin.detectors.uniform import UniformDetector  # the paper of the framework
 
-__all__ = ["ALL", "ID_NAME", "KINDS", "MEAN", "METRICS", "UnifiedBenchmark", "summarise"]
+__all__ = [
+    "ALL",
+    "DETECTION_FPR",
+    "DR_METRIC",
+    "ID_NAME",
+    "KINDS",
+    "LOWER_IS_BETTER",
+    "MEAN",
+    "METRICS",
+    "OOD_METRICS",
+    "SUMMARY_SETS",
+    "VAL_NAME",
+    "WORST",
+    "UnifiedBenchmark",
+    "detection_rate",
+    "flag_separable",
+    "summarise",
+    "threshold_at_fpr",
+]
 
 #: the three anomaly classes, in the order of the tables
 KINDS: tuple[str, ...] = ("OOD", "AD", "NS")
 #: the metrics of :class:`~pytorch_ood.metrics.OODMetrics` that are reported
-METRICS: tuple[str, ...] = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR")
+OOD_METRICS: tuple[str, ...] = ("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR")
+#: false positive rate on held-out ID data at which the detection rate is reported
+DETECTION_FPR = 0.05
+#: the detection rate at :data:`DETECTION_FPR`, the threshold chosen on held-out ID data
+DR_METRIC = "DR@5%FPR"
+#: every reported metric
+METRICS: tuple[str, ...] = (*OOD_METRICS, DR_METRIC)
+#: metrics where a smaller value is better (the worst set is the largest)
+LOWER_IS_BETTER: frozenset[str] = frozenset({"FPR95TPR"})
 #: key of the ID test set in :attr:`UnifiedBenchmark.scores`
 ID_NAME = "ID"
-#: ``Dataset`` value of the mean rows, and ``Class`` value of the overall mean row
+#: key of the held-out ID set (thresholds only, never reported) in :attr:`UnifiedBenchmark.scores`
+VAL_NAME = "ID-val"
+#: ``Dataset`` value of the mean rows, and ``Class`` value of the overall rows
 MEAN = "mean"
 ALL = "all"
+#: ``Dataset`` value of the worst-set rows (the set an attacker would pick)
+WORST = "worst"
+#: ``Dataset`` values of the summary rows
+SUMMARY_SETS: frozenset[str] = frozenset({MEAN, WORST})
 
 
 def _check_scores(scores: Any, n: int) -> Tensor:
@@ -101,6 +133,9 @@ class UnifiedBenchmark(Benchmark):
     :param train: ID training data ``(x, y)`` (labels ``>= 0``), used by :meth:`fit`
     :param test: ID test data ``(x, y)``, disjoint from ``train`` and from the attack sources
     :param anomalies: anomaly sets, each with ``kind``, ``name`` and images labelled ``-1``
+    :param id_val: held-out ID data ``(x, y)``, disjoint from ``train`` and ``test``: the
+        threshold of the detection rate at :data:`DETECTION_FPR` is chosen on it (``None``:
+        that metric is not computed)
     :param batch_size: batch size of the loaders
     :param device: device to score on
     :param progress: show progress bars
@@ -117,6 +152,7 @@ class UnifiedBenchmark(Benchmark):
         test: Dataset,
         anomalies: Sequence[Dataset],
         *,
+        id_val: Dataset | None = None,
         batch_size: int = 256,
         device: str | torch.device = "cpu",
         progress: bool = True,
@@ -133,15 +169,19 @@ class UnifiedBenchmark(Benchmark):
                 )
             names.append(name)
         dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes or ID_NAME in names:
+        reserved = sorted({ID_NAME, VAL_NAME, *SUMMARY_SETS} & set(names))
+        if dupes or reserved:
             raise ValueError(
-                f"expected distinct anomaly set names other than {ID_NAME!r}, got duplicates "
-                f"{dupes or [ID_NAME]}"
+                f"expected distinct anomaly set names other than {ID_NAME!r}, {VAL_NAME!r}, "
+                f"{MEAN!r} and {WORST!r}, got {dupes + reserved}"
             )
+        if id_val is not None and len(id_val) == 0:
+            raise ValueError("expected a non-empty held-out ID set (id_val), got 0 samples")
         if batch_size < 1:
             raise ValueError(f"expected batch_size >= 1, got {batch_size}")
         self._train = train
         self._test = test
+        self._val = id_val
         self.anomalies: list[Dataset] = list(anomalies)
         self.ood_names: list[str] = names
         self.kinds: dict[str, str] = {a.name: a.kind for a in self.anomalies}
@@ -153,6 +193,11 @@ class UnifiedBenchmark(Benchmark):
         self.scores: dict[str, dict[str, Tensor]] = {}
         #: detector entries of the last :meth:`evaluate` (with skip / failure reasons)
         self.entries: list[DetectorEntry] = []
+        #: per detector: the threshold at :data:`DETECTION_FPR` on the held-out ID set and the
+        #: share of the ID test set above it (its realised false positive rate)
+        self.thresholds: dict[str, dict[str, float]] = {}
+        #: sets that a model-free ``Pixel*`` baseline separates (AUROC >= 0.9) in the last run
+        self.pixel_separable: list[str] = []
 
     def train_set(self) -> Dataset:
         return self._train
@@ -180,7 +225,8 @@ class UnifiedBenchmark(Benchmark):
         )
 
     def _sets(self) -> dict[str, Dataset]:
-        return {ID_NAME: self._test, **{a.name: a for a in self.anomalies}}
+        held_out = {VAL_NAME: self._val} if self._val is not None else {}
+        return {ID_NAME: self._test, **held_out, **{a.name: a for a in self.anomalies}}
 
     def evaluate(  # type: ignore[override]
         self,
@@ -228,8 +274,10 @@ class UnifiedBenchmark(Benchmark):
             det: {k: v for k, v in s.items() if isinstance(v, Tensor)} for det, s in scores.items()
         }
         rows: list[dict[str, Any]] = []
+        self.thresholds = {}
         for e in entries:
             rows.extend(self._detector_rows(e, scores.get(e.name)))
+        self.pixel_separable = flag_separable(rows)
         return rows
 
     def _shared_representations(
@@ -256,6 +304,7 @@ class UnifiedBenchmark(Benchmark):
             return [_row(e.name, ALL, MEAN, None, 0, _entry_reason(e))]
         det_rows = []
         id_scores = scores[ID_NAME]
+        threshold = self._threshold(e.name, scores)
         for a in self.anomalies:
             s = scores[a.name]
             if isinstance(s, str):
@@ -264,13 +313,28 @@ class UnifiedBenchmark(Benchmark):
                 det_rows.append(_row(e.name, a.kind, a.name, None, 0, "empty set"))
             else:
                 try:
-                    m = _metrics(id_scores, s)
+                    m = _metrics(id_scores, s, threshold)
                     det_rows.append(_row(e.name, a.kind, a.name, m, len(s), None))
                 except Exception as err:  # noqa: BLE001 - e.g. NaN scores
                     det_rows.append(
                         _row(e.name, a.kind, a.name, None, len(s), f"metrics: {one_line(err)}")
                     )
         return [*det_rows, *summarise(det_rows, e.name)]
+
+    def _threshold(self, name: str, scores: Mapping[str, Tensor | str]) -> float | None:
+        """The detector's threshold at :data:`DETECTION_FPR` on the held-out ID scores."""
+        val = scores.get(VAL_NAME)
+        if not isinstance(val, Tensor) or len(val) == 0:
+            return None
+        try:
+            thr = threshold_at_fpr(val, DETECTION_FPR)
+        except ValueError:  # non-finite held-out scores: the metric stays empty
+            return None
+        self.thresholds[name] = {
+            "threshold": thr,
+            "id_test_fpr": detection_rate(scores[ID_NAME], thr),
+        }
+        return thr
 
 
 def _score_sets(
@@ -305,7 +369,30 @@ def _entry_reason(e: DetectorEntry) -> str:
     return f"skipped: {e.reason}" if e.status == "skipped" else str(e.reason)
 
 
-def _metrics(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
+def threshold_at_fpr(id_val_scores: Tensor, fpr: float = DETECTION_FPR) -> float:
+    """The score threshold that flags a share ``fpr`` of held-out ID inputs.
+
+    An input is flagged when its score is strictly above the threshold; the threshold is the
+    ``1 - fpr`` quantile (higher interpolation) of the held-out ID scores, so at most ``fpr`` of
+    them are flagged. Choose it on ID data that is neither fitted on nor reported.
+
+    :raises ValueError: if ``fpr`` is not in (0, 1) or the scores are empty or not finite
+    """
+    if not 0 < fpr < 1:
+        raise ValueError(f"expected 0 < fpr < 1, got {fpr!r}")
+    s = id_val_scores.detach().double().cpu().flatten()
+    if len(s) == 0 or not bool(torch.isfinite(s).all()):
+        raise ValueError("expected held-out ID scores that are all finite, got none or NaN/inf")
+    return float(torch.quantile(s, 1 - fpr, interpolation="higher"))
+
+
+def detection_rate(scores: Tensor, threshold: float) -> float:
+    """Share of ``scores`` strictly above ``threshold`` (the flagged inputs); NaN if empty."""
+    s = scores.detach().double().cpu().flatten()
+    return float((s > threshold).double().mean()) if len(s) else math.nan
+
+
+def _metrics(id_scores: Tensor, ood_scores: Tensor, threshold: float | None) -> dict[str, float]:
     labels = torch.cat(
         [
             torch.zeros(len(id_scores), dtype=torch.long),
@@ -313,7 +400,9 @@ def _metrics(id_scores: Tensor, ood_scores: Tensor) -> dict[str, float]:
         ]
     )
     result = OODMetrics().update(torch.cat([id_scores, ood_scores]), labels).compute()
-    return {k: float(result[k]) for k in METRICS}
+    out = {k: float(result[k]) for k in OOD_METRICS}
+    out[DR_METRIC] = detection_rate(ood_scores, threshold) if threshold is not None else math.nan
+    return out
 
 
 def _row(
@@ -332,16 +421,32 @@ def _row(
     return row
 
 
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _worst(metric: str, values: Sequence[float]) -> float:
+    """The worst value of ``metric``: NaN-free values only; NaN if there is none."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan
+    return max(finite) if metric in LOWER_IS_BETTER else min(finite)
+
+
 def summarise(rows: Sequence[Mapping[str, Any]], detector: str) -> list[dict[str, Any]]:
-    """Per-class mean rows and the overall mean row of one detector's per-set rows.
+    """Per-class mean and worst rows and the overall mean and worst rows of one detector's
+    per-set rows.
 
     The class mean is the unweighted mean over the class's sets without error; the overall
-    mean is the mean over the class means (each anomaly class weighs the same).
+    mean is the mean over the class means (each anomaly class weighs the same). The worst row
+    holds, per metric, the worst value over the sets (of the class, or of all classes): the
+    set an attacker would pick.
     """
     out = []
     class_means: list[dict[str, float]] = []
+    scored: list[Mapping[str, Any]] = []
     for kind in KINDS:
-        sets = [r for r in rows if r["Class"] == kind and r["Dataset"] != MEAN]
+        sets = [r for r in rows if r["Class"] == kind and r["Dataset"] not in SUMMARY_SETS]
         if not sets:
             continue
         valid = [r for r in sets if r["Error"] is None]
@@ -349,13 +454,46 @@ def summarise(rows: Sequence[Mapping[str, Any]], detector: str) -> list[dict[str
         if not valid:
             out.append(_row(detector, kind, MEAN, None, 0, "no set of this class was scored"))
             continue
-        m = {k: sum(r[k] for r in valid) / len(valid) for k in METRICS}
+        m = {k: _mean([r[k] for r in valid]) for k in METRICS}
         class_means.append(m)
+        scored.extend(valid)
         out.append(_row(detector, kind, MEAN, m, n, None))
+        worst = {k: _worst(k, [r[k] for r in valid]) for k in METRICS}
+        out.append(_row(detector, kind, WORST, worst, n, None))
     if class_means:
-        m = {k: sum(c[k] for c in class_means) / len(class_means) for k in METRICS}
-        n = sum(r["N"] for r in out if r["Error"] is None)
+        m = {k: _mean([c[k] for c in class_means]) for k in METRICS}
+        n = sum(r["N"] for r in scored)
         out.append(_row(detector, ALL, MEAN, m, n, None))
+        worst = {k: _worst(k, [r[k] for r in scored]) for k in METRICS}
+        out.append(_row(detector, ALL, WORST, worst, n, None))
     else:
         out.append(_row(detector, ALL, MEAN, None, 0, "no anomaly set was scored"))
     return out
+
+
+def flag_separable(rows: list[dict[str, Any]], min_auroc: float | None = None) -> list[str]:
+    """Mark the sets that a model-free ``Pixel*`` baseline separates from the ID test set.
+
+    Every per-set row gets ``PixelSeparable`` (``True`` if some sanity row of the same set has
+    AUROC >= ``min_auroc``, default :data:`~uniad_plugin.benchmark.sanity.SEPARABLE_AUROC`);
+    summary rows get ``None``.
+
+    :return: the names of the separable sets, in the order of the rows
+    """
+    from uniad_plugin.benchmark.sanity import SEPARABLE_AUROC
+    from uniad_plugin.benchmark.wiring import is_sanity
+
+    limit = SEPARABLE_AUROC if min_auroc is None else min_auroc
+    flagged = [
+        r["Dataset"]
+        for r in rows
+        if is_sanity(r["Detector"])
+        and r["Dataset"] not in SUMMARY_SETS
+        and r["Error"] is None
+        and r["AUROC"] >= limit
+    ]
+    flagged = list(dict.fromkeys(flagged))
+    for r in rows:
+        per_set = r["Dataset"] not in SUMMARY_SETS and r["Class"] != ALL
+        r["PixelSeparable"] = (r["Dataset"] in flagged) if per_set else None
+    return flagged

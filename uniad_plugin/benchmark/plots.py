@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,9 @@ import torch
 from torch import Tensor
 
 from uniad_plugin.benchmark._common import safe_name
-from uniad_plugin.benchmark.evaluation import ID_NAME, KINDS
+from uniad_plugin.benchmark.evaluation import ID_NAME, KINDS, LOWER_IS_BETTER, SUMMARY_SETS
 
-__all__ = ["plot_histograms", "plot_roc"]
+__all__ = ["plot_heatmap", "plot_histograms", "plot_roc"]
 
 
 def _pyplot(out_dir: str | os.PathLike) -> tuple[Any, Path]:
@@ -153,3 +154,78 @@ def plot_histograms(
         ax.legend(fontsize=8)
         files.append(_save(plt, fig, out / f"hist_{safe_name(det)}.png"))
     return files
+
+
+def _heatmap_grid(
+    rows: Sequence[Mapping[str, Any]], metric: str
+) -> tuple[list[str], list[tuple[str, str]], Tensor]:
+    """Detectors (sanity rows last), ``(class, set)`` columns and the metric's values."""
+    from uniad_plugin.benchmark.wiring import is_sanity
+
+    sets = [
+        (kind, name)
+        for kind in KINDS
+        for name in dict.fromkeys(
+            r["Dataset"] for r in rows if r["Class"] == kind and r["Dataset"] not in SUMMARY_SETS
+        )
+    ]
+    index = {(r["Detector"], r["Class"], r["Dataset"]): r for r in rows}
+    dets = list(dict.fromkeys(r["Detector"] for r in rows))
+    dets = [d for d in dets if any((d, *key) in index for key in sets)]
+    dets = [d for d in dets if not is_sanity(d)] + [d for d in dets if is_sanity(d)]
+    values = torch.full((len(dets), len(sets)), math.nan, dtype=torch.float64)
+    for i, d in enumerate(dets):
+        for j, key in enumerate(sets):
+            r = index.get((d, *key))
+            if r is not None and r["Error"] is None:
+                values[i, j] = float(r[metric])
+    return dets, sets, values
+
+
+def plot_heatmap(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    metric: str = "AUROC",
+    flagged: Iterable[str] = (),
+) -> Path:
+    """A heatmap of one metric: a row per detector, a column per anomaly set, grouped by class,
+    so that one sees at a glance where each detector fails.
+
+    Sanity rows (``Pixel*``) come last, below a line; sets that a model-free baseline separates
+    (``flagged``) carry a ``!`` in their label; every cell is annotated with its value. File
+    ``heatmap_<metric>.png``.
+
+    :param rows: rows from :meth:`~uniad_plugin.benchmark.UnifiedBenchmark.evaluate`
+    :return: the written file
+    """
+    from uniad_plugin.benchmark.wiring import is_sanity
+
+    dets, sets, values = _heatmap_grid(rows, metric)
+    flagged = set(flagged)
+    plt, out = _pyplot(out_dir)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.55 * len(sets), 1.6 + 0.38 * len(dets)))
+    lower = metric in LOWER_IS_BETTER
+    cmap = plt.get_cmap("RdYlGn_r" if lower else "RdYlGn").copy()
+    cmap.set_bad("lightgrey")
+    vmin = 0.0 if lower or not metric.startswith("AUROC") else 0.5
+    im = ax.imshow(values.numpy(), cmap=cmap, vmin=vmin, vmax=1.0, aspect="auto")
+    for (i, j), v in zip(
+        torch.cartesian_prod(torch.arange(len(dets)), torch.arange(len(sets))).tolist(),
+        values.flatten().tolist(),
+        strict=True,
+    ):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    labels = [f"{k} {s}" + (" !" if s in flagged else "") for k, s in sets]
+    ax.set_xticks(range(len(sets)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(dets)), dets, fontsize=8)
+    for j in range(1, len(sets)):
+        if sets[j][0] != sets[j - 1][0]:
+            ax.axvline(j - 0.5, color="black", linewidth=1.5)
+    n_models = sum(not is_sanity(d) for d in dets)
+    if 0 < n_models < len(dets):
+        ax.axhline(n_models - 0.5, color="black", linewidth=1.5)
+    legend = "; ! = separable by a Pixel* baseline" if flagged else ""
+    ax.set_title(f"{metric} per anomaly set{legend}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.025, pad=0.02)
+    return _save(plt, fig, out / f"heatmap_{safe_name(metric)}.png")

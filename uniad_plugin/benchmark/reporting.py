@@ -13,9 +13,25 @@ from typing import Any
 
 from torch import Tensor
 
-from uniad_plugin.benchmark.evaluation import ALL, KINDS, MEAN, METRICS
+from uniad_plugin.benchmark.evaluation import (
+    ALL,
+    DR_METRIC,
+    KINDS,
+    LOWER_IS_BETTER,
+    MEAN,
+    METRICS,
+    SUMMARY_SETS,
+    WORST,
+)
 
 __all__ = ["results_to_csv", "results_to_json", "results_to_table", "save_results"]
+
+#: the mark of a set that a model-free ``Pixel*`` baseline separates, and its legend
+SEPARABLE_MARK = "!"
+_LEGEND = (
+    f"{SEPARABLE_MARK} = a model-free Pixel* baseline separates this set from the ID test set "
+    "(AUROC >= 0.9): a detector needs no model to score well on it"
+)
 
 
 def _detectors_in(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -31,8 +47,9 @@ def _fmt(value: float) -> str:
 def results_to_table(
     rows: Sequence[Mapping[str, Any]], metric: str = "AUROC", *, fmt: str = "text"
 ) -> str:
-    """One metric as a table: a line per anomaly set, class mean and overall mean, a column
-    per detector; detectors without numbers are listed below with the reason.
+    """One metric as a table: a line per anomaly set, class mean and worst set, overall mean
+    and worst set, a column per detector; detectors without numbers are listed below with the
+    reason. Sets that a model-free ``Pixel*`` baseline separates are marked ``!``.
 
     :param rows: rows from :meth:`UnifiedBenchmark.evaluate`
     :param metric: one of :data:`METRICS`
@@ -45,32 +62,51 @@ def results_to_table(
         raise ValueError(f"expected fmt 'text' or 'markdown', got {fmt!r}")
     detectors = _detectors_in(rows)
     index = {(r["Detector"], r["Class"], r["Dataset"]): r for r in rows}
-    evaluated = [d for d in detectors if any(k[0] == d and k[2] != MEAN for k in index)]
+    evaluated = [d for d in detectors if any(k[0] == d and k[2] not in SUMMARY_SETS for k in index)]
     header = ["Class", "Dataset", "N", *evaluated]
-    body = [_table_line(index, evaluated, key, metric) for key in _table_keys(rows, evaluated)]
-    lower = " (lower is better)" if metric.startswith("FPR") else ""
-    title = f"{metric}{lower}: ID test set vs each anomaly set"
+    flagged = {r["Dataset"] for r in rows if r.get("PixelSeparable")}
+    body = [
+        _table_line(index, evaluated, key, metric, flagged) for key in _table_keys(rows, evaluated)
+    ]
+    title = _title(metric)
     notes = _table_notes(rows, detectors, evaluated)
+    legend = [_LEGEND] if flagged else []
     if fmt == "markdown":
-        return _markdown(title, header, body, notes)
-    return _text(title, header, body, notes)
+        return _markdown(title, header, body, legend + notes)
+    return _text(title, header, body, notes, legend)
+
+
+def _title(metric: str) -> str:
+    if metric == DR_METRIC:
+        return (
+            f"{metric}: share of each anomaly set detected at 5% FPR (threshold chosen on "
+            "held-out ID data, not on the ID test set)"
+        )
+    lower = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+    return f"{metric}{lower}: ID test set vs each anomaly set"
 
 
 def _table_keys(
     rows: Sequence[Mapping[str, Any]], evaluated: Sequence[str]
 ) -> list[tuple[str, str]]:
-    """``(class, set)`` of every table line: the sets and the mean of each class, then overall."""
+    """``(class, set)`` of every table line: the sets, mean and worst set of each class, then
+    overall."""
     keys: list[tuple[str, str]] = []
     for kind in KINDS:
         sets = list(
-            dict.fromkeys(r["Dataset"] for r in rows if r["Class"] == kind and r["Dataset"] != MEAN)
+            dict.fromkeys(
+                r["Dataset"]
+                for r in rows
+                if r["Class"] == kind and r["Dataset"] not in SUMMARY_SETS
+            )
         )
         keys.extend((kind, s) for s in sets)
         if sets:
-            keys.append((kind, MEAN))
+            keys.extend([(kind, MEAN), (kind, WORST)])
     if evaluated:
-        keys.append((ALL, MEAN))
-    return keys
+        keys.extend([(ALL, MEAN), (ALL, WORST)])
+    index = {(r["Class"], r["Dataset"]) for r in rows}
+    return [k for k in keys if k in index or k[1] not in (WORST,)]
 
 
 def _table_line(
@@ -78,16 +114,19 @@ def _table_line(
     evaluated: Sequence[str],
     key: tuple[str, str],
     metric: str,
+    flagged: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> list[str]:
     """The cells of one table line: class, set, N and the metric of every detector."""
     kind, name = key
     ns = [index[(d, kind, name)]["N"] for d in evaluated if (d, kind, name) in index]
-    line = [kind, name, str(max(ns)) if ns and name != MEAN else ""]
+    summary = name in SUMMARY_SETS
+    label = f"{name} {SEPARABLE_MARK}" if name in flagged and not summary else name
+    line = [kind, label, str(max(ns)) if ns and not summary else ""]
     for d in evaluated:
         r = index.get((d, kind, name))
         if r is None:
             line.append("")
-        elif r["Error"] is not None and name != MEAN:
+        elif r["Error"] is not None and not summary:
             line.append("err" if r["Error"] != "empty set" else "empty")
         else:
             line.append(_fmt(r[metric]))
@@ -103,7 +142,7 @@ def _table_notes(
         for r in rows:
             if r["Detector"] == d and r["Error"] is not None and r["Error"] != "empty set":
                 where = "" if r["Dataset"] == MEAN and r["Class"] == ALL else f" [{r['Dataset']}]"
-                if d not in evaluated or r["Dataset"] != MEAN:
+                if d not in evaluated or r["Dataset"] not in SUMMARY_SETS:
                     notes.append(f"{d}{where}: {r['Error']}")
     return notes
 
@@ -120,7 +159,13 @@ def _markdown(title: str, header: list[str], body: list[list[str]], notes: list[
     return out + "\n"
 
 
-def _text(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
+def _text(
+    title: str,
+    header: list[str],
+    body: list[list[str]],
+    notes: list[str],
+    legend: Sequence[str] = (),
+) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
 
     def aligned(cells: Sequence[str]) -> str:
@@ -131,6 +176,7 @@ def _text(title: str, header: list[str], body: list[list[str]], notes: list[str]
 
     lines = [title, aligned(header), "  ".join("-" * w for w in widths)]
     lines.extend(aligned(line) for line in body)
+    lines.extend(legend)
     if notes:
         lines.append("")
         lines.append("Not evaluated / errors:")
@@ -141,7 +187,7 @@ def _text(title: str, header: list[str], body: list[list[str]], notes: list[str]
 def results_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as CSV (one line per row; missing numbers are empty cells)."""
     buf = io.StringIO()
-    fields = ["Detector", "Class", "Dataset", *METRICS, "N", "Error"]
+    fields = ["Detector", "Class", "Dataset", *METRICS, "N", "PixelSeparable", "Error"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for r in rows:

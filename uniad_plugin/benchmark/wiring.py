@@ -25,12 +25,14 @@ from uniad_plugin.nn.taps import INPUT_SUFFIX, LOG_SOFTMAX, LOGITS, LayerTaps, d
 
 __all__ = [
     "DEFAULT_DETECTORS",
+    "SANITY_DETECTORS",
     "DetectorEntry",
     "ModelParts",
     "PenultimateEncoder",
     "available_detectors",
     "build_detectors",
     "check_detector_names",
+    "is_sanity",
 ]
 
 #: detectors of the ``uniad`` command when none are chosen (those that cannot run on the
@@ -254,6 +256,26 @@ _BUILTINS: dict[str, tuple[str | None, Callable[[ModelParts, dict], Detector], s
 }
 
 
+def _sanity(name: str) -> Callable[[ModelParts, dict], Detector]:
+    def factory(_: ModelParts, kw: dict) -> Detector:
+        from uniad_plugin.benchmark.sanity import SANITY_DETECTORS
+
+        return SANITY_DETECTORS[name](**kw)
+
+    return factory
+
+
+#: model-free sanity baselines (see :mod:`uniad_plugin.benchmark.sanity`), wired like built-ins
+_SANITY: dict[str, tuple[None, Callable[[ModelParts, dict], Detector], str]] = {
+    "PixelGrid": (None, _sanity("PixelGrid"), "model-free: share of pixels off the data's grid"),
+    "PixelCount": (None, _sanity("PixelCount"), "model-free: number of non-zero pixels"),
+    "PixelKNN": (None, _sanity("PixelKNN"), "model-free: nearest ID image on raw pixels"),
+}
+#: names of the sanity baselines that every run of the command adds
+SANITY_DETECTORS: tuple[str, ...] = tuple(_SANITY)
+_WIRED = {**_BUILTINS, **_SANITY}
+
+
 def _registered() -> dict[str, Any]:
     from uniad_plugin import _bridge
 
@@ -263,10 +285,12 @@ def _registered() -> dict[str, Any]:
 def available_detectors() -> dict[str, str]:
     """Every detector name the benchmark accepts, mapped to a short description.
 
-    Built-in pytorch-ood detectors come first, then the detectors registered in the
+    Built-in pytorch-ood detectors come first, then the model-free sanity baselines
+    (``Pixel*``, marked ``sanity``), then the detectors registered in the
     ``pytorch_ood.detectors`` entry-point group (marked ``plugin``).
     """
     names = {name: f"pytorch-ood; {desc}" for name, (_, _, desc) in _BUILTINS.items()}
+    names.update({name: f"sanity; {desc}" for name, (_, _, desc) in _SANITY.items()})
     for name, ep in sorted(_registered().items()):
         names.setdefault(name, f"plugin ({ep.value})")
     return names
@@ -344,8 +368,8 @@ def build_detectors(
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                if name in _BUILTINS:
-                    requirement, factory, _ = _BUILTINS[name]
+                if name in _WIRED:
+                    requirement, factory, _ = _WIRED[name]
                     reason = _need(parts, requirement) if requirement else None
                     if reason is not None:
                         entries.append(DetectorEntry(name, None, "skipped", reason))
@@ -431,3 +455,8 @@ def check_detector_names(names: Sequence[str]) -> list[str]:
             raise ConfigError(f"detector {c!r} was given twice")
         out.append(c)
     return out
+
+
+def is_sanity(name: str) -> bool:
+    """Whether ``name`` is a model-free sanity baseline (its name starts with ``Pixel``)."""
+    return name.split("#")[0] in _SANITY
