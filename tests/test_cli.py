@@ -265,6 +265,10 @@ def test_arguments_map_onto_one_config():
             "c",
             "--no-plots",
             "--quiet",
+            "--split",
+            "validation",
+            "--continuous",
+            "--no-sanity",
         ]
     )
     config = cli.config_from_args(args)
@@ -284,6 +288,9 @@ def test_arguments_map_onto_one_config():
         cache_dir="c",
         plots=False,
         progress=False,
+        split="validation",
+        continuous=True,
+        sanity=False,
     )
     defaults = cli.config_from_args(cli.build_parser().parse_args([]))
     assert defaults == RunConfig()

@@ -133,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument("--noise", nargs="*", metavar="NAME", help="noise sets")
     sel.add_argument("--ood", nargs="*", metavar="NAME", help="OOD sets")
+    sel.add_argument(
+        "--split",
+        choices=("report", "validation"),
+        default="report",
+        help="report (default) or validation: anomaly sets that share nothing with the reported "
+        "ones (other seeds, fonts, photos, budgets, MNIST test images), for tuning",
+    )
+    sel.add_argument(
+        "--continuous",
+        action="store_true",
+        help="generate anomaly sets off the data's value grid (labelled '(continuous)'); "
+        "a pixel counter separates them",
+    )
+    sel.add_argument(
+        "--no-sanity",
+        action="store_true",
+        help="leave out the model-free baselines PixelGrid, PixelCount, PixelKNN",
+    )
     size = p.add_argument_group("sizes")
     size.add_argument(
         "--n-test", type=_positive_int, metavar="N", help="ID test images (mnist only)"
@@ -163,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metric",
         default="AUROC",
-        choices=("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR"),
+        choices=("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "DR@5%FPR"),
         help="metric of the printed table (all are saved)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -222,6 +240,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         out_dir=args.out,
         plots=not args.no_plots,
         progress=not args.quiet,
+        sanity=not args.no_sanity,
+        continuous=args.continuous,
+        split=args.split,
     )
 
 
@@ -243,6 +264,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if result.files:
         n_plots = len(result.files.get("roc", [])) + len(result.files.get("histograms", []))
+        n_plots += "heatmap" in result.files
         print(
             f"results: {result.files['json']}, {result.files['csv']}"
             + (f"; {n_plots} plots in {result.files['json'].parent / 'plots'}" if n_plots else "")
