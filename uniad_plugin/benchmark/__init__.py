@@ -19,6 +19,8 @@ The modules of the package, one job each:
 - :mod:`~uniad_plugin.benchmark.anomaly_sets`: the anomaly sets of a run, by name;
 - :mod:`~uniad_plugin.benchmark.config`: :class:`RunConfig`, one frozen value that describes a
   whole run, its profiles and its checks (:class:`ConfigError`);
+- :mod:`~uniad_plugin.benchmark.sanity`: the model-free baselines (``PixelGrid``,
+  ``PixelCount``, ``PixelKNN``) that sit beside every detector;
 - :mod:`~uniad_plugin.benchmark.run`: the engine, :func:`run` (behind the ``uniad`` command).
 
 A detector that cannot run on the model is *skipped* and one that raises while it is built,
@@ -48,11 +50,16 @@ from uniad_plugin.benchmark.config import (
     RunPlan,
 )
 from uniad_plugin.benchmark.evaluation import (
+    DR_METRIC,
     ID_NAME,
     KINDS,
     METRICS,
+    VAL_NAME,
     UnifiedBenchmark,
+    detection_rate,
+    flag_separable,
     summarise,
+    threshold_at_fpr,
 )
 from uniad_plugin.benchmark.fitting import fit_detectors
 from uniad_plugin.benchmark.model_cache import (
@@ -61,7 +68,7 @@ from uniad_plugin.benchmark.model_cache import (
     load_model,
     trained_model,
 )
-from uniad_plugin.benchmark.plots import plot_histograms, plot_roc
+from uniad_plugin.benchmark.plots import plot_heatmap, plot_histograms, plot_roc
 from uniad_plugin.benchmark.reporting import (
     results_to_csv,
     results_to_json,
@@ -70,13 +77,17 @@ from uniad_plugin.benchmark.reporting import (
 )
 from uniad_plugin.benchmark.run import (
     RunResult,
+    Suite,
+    prepare_suite,
     run,
     run_benchmark,
     run_default,
     run_mnist,
 )
+from uniad_plugin.benchmark.sanity import PixelCount, PixelGrid, PixelKNN
 from uniad_plugin.benchmark.wiring import (
     DEFAULT_DETECTORS,
+    SANITY_DETECTORS,
     DetectorEntry,
     ModelParts,
     PenultimateEncoder,
@@ -136,6 +147,18 @@ __all__ = [
     "adversarial_sets",
     "noise_sets",
     "run",
+    "DR_METRIC",
+    "VAL_NAME",
+    "SANITY_DETECTORS",
+    "PixelCount",
+    "PixelGrid",
+    "PixelKNN",
+    "Suite",
+    "detection_rate",
+    "flag_separable",
+    "plot_heatmap",
+    "prepare_suite",
+    "threshold_at_fpr",
 ]
 
 

@@ -40,7 +40,16 @@ from uniad_plugin.benchmark.reporting import results_to_table, save_results
 from uniad_plugin.benchmark.wiring import DEFAULT_DETECTORS, build_detectors
 from uniad_plugin.data import Splits
 
-__all__ = ["RunResult", "evaluate_plan", "run", "run_benchmark", "run_default", "run_mnist"]
+__all__ = [
+    "RunResult",
+    "Suite",
+    "evaluate_plan",
+    "prepare_suite",
+    "run",
+    "run_benchmark",
+    "run_default",
+    "run_mnist",
+]
 
 _METRIC_NOTES = (
     "per set: ID test set vs that set (OODMetrics, anomalies positive); class "
@@ -124,6 +133,43 @@ def run(config: RunConfig) -> RunResult:
     check_model_output(model.to(plan.device), splits.test.tensors[0][:8], splits.num_classes)
     plan = dataclasses.replace(plan, ood=(), optional_ood=())
     return evaluate_plan(model, splits, plan, prebuilt=ood_sets, notes=notes, meta=meta)
+
+
+@dataclass
+class Suite:
+    """What a run evaluates on, before any detector: the model, the ID splits and the anomaly
+    sets (see :func:`prepare_suite`).
+
+    :param plan: the checked configuration
+    :param model: the classifier, in eval mode on ``plan.device``
+    :param splits: the ID splits (``train``, ``test``, ``attack``, ``val``)
+    :param anomalies: the anomaly sets, in the order OOD, AD, NS
+    :param notes: notes about sets left out
+    """
+
+    plan: RunPlan
+    model: nn.Module
+    splits: Splits
+    anomalies: list[Any]
+    notes: list[str]
+
+
+def prepare_suite(config: RunConfig) -> Suite:
+    """The model, ID splits and anomaly sets that ``config`` describes, without detectors:
+    for scripts that evaluate their own detectors (ablations) on exactly the sets of a run
+    (e.g. ``split="validation"``).
+
+    :raises ConfigError: as :func:`run`
+    """
+    plan = config.resolve()
+    splits = _splits(plan)
+    ood_sets, notes = _ood_sets(plan, tuple(splits.test.tensors[0].shape[1:]))
+    model, _ = _model(plan, splits)
+    model = model.to(plan.device).eval()
+    check_model_output(model, splits.test.tensors[0][:8], splits.num_classes)
+    rest = dataclasses.replace(plan, ood=(), optional_ood=())
+    sets, more_notes = _anomaly_sets(model, splits, rest, ood_sets)
+    return Suite(plan, model, splits, sets, [*notes, *more_notes])
 
 
 def _splits(plan: RunPlan) -> Splits:
