@@ -220,15 +220,6 @@ def test_output_activation_is_excluded_and_modes_restored(digits):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_default_hidden_rule():
-    assert default_hidden(37760) == [1000, 500, 200, 75]
-    assert default_hidden(2000) == [1000, 500, 200, 75]
-    assert default_hidden(200) == [100, 50, 20, 8]
-    assert default_hidden(10) == [8, 8, 8, 8]
-    with pytest.raises(ValueError, match="expected"):
-        default_hidden(0)
-
-
 def test_metadata():
     assert A3.requires_fit
     assert A3.info.paper.venue == "ECML-PKDD" and A3.info.paper.year == 2020

@@ -140,7 +140,7 @@ def test_fit_structured_matches_fit(digits, digits_model):
     x, y = digits.train.tensors
     other = UniformDetector(digits_model, layers=det.layers, epochs=5)
     feats, logits = other.extract(x)
-    other.fit_structured(feats, y, pred=logits, n_classes=10)
+    other.fit_structured(feats, y, logits, num_classes=10)
     xt = digits.test.tensors[0][:64]
     assert torch.allclose(det(xt), other(xt), atol=1e-4)
 

@@ -13,7 +13,7 @@ not depend on the other samples of the batch.
   constants. The model must not update buffers in the forward pass, i.e. BatchNorm layers must
   be in eval mode; :func:`per_sample_grads` raises a ``ValueError`` otherwise. Dropout must also
   be off for deterministic gradients; put the model in eval mode (e.g. with
-  :func:`uniad_plugin.detectors._common.eval_mode`).
+  :func:`uniad_plugin._utils.eval_mode`).
 * ``params`` restricts the differentiation to some parameter tensors by name; the others are
   constants, so the backward pass stops early when only the last layers are selected.
 * ``state`` evaluates the gradient at other weights than the model's own, e.g. at a saved

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uniad_plugin._utils import seeded_generator
 from uniad_plugin.nn.alarms import dropout, glorot_
 
 __all__ = ["PAPER_VAE_HIDDEN", "PAPER_VAE_LATENT", "VAE_SAMPLING_STD", "AnomalyVAE", "fit_vae"]
@@ -130,7 +131,7 @@ def fit_vae(
     vae.reset_parameters(generator)
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
     vae.train()
-    cpu_gen = torch.Generator().manual_seed(shuffle_seed)
+    cpu_gen = seeded_generator(shuffle_seed)
     for _ in range(epochs):
         for idx in torch.split(torch.randperm(len(x), generator=cpu_gen), batch_size):
             loss = vae.loss(x[idx].to(device), generator)
