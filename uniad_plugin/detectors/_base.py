@@ -25,10 +25,17 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
-from pytorch_ood.api import DetectorInfo, ModelNotSetException, Paper, Task
+from pytorch_ood.api import (
+    DetectorInfo,
+    ModelNotSetException,
+    Paper,
+    RequiresFittingException,
+    Task,
+)
 from torch import Tensor, nn
 
 from uniad_plugin._utils import eval_mode, model_dtype
@@ -45,6 +52,7 @@ __all__ = [
     "deprecated_alias",
     "eval_mode",
     "flag",
+    "hp",
     "integer",
     "model_outputs",
     "positive_ints",
@@ -152,6 +160,12 @@ def positive_ints(min_len: int = 1, optional: bool = False) -> Check:
         return tuple(int(v) for v in out)
 
     return check
+
+
+#: the hyperparameter checks as one namespace, for the detectors' ``hyperparameters`` tables
+hp = SimpleNamespace(
+    choice=choice, flag=flag, integer=integer, positive_ints=positive_ints, real=real
+)
 
 
 # ------------------------------------------------------------------ input and label checks
@@ -297,7 +311,13 @@ class UniadDetector:
     #: ``hyperparameter_space`` (what GridSearch may tune) is a subset
     hyperparameters: ClassVar[Mapping[str, Check]] = {}
 
+    #: the attribute that holds the fitted state (``None`` before fitting)
+    fitted_attribute: ClassVar[str] = ""
+
     model: nn.Module | None
+
+    #: deprecated name of ``num_classes``
+    n_classes = deprecated_alias("num_classes", "n_classes")
 
     # -- hyperparameters -----------------------------------------------------------------------
     def _check_hyperparameters(self) -> None:
@@ -313,6 +333,13 @@ class UniadDetector:
             setattr(self, name, check(name, getattr(self, name)))
         self._derive()
 
+    def _init_hyperparameters(self, values: Mapping[str, Any]) -> None:
+        """Store every declared hyperparameter from ``values`` (the constructor's ``locals()``)
+        and check them all."""
+        for name in self.hyperparameters:
+            setattr(self, name, values[name])
+        self._check_hyperparameters()
+
     def _derive(self) -> None:
         """Check relations between hyperparameters and compute derived values (override)."""
 
@@ -320,7 +347,44 @@ class UniadDetector:
         """Every declared hyperparameter and its current value."""
         return {name: getattr(self, name) for name in self.hyperparameters}
 
-    # -- model, device, dtype ------------------------------------------------------------------
+    # -- model, fitted state, device, dtype -----------------------------------------------------
+    def _set_model(self, model: Any, required: bool = False, **needs_model: Any) -> None:
+        """Check and store the model; ``needs_model``: arguments that are useless without it.
+
+        :raises TypeError: if ``model`` is neither ``None`` nor an ``nn.Module``
+        :raises ModelNotSetException: if the model is ``None`` but ``required`` or one of
+            ``needs_model`` is given
+        """
+        who = type(self).__name__
+        if model is None and required:
+            raise ModelNotSetException(f"{who} needs the target model, got None")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
+        for name, value in needs_model.items():
+            if value is not None and model is None:
+                raise ModelNotSetException(f"{name} were given but model is None")
+        self.model = model
+
+    def _require_fitted(self) -> None:
+        """:raises RequiresFittingException: before fitting"""
+        if getattr(self, self.fitted_attribute) is None:
+            raise RequiresFittingException(
+                f"{type(self).__name__} must be fitted with fit(loader) or fit_structured(...) "
+                "first"
+            )
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Outlier scores of shape ``(B,)``; larger is more anomalous.
+
+        Equal to ``predict_structured(*extract(x))``.
+
+        :param x: model inputs of the shape seen at fit time
+        :raises RequiresFittingException: before fitting
+        :raises ValueError: for a wrong shape or NaN/inf values
+        """
+        self._require_fitted()
+        return self.predict_structured(*self.extract(x))
+
     def _require_model(self) -> nn.Module:
         if self.model is None:
             raise ModelNotSetException

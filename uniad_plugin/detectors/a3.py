@@ -8,26 +8,21 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from pytorch_ood.api import (
-    ModelNotSetException,
     Paper,
-    RequiresFittingException,
     StructuredDetector,
 )
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin._utils import seeded_generator
+from uniad_plugin._utils import minibatches, seeded_generator
 from uniad_plugin.detectors._base import (
     UniadDetector,
     check_inputs,
-    choice,
     classification_info,
     deprecated_alias,
     eval_mode,
-    integer,
-    positive_ints,
-    real,
+    hp,
 )
 from uniad_plugin.nn.alarms import ALARM_BIG, AlarmNet, default_hidden
 from uniad_plugin.nn.taps import ACTIVATION_TYPES, LayerTaps, activation_taps, resolve_layers
@@ -117,19 +112,21 @@ class A3(UniadDetector, StructuredDetector):
         "noise_std": [0.5, 1.0],
     }
 
+    fitted_attribute = "alarm"
+
     hyperparameters = {
-        "hidden": positive_ints(optional=True),
-        "dropout": real(0.0, 1.0, low_open=False),
-        "epochs": integer(1),
-        "lr": real(0.0),
-        "batch_size": integer(1),
-        "anomaly": choice("gaussian", "vae"),
-        "noise_mean": real(float("-inf")),
-        "noise_std": real(0.0),
-        "anomaly_weight": real(0.0, low_open=False),
-        "known_anomaly_weight": real(0.0, low_open=False),
-        "vae_epochs": integer(0),
-        "seed": integer(None),
+        "hidden": hp.positive_ints(optional=True),
+        "dropout": hp.real(0.0, 1.0, low_open=False),
+        "epochs": hp.integer(1),
+        "lr": hp.real(0.0),
+        "batch_size": hp.integer(1),
+        "anomaly": hp.choice("gaussian", "vae"),
+        "noise_mean": hp.real(float("-inf")),
+        "noise_std": hp.real(0.0),
+        "anomaly_weight": hp.real(0.0, low_open=False),
+        "known_anomaly_weight": hp.real(0.0, low_open=False),
+        "vae_epochs": hp.integer(0),
+        "seed": hp.integer(None),
     }
 
     #: deprecated name of :attr:`num_classes`
@@ -155,31 +152,15 @@ class A3(UniadDetector, StructuredDetector):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__()
-        if model is None:
-            raise ModelNotSetException("A3 needs the target model, got None")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
+        self._set_model(model, required=True)
         if layers is not None:
             if isinstance(layers, (str, nn.Module)):
                 layers = [layers]
             resolve_layers(model, layers)  # fail early on unknown names
             layers = list(layers)
 
-        self.model = model
         self.layers = layers
-        self.hidden = hidden
-        self.dropout = dropout
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.anomaly = anomaly
-        self.noise_mean = noise_mean
-        self.noise_std = noise_std
-        self.anomaly_weight = anomaly_weight
-        self.known_anomaly_weight = known_anomaly_weight
-        self.vae_epochs = vae_epochs
-        self.seed = seed
-        self._check_hyperparameters()
+        self._init_hyperparameters(locals())
 
         # fitted state
         self.alarm: AlarmNet | None = None
@@ -445,31 +426,24 @@ class A3(UniadDetector, StructuredDetector):
         target = (~normal).float().to(device)
         weight = torch.where(normal, 1.0, self.known_anomaly_weight).to(device)
         alarm.train()
-        for _epoch in range(self.epochs):
-            perm = torch.randperm(len(y), generator=cpu_gen)
-            for idx in torch.split(perm, self.batch_size):
-                b = len(idx)
-                x_tilde = self._counter_examples(x, idx, input_shape, gen)
-                if acts is None:
-                    both = self._activations(torch.cat([x[idx].to(device), x_tilde]))
-                    a_pos, a_neg = both[:b], both[b:]
-                else:
-                    a_pos, a_neg = acts[idx].to(device), self._activations(x_tilde)
-                logits = alarm(self._standardise(torch.cat([a_pos, a_neg])), gen)
-                loss_lab = F.binary_cross_entropy_with_logits(
-                    logits[:b], target[idx], weight=weight[idx]
-                )
-                loss_anom = F.binary_cross_entropy_with_logits(
-                    logits[b:], torch.ones_like(logits[b:])
-                )
-                loss = loss_lab + self.anomaly_weight * loss_anom
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        alarm.eval()
-        for p in alarm.parameters():
-            p.requires_grad_(False)
-        return alarm
+        for idx in minibatches(len(y), self.batch_size, self.epochs, cpu_gen):
+            b = len(idx)
+            x_tilde = self._counter_examples(x, idx, input_shape, gen)
+            if acts is None:
+                both = self._activations(torch.cat([x[idx].to(device), x_tilde]))
+                a_pos, a_neg = both[:b], both[b:]
+            else:
+                a_pos, a_neg = acts[idx].to(device), self._activations(x_tilde)
+            logits = alarm(self._standardise(torch.cat([a_pos, a_neg])), gen)
+            loss_lab = F.binary_cross_entropy_with_logits(
+                logits[:b], target[idx], weight=weight[idx]
+            )
+            loss_anom = F.binary_cross_entropy_with_logits(logits[b:], torch.ones_like(logits[b:]))
+            loss = loss_lab + self.anomaly_weight * loss_anom
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return alarm.eval().requires_grad_(False)
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -482,8 +456,7 @@ class A3(UniadDetector, StructuredDetector):
         :return: outlier scores of shape :math:`B`, larger = more anomalous
         :raises RequiresFittingException: before fitting
         """
-        if self.alarm is None:
-            raise RequiresFittingException("A3 has to be fitted before predict_structured()")
+        self._require_fitted()
         a = self._check_acts(features, fitted=True)
         device = self.mean.device
         return self.alarm(self._standardise(a.to(device)))
@@ -497,8 +470,7 @@ class A3(UniadDetector, StructuredDetector):
         :raises RequiresFittingException: before fitting
         :raises ValueError: for inputs of another shape or with NaN/inf
         """
-        if self.alarm is None:
-            raise RequiresFittingException("A3 has to be fitted before predict()")
+        self._require_fitted()
         self._check_input(x)
         device = self.mean.device
         if x.shape[0] == 0:
@@ -515,8 +487,7 @@ class A3(UniadDetector, StructuredDetector):
 
         :raises RequiresFittingException: before fitting
         """
-        if self.alarm is None:
-            raise RequiresFittingException("A3 has to be fitted before state_dict()")
+        self._require_fitted()
         return self._pack_state(
             {
                 "layer_names": list(self.layer_names),
@@ -571,9 +542,7 @@ class A3(UniadDetector, StructuredDetector):
             )
         alarm = AlarmNet(sum(dims), state["alarm_hidden"], state["alarm_dropout"])
         alarm.load_state_dict(state["alarm"])
-        alarm.to(device).eval()
-        for p in alarm.parameters():
-            p.requires_grad_(False)
+        alarm.to(device).eval().requires_grad_(False)
         self.layer_names, self.layer_dims, self.input_shape = names, dims, input_shape
         self.num_classes, self._taps = n_out, taps
         self.mean = state["mean"].to(device)

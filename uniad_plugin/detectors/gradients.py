@@ -3,41 +3,30 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pytorch_ood.api import (
-    GradientDetector,
-    ModelNotSetException,
-    Paper,
-    RequiresFittingException,
-    StructuredDetector,
-)
+from pytorch_ood.api import GradientDetector, Paper, StructuredDetector
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors._base import (
     UniadDetector,
     check_inputs,
     check_label_range,
     check_labels,
-    choice,
     classification_info,
-    deprecated_alias,
     eval_mode,
-    flag,
-    integer,
+    hp,
     model_outputs,
-    real,
     renamed_kwarg,
 )
+from uniad_plugin.nn.alarms import binary_mlp, train_binary_mlp
 from uniad_plugin.nn.gaussian import shrunk_gaussian
-from uniad_plugin.nn.pergrad import per_sample_grad_features, resolve_params
+from uniad_plugin.nn.pergrad import check_param_shapes, per_sample_grad_features, resolve_params
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +47,6 @@ def _check_n_ones(name: str, n_ones: object) -> int | None:
             f"is not confounding), got {n_ones!r}"
         )
     return n_ones
-
-
-def _check_param_shapes(model: nn.Module, names: Sequence[str], shapes: Sequence, who: str):
-    own = dict(model.named_parameters())
-    missing = [n for n in names if n not in own]
-    if missing:
-        raise ValueError(
-            f"{who}: the state was fitted for a model with parameters {list(names)}; this model "
-            f"has no {missing}"
-        )
-    got = [list(own[n].shape) for n in names]
-    if got != [list(s) for s in shapes]:
-        raise ValueError(
-            f"{who}: the state was fitted for a model with parameter shapes "
-            f"{[list(s) for s in shapes]}, this model has {got}"
-        )
 
 
 class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
@@ -145,24 +118,23 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         "shrinkage": [None, 0.0, 0.1, 0.5],
     }
 
+    fitted_attribute = "centers"
+
     hyperparameters = {
         "n_ones": _check_n_ones,
-        "activation": choice("sigmoid", "softmax"),
-        "per_class": flag(),
-        "transform": choice(*_TRANSFORMS),
-        "shrinkage": real(0.0, 1.0, low_open=False, high_open=False, optional=True),
-        "scoring": choice(*_SCORINGS),
-        "hidden": integer(1),
-        "epochs": integer(1),
-        "lr": real(0.0),
-        "weight_decay": real(0.0, low_open=False),
-        "batch_size": integer(1),
-        "chunk_size": integer(1, optional=True),
-        "seed": integer(None),
+        "activation": hp.choice("sigmoid", "softmax"),
+        "per_class": hp.flag(),
+        "transform": hp.choice(*_TRANSFORMS),
+        "shrinkage": hp.real(0.0, 1.0, low_open=False, high_open=False, optional=True),
+        "scoring": hp.choice(*_SCORINGS),
+        "hidden": hp.integer(1),
+        "epochs": hp.integer(1),
+        "lr": hp.real(0.0),
+        "weight_decay": hp.real(0.0, low_open=False),
+        "batch_size": hp.integer(1),
+        "chunk_size": hp.integer(1, optional=True),
+        "seed": hp.integer(None),
     }
-
-    #: deprecated name of :attr:`num_classes`
-    n_classes = deprecated_alias("num_classes", "n_classes")
 
     def __init__(
         self,
@@ -184,28 +156,11 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self._set_model(model, params=params)
         self.params: list[str] | None = None
         if params is not None:
-            if model is None:
-                raise ModelNotSetException("params were given but model is None")
             self.params = resolve_params(model, params)
-        self.n_ones = n_ones
-        self.activation = activation
-        self.per_class = per_class
-        self.transform = transform
-        self.shrinkage = shrinkage
-        self.scoring = scoring
-        self.hidden = hidden
-        self.epochs = epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.chunk_size = chunk_size
-        self.seed = seed
-        self._check_hyperparameters()
+        self._init_hyperparameters(locals())
         # fitted state
         self.input_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = None
@@ -217,12 +172,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         self.fitted_shrinkage: float | None = None
 
     # ------------------------------------------------------------------ helpers
-    def _require_fitted(self) -> None:
-        if self.centers is None:
-            raise RequiresFittingException(
-                "ConfoundingGradients must be fitted with fit(loader) or fit_structured(...) first"
-            )
-
     def _param_names(self) -> list[str]:
         if self.params is None:
             self.params = resolve_params(self._require_model())
@@ -408,7 +357,17 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         self.fitted_shrinkage = shrink
         self.classifier = None
         if bool(known.any()):
-            self.classifier = self._train_classifier((t - mean) / std, known.float())
+            self.classifier = train_binary_mlp(
+                (t - mean) / std,
+                known.float(),
+                self.hidden,
+                self.epochs,
+                self.lr,
+                self.weight_decay,
+                self.batch_size,
+                self.seed,
+                self._target_device(),
+            )
         self.num_classes = int(n_classes) if n_classes is not None else None
         return self
 
@@ -427,33 +386,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             )
         pred = logits.argmax(1) if logits.dim() == 2 else logits.long()
         return pred.cpu()
-
-    def _train_classifier(self, z: Tensor, target: Tensor) -> nn.Sequential:
-        device = self._target_device()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            clf = nn.Sequential(
-                nn.Linear(z.shape[1], self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)
-            )
-        clf = clf.to(device)
-        z, target = z.float().to(device), target.to(device)
-        n_pos = float(target.sum())
-        pos_weight = torch.tensor((len(target) - n_pos) / max(n_pos, 1.0), device=device)
-        opt = torch.optim.Adam(clf.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        gen = seeded_generator(self.seed)
-        steps = math.ceil(len(z) / self.batch_size)
-        with torch.enable_grad():
-            for _ in range(self.epochs):
-                perm = torch.randperm(len(z), generator=gen).to(device)
-                for s in range(steps):
-                    idx = perm[s * self.batch_size : (s + 1) * self.batch_size]
-                    loss = nn.functional.binary_cross_entropy_with_logits(
-                        clf(z[idx]).squeeze(1), target[idx], pos_weight=pos_weight
-                    )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-        return clf.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ scoring
     def _use_classifier(self) -> bool:
@@ -495,16 +427,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             k = torch.zeros(len(z), dtype=torch.long, device=device)
         d = z - self.centers[k]
         return torch.einsum("bi,bij,bj->b", d, self.precisions[k], d).float()
-
-    def predict(self, x: Tensor) -> Tensor:
-        """Outlier scores of shape ``(B,)``; larger is more anomalous.
-
-        :param x: model inputs of the shape seen at fit time
-        :raises RequiresFittingException: before fitting
-        :raises ValueError: for a wrong shape or NaN/inf values
-        """
-        self._require_fitted()
-        return self.predict_structured(*self.extract(x))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -568,7 +490,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             self._check_model(names, shapes, input_shape, num_classes)
         clf = None
         if clf_state is not None:
-            clf = nn.Sequential(nn.Linear(P, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            clf = binary_mlp(P, hidden)
             try:
                 clf.load_state_dict(clf_state)
             except (RuntimeError, TypeError, AttributeError) as e:
@@ -590,7 +512,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
     def _check_model(self, names, shapes, input_shape, num_classes) -> None:
         """Refuse a state fitted for a model with other parameters or outputs."""
         who = "ConfoundingGradients"
-        _check_param_shapes(self.model, names, shapes, who)
+        check_param_shapes(self.model, names, shapes, who)
         if input_shape is not None and num_classes is not None:
             probe = torch.zeros((1, *input_shape), device=self._target_device())
             got = model_outputs(self.model, probe)

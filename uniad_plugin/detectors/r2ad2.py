@@ -2,42 +2,40 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from pytorch_ood.api import (
-    GradientDetector,
-    ModelNotSetException,
-    Paper,
-    RequiresFittingException,
-    StructuredDetector,
-)
+from pytorch_ood.api import GradientDetector, Paper, StructuredDetector
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin._utils import seeded_generator
+from uniad_plugin._utils import minibatches, seeded_generator
 from uniad_plugin.detectors._base import (
     UniadDetector,
     check_inputs,
     check_label_range,
     check_labels,
-    choice,
     classification_info,
-    deprecated_alias,
     eval_mode,
-    integer,
+    hp,
     model_outputs,
-    positive_ints,
-    real,
 )
 from uniad_plugin.nn.alarms import ALARM_BIG, ALARM_SMALL, ALARMS, GradientAlarm, lstm_sequence
-from uniad_plugin.nn.pergrad import last_layer_params, per_sample_grad_features, resolve_params
+from uniad_plugin.nn.pergrad import (
+    default_gradient_params,
+    per_sample_grad_features,
+    resolve_params,
+)
+from uniad_plugin.nn.snapshots import (
+    as_state,
+    predicted_label_ce,
+    reconstruction_bce,
+    train_snapshots,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,38 +49,6 @@ __all__ = [
 ]
 
 
-def _predicted_label_ce(out: Tensor, _target: Tensor | None) -> Tensor:
-    """Cross-entropy of the logits w.r.t. the model's own predicted class (no label needed)."""
-    return nn.functional.cross_entropy(out, out.argmax(-1).detach())
-
-
-def _reconstruction_bce(out: Tensor, x: Tensor) -> Tensor:
-    """Mean binary cross-entropy of a reconstruction ``out`` in (0, 1) and the input ``x``.
-
-    Written out (as Keras computes it, predictions clipped to ``[1e-7, 1 - 1e-7]``) so that
-    inputs outside [0, 1], e.g. the Gaussian counter-examples, are allowed.
-    """
-    p = out.reshape(x.shape).clamp(1e-7, 1 - 1e-7)
-    return -(x * p.log() + (1 - x) * (1 - p).log()).mean()
-
-
-def default_gradient_params(model: nn.Module, max_param_size: int = 2**12) -> list[str]:
-    """R2AD2's default parameter selection: the last two parametrised layers.
-
-    Parameter tensors with more than ``max_param_size`` elements are skipped, except those of
-    the last layer, so that the raw gradient stays small enough for the LSTM alarm network
-    (e.g. for LeNet: the bias of the penultimate ``Linear`` and the whole last ``Linear``).
-
-    :raises ValueError: if the model has no parameters
-    """
-    last = set(last_layer_params(model, 1))
-    return [
-        n
-        for n in last_layer_params(model, 2)
-        if n in last or model.get_parameter(n).numel() <= max_param_size
-    ]
-
-
 def _check_alarm_dims(name: str, value: object) -> str | tuple[int, ...]:
     if isinstance(value, str):
         if value not in ALARMS:
@@ -90,17 +56,7 @@ def _check_alarm_dims(name: str, value: object) -> str | tuple[int, ...]:
                 f"expected {name} 'small', 'big' or a sequence of sizes, got {value!r}"
             )
         return value
-    return positive_ints(min_len=2)(name, value)
-
-
-def _as_state(snapshot: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    if isinstance(snapshot, nn.Module):
-        snapshot = snapshot.state_dict()
-    if not isinstance(snapshot, Mapping):
-        raise TypeError(
-            f"expected snapshots as nn.Modules or state dicts, got {type(snapshot).__name__}"
-        )
-    return {str(k): v.detach().clone() for k, v in snapshot.items()}
+    return hp.positive_ints(min_len=2)(name, value)
 
 
 class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
@@ -178,27 +134,26 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         "dropout": [0.4, 0.1],
     }
 
-    hyperparameters = {
-        "n_snapshots": integer(1),
-        "target": choice("classifier", "autoencoder"),
-        "snapshot_epochs": integer(0),
-        "snapshot_lr": real(0.0),
-        "snapshot_batch_size": integer(1),
-        "max_param_size": integer(1),
-        "alarm_dims": _check_alarm_dims,
-        "dropout": real(0.0, 1.0, low_open=False),
-        "epochs": integer(1),
-        "lr": real(0.0),
-        "batch_size": integer(1),
-        "noise_mean": real(float("-inf")),
-        "noise_std": real(0.0, optional=True),
-        "noise_pool": integer(1, optional=True),
-        "chunk_size": integer(1, optional=True),
-        "seed": integer(None),
-    }
+    fitted_attribute = "alarm"
 
-    #: deprecated name of :attr:`num_classes`
-    n_classes = deprecated_alias("num_classes", "n_classes")
+    hyperparameters = {
+        "n_snapshots": hp.integer(1),
+        "target": hp.choice("classifier", "autoencoder"),
+        "snapshot_epochs": hp.integer(0),
+        "snapshot_lr": hp.real(0.0),
+        "snapshot_batch_size": hp.integer(1),
+        "max_param_size": hp.integer(1),
+        "alarm_dims": _check_alarm_dims,
+        "dropout": hp.real(0.0, 1.0, low_open=False),
+        "epochs": hp.integer(1),
+        "lr": hp.real(0.0),
+        "batch_size": hp.integer(1),
+        "noise_mean": hp.real(float("-inf")),
+        "noise_std": hp.real(0.0, optional=True),
+        "noise_pool": hp.integer(1, optional=True),
+        "chunk_size": hp.integer(1, optional=True),
+        "seed": hp.integer(None),
+    }
 
     def __init__(
         self,
@@ -224,41 +179,19 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self._set_model(model, params=params, snapshots=snapshots)
         self.params: list[str] | None = None
         if params is not None:
-            if model is None:
-                raise ModelNotSetException("params were given but model is None")
             self.params = resolve_params(model, params)
         self.given_snapshots: list[dict[str, Tensor]] | None = None
         if snapshots is not None:
-            if model is None:
-                raise ModelNotSetException("snapshots were given but model is None")
             if len(snapshots) < 1:
                 raise ValueError("expected at least one snapshot, got an empty list")
-            self.given_snapshots = [_as_state(s) for s in snapshots]
+            self.given_snapshots = [as_state(s) for s in snapshots]
             for s in self.given_snapshots:
                 self._check_snapshot(s)
             n_snapshots = len(self.given_snapshots)
-        self.n_snapshots = n_snapshots
-        self.target = target
-        self.snapshot_epochs = snapshot_epochs
-        self.snapshot_lr = snapshot_lr
-        self.snapshot_batch_size = snapshot_batch_size
-        self.max_param_size = max_param_size
-        self.alarm_dims = alarm_dims
-        self.dropout = dropout
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.noise_mean = noise_mean
-        self.noise_std = noise_std
-        self.noise_pool = noise_pool
-        self.chunk_size = chunk_size
-        self.seed = seed
-        self._check_hyperparameters()
+        self._init_hyperparameters(locals())
         # fitted state
         self.snapshots: list[dict[str, Tensor]] | None = self.given_snapshots
         self.alarm: GradientAlarm | None = None
@@ -273,12 +206,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             )
 
     # ------------------------------------------------------------------ helpers
-    def _require_fitted(self) -> None:
-        if self.alarm is None:
-            raise RequiresFittingException(
-                "R2AD2 must be fitted with fit(loader) or fit_structured(...) first"
-            )
-
     def _param_names(self) -> list[str]:
         if self.params is None:
             self.params = default_gradient_params(self._require_model(), self.max_param_size)
@@ -319,7 +246,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                         model,
                         x,
                         x if ae else None,
-                        _reconstruction_bce if ae else _predicted_label_ce,
+                        reconstruction_bce if ae else predicted_label_ce,
                         names,
                         reduce="flat",
                         chunk_size=self.chunk_size,
@@ -361,39 +288,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         return self.extract(x)[0]
 
     # ------------------------------------------------------------------ snapshots
-    def _train_snapshots(self, x: Tensor, y: Tensor) -> list[dict[str, Tensor]]:
-        """Copy the model, train it ``snapshot_epochs`` more epochs, copy, ... (``T`` copies)."""
-        model = self._require_model()
-        device = self._target_device()
-        snaps = [_as_state(model)]
-        if self.n_snapshots == 1:
-            return snaps
-        if len(x) == 0:
-            raise ValueError(
-                "R2AD2: expected ID samples (labels >= 0) to train snapshots, got none"
-            )
-        target = copy.deepcopy(model).to(device).train().requires_grad_(True)
-        opt = torch.optim.Adam(target.parameters(), lr=self.snapshot_lr)
-        gen = seeded_generator(self.seed)
-        bs = self.snapshot_batch_size
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(self.seed)
-            for _ in range(self.n_snapshots - 1):
-                for _ in range(self.snapshot_epochs):
-                    perm = torch.randperm(len(x), generator=gen)
-                    for s in range(math.ceil(len(x) / bs)):
-                        idx = perm[s * bs : (s + 1) * bs]
-                        xb = x[idx].to(device)
-                        if self.target == "autoencoder":
-                            loss = _reconstruction_bce(target(xb), xb)
-                        else:
-                            loss = nn.functional.cross_entropy(target(xb), y[idx].to(device))
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                snaps.append(_as_state(target))
-        return snaps
-
     # ------------------------------------------------------------------ fitting
     def fit(self, data_loader: DataLoader) -> Self:
         """Make the snapshots (unless given), compute the gradients and train the alarm.
@@ -425,7 +319,18 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         self.input_shape = tuple(x.shape[1:])
         self.num_classes = num_classes
         if self.given_snapshots is None:
-            self.snapshots = self._train_snapshots(x[known], y[known])
+            self.snapshots = train_snapshots(
+                model,
+                x[known],
+                y[known],
+                self.n_snapshots,
+                self.snapshot_epochs,
+                self.snapshot_lr,
+                self.snapshot_batch_size,
+                self.target == "autoencoder",
+                self.seed,
+                self._target_device(),
+            )
         g = self._gradients(x.to(self._target_device())).cpu()
         return self.fit_structured(g, y)
 
@@ -505,38 +410,34 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             if use_noise and self.noise_pool is not None:
                 pool = self._gradients(self._noise(self.noise_pool, gen))
             g, labels = g.to(device), labels.to(device)
-            bs = self.batch_size
             bce = nn.functional.binary_cross_entropy_with_logits
             with torch.enable_grad():
-                for _ in range(self.epochs):
-                    perm = torch.randperm(len(g), generator=gen).to(device)
-                    for s in range(math.ceil(len(g) / bs)):
-                        idx = perm[s * bs : (s + 1) * bs]
-                        gb, yb = g[idx], labels[idx]
-                        if not use_noise:
-                            gn = gb[:0]
-                        elif pool is None:
-                            gn = self._gradients(self._noise(len(idx), gen))
-                        else:
-                            pick = torch.randint(len(pool), (len(idx),), generator=gen)
-                            gn = pool[pick.to(device)]
-                        # alarm step: normalisation in inference mode, noise included
-                        alarm.train()
-                        alarm.norm.eval()
-                        out = alarm(torch.cat([gb, gn]))
-                        loss = bce(out[: len(idx)], yb)
-                        if use_noise:
-                            loss = loss + bce(out[len(idx) :], torch.ones_like(yb))
-                        opt_alarm.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt_alarm.step()
-                        # normalisation step: labelled data only, batch statistics
-                        alarm.eval()
-                        alarm.norm.train()
-                        loss_norm = bce(alarm(gb), yb)
-                        opt_norm.zero_grad(set_to_none=True)
-                        loss_norm.backward()
-                        opt_norm.step()
+                for idx in minibatches(len(g), self.batch_size, self.epochs, gen, device):
+                    gb, yb = g[idx], labels[idx]
+                    if not use_noise:
+                        gn = gb[:0]
+                    elif pool is None:
+                        gn = self._gradients(self._noise(len(idx), gen))
+                    else:
+                        pick = torch.randint(len(pool), (len(idx),), generator=gen)
+                        gn = pool[pick.to(device)]
+                    # alarm step: normalisation in inference mode, noise included
+                    alarm.train()
+                    alarm.norm.eval()
+                    out = alarm(torch.cat([gb, gn]))
+                    loss = bce(out[: len(idx)], yb)
+                    if use_noise:
+                        loss = loss + bce(out[len(idx) :], torch.ones_like(yb))
+                    opt_alarm.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt_alarm.step()
+                    # normalisation step: labelled data only, batch statistics
+                    alarm.eval()
+                    alarm.norm.train()
+                    loss_norm = bce(alarm(gb), yb)
+                    opt_norm.zero_grad(set_to_none=True)
+                    loss_norm.backward()
+                    opt_norm.step()
         return alarm.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ scoring
@@ -557,16 +458,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         if len(features) == 0:
             return torch.empty(0, device=features.device)
         return self.alarm(features.float().to(self._target_device()))
-
-    def predict(self, x: Tensor) -> Tensor:
-        """Outlier scores of shape ``(B,)``; larger is more anomalous.
-
-        :param x: model inputs of the shape seen at fit time
-        :raises RequiresFittingException: before fitting
-        :raises ValueError: for a wrong shape or NaN/inf values
-        """
-        self._require_fitted()
-        return self.predict_structured(*self.extract(x))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -604,7 +495,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             target = str(state["target"])
             dims = [int(d) for d in state["alarm_dims"]]
             dropout = float(state["dropout"])
-            snapshots = [_as_state(s) for s in state["snapshots"]]
+            snapshots = [as_state(s) for s in state["snapshots"]]
             alarm_state = dict(state["alarm"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"expected a complete {who} state dict, missing or bad {e}") from e

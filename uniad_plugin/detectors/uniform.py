@@ -8,9 +8,7 @@ from typing import Any
 
 import torch
 from pytorch_ood.api import (
-    ModelNotSetException,
     Paper,
-    RequiresFittingException,
     StructuredDetector,
 )
 from torch import Tensor, nn
@@ -23,17 +21,13 @@ from uniad_plugin.detectors._base import (
     check_classes,
     check_inputs,
     check_labels,
-    choice,
     classification_info,
-    deprecated_alias,
     eval_mode,
-    integer,
-    positive_ints,
-    real,
+    hp,
     renamed_kwarg,
     split_known,
 )
-from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd, layer_scores
+from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -106,24 +100,23 @@ class UniformDetector(UniadDetector, StructuredDetector):
         "score": ["ratio", "difference"],
     }
 
-    hyperparameters = {
-        "nu": real(0.0, 1.0, high_open=False),
-        "hidden": positive_ints(),
-        "rep_dim": integer(1),
-        "epochs": integer(1),
-        "warmup_epochs": integer(0, optional=True),
-        "lr": real(0.0),
-        "weight_decay": real(0.0, low_open=False),
-        "batch_size": integer(1),
-        "score": choice("ratio", "difference"),
-        "holdout": real(0.0, 1.0),
-        "pooling": choice("avg", "avgmax"),
-        "whiten": choice("full", "diag"),
-        "seed": integer(None),
-    }
+    fitted_attribute = "spheres"
 
-    #: deprecated name of :attr:`num_classes`
-    n_classes = deprecated_alias("num_classes", "n_classes")
+    hyperparameters = {
+        "nu": hp.real(0.0, 1.0, high_open=False),
+        "hidden": hp.positive_ints(),
+        "rep_dim": hp.integer(1),
+        "epochs": hp.integer(1),
+        "warmup_epochs": hp.integer(0, optional=True),
+        "lr": hp.real(0.0),
+        "weight_decay": hp.real(0.0, low_open=False),
+        "batch_size": hp.integer(1),
+        "score": hp.choice("ratio", "difference"),
+        "holdout": hp.real(0.0, 1.0),
+        "pooling": hp.choice("avg", "avgmax"),
+        "whiten": hp.choice("full", "diag"),
+        "seed": hp.integer(None),
+    }
 
     def __init__(
         self,
@@ -145,28 +138,11 @@ class UniformDetector(UniadDetector, StructuredDetector):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self._set_model(model, layers=layers)
         self.layers: list[str] | None = None
         if layers is not None:
-            if model is None:
-                raise ModelNotSetException("layers were given but model is None")
             self.layers = [s.name for s in resolve_layers(model, layers)]
-        self.nu = nu
-        self.hidden = hidden
-        self.rep_dim = rep_dim
-        self.epochs = epochs
-        self.warmup_epochs = warmup_epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.score = score
-        self.holdout = holdout
-        self.pooling = pooling
-        self.whiten = whiten
-        self.seed = seed
-        self._check_hyperparameters()
+        self._init_hyperparameters(locals())
         # fitted state
         self.spheres: nn.ModuleList | None = None
         self.fusion_mean: Tensor | None = None
@@ -187,12 +163,6 @@ class UniformDetector(UniadDetector, StructuredDetector):
         self._warmup_epochs = warmup
 
     # ------------------------------------------------------------------ helpers
-    def _require_fitted(self) -> None:
-        if self.spheres is None:
-            raise RequiresFittingException(
-                "UniformDetector must be fitted with fit(loader) or fit_structured(...) first"
-            )
-
     def _taps(self) -> LayerTaps:
         return LayerTaps(self._require_model(), self.layers, reduce=lambda t: pool(t, self.pooling))
 
@@ -287,22 +257,19 @@ class UniformDetector(UniadDetector, StructuredDetector):
         if (torch.bincount(y[fit_idx], minlength=K) == 0).any():
             fit_idx = torch.arange(len(y))  # tiny classes: use all data for the spheres
 
+        training = SVDDTraining(
+            nu=self.nu,
+            epochs=self.epochs,
+            warmup_epochs=self._warmup_epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            whiten=self.whiten,
+        )
         spheres = nn.ModuleList()
         for z in zs:
             sphere = BatchedSVDD(K, z.shape[1], self.hidden, self.rep_dim).to(device)
-            fit_svdd(
-                sphere,
-                z[fit_idx].to(device),
-                y[fit_idx].to(device),
-                nu=self.nu,
-                epochs=self.epochs,
-                warmup_epochs=self._warmup_epochs,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                batch_size=self.batch_size,
-                whiten=self.whiten,
-                generator=gen,
-            )
+            fit_svdd(sphere, z[fit_idx].to(device), y[fit_idx].to(device), training, generator=gen)
             spheres.append(sphere.eval().requires_grad_(False))
         self.spheres = spheres
         self.num_classes = K

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uniad_plugin._utils import minibatches, seeded_generator
+
 __all__ = [
     "ALARMS",
     "ALARM_BIG",
@@ -20,10 +22,12 @@ __all__ = [
     "FULL_SIZE_ACTIVATIONS",
     "AlarmNet",
     "GradientAlarm",
+    "binary_mlp",
     "default_hidden",
     "dropout",
     "glorot_",
     "lstm_sequence",
+    "train_binary_mlp",
 ]
 
 #: the authors' alarm sizes (A3's MLP widths; R2-AD2's big LSTM, LSTM, Dense, Dense sizes)
@@ -167,3 +171,43 @@ class GradientAlarm(nn.Module):
         h = lstm_sequence(self.lstm1, self.drop(self.normalise(g)))
         h = lstm_sequence(self.lstm2, self.drop(h))
         return self.head(h[:, -1]).squeeze(1)
+
+
+def binary_mlp(in_dim: int, hidden: int) -> nn.Sequential:
+    """The 2-layer fully connected binary classifier ``Linear -> ReLU -> Linear -> 1``."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+
+def train_binary_mlp(
+    z: Tensor,
+    target: Tensor,
+    hidden: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> nn.Sequential:
+    """Train :func:`binary_mlp` with class-balanced BCE (Adam) to tell ``target`` 0 from 1.
+
+    Initialisation and minibatch order are seeded with ``seed``; the result is in eval mode,
+    without gradients.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clf = binary_mlp(z.shape[1], hidden)
+    clf = clf.to(device)
+    z, target = z.float().to(device), target.to(device)
+    n_pos = float(target.sum())
+    pos_weight = torch.tensor((len(target) - n_pos) / max(n_pos, 1.0), device=device)
+    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for idx in minibatches(len(z), batch_size, epochs, seeded_generator(seed), device):
+            loss = F.binary_cross_entropy_with_logits(
+                clf(z[idx]).squeeze(1), target[idx], pos_weight=pos_weight
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return clf.eval().requires_grad_(False)

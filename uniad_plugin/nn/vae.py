@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uniad_plugin._utils import seeded_generator
+from uniad_plugin._utils import minibatches, seeded_generator
 from uniad_plugin.nn.alarms import dropout, glorot_
 
 __all__ = ["PAPER_VAE_HIDDEN", "PAPER_VAE_LATENT", "VAE_SAMPLING_STD", "AnomalyVAE", "fit_vae"]
@@ -132,13 +132,9 @@ def fit_vae(
     opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
     vae.train()
     cpu_gen = seeded_generator(shuffle_seed)
-    for _ in range(epochs):
-        for idx in torch.split(torch.randperm(len(x), generator=cpu_gen), batch_size):
-            loss = vae.loss(x[idx].to(device), generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    vae.eval()
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    return vae
+    for idx in minibatches(len(x), batch_size, epochs, cpu_gen):
+        loss = vae.loss(x[idx].to(device), generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return vae.eval().requires_grad_(False)
