@@ -240,3 +240,12 @@ def test_state_restores_the_fitted_layers(digits_model, digits):
     assert other.layer_names == [first]
     x = digits.test.tensors[0][:32]
     assert torch.equal(det(x), other(x))
+
+
+def test_deprecated_names_and_extract(fitted, digits):
+    x = digits.test.tensors[0][:4]
+    with pytest.warns(DeprecationWarning, match="num_outputs"):
+        assert fitted.num_outputs == fitted.num_classes == 10
+    (acts,) = fitted.extract(x)
+    assert [a.shape[1] for a in acts] == fitted.layer_dims
+    assert torch.allclose(fitted.predict_structured(acts), fitted(x), atol=1e-5)

@@ -196,3 +196,12 @@ def test_errors(fitted, digits_model, digits):
     with pytest.raises(ValueError, match="logits"):
         ConfoundingGradients(digits_model).fit_structured(torch.rand(20, 8), torch.zeros(20).long())
     assert fitted(x[:0]).shape == (0,)
+
+
+def test_deprecated_names_still_work(fitted, digits):
+    x = digits.test.tensors[0][:4]
+    with pytest.warns(DeprecationWarning, match="extract"):
+        feats, logits = fitted.features(x)
+    assert torch.equal(fitted.predict_structured(feats, logits), fitted(x))
+    with pytest.warns(DeprecationWarning, match="n_classes"):
+        assert fitted.n_classes == 10

@@ -195,3 +195,12 @@ def test_errors(fitted, digits_model, digits):
     with pytest.raises(ValueError, match="ID samples"):
         ds = TensorDataset(x[:10], -torch.ones(10, dtype=torch.long))
         R2AD2(digits_model).fit(DataLoader(ds, batch_size=4))
+
+
+def test_deprecated_names_still_work(fitted, digits):
+    x = digits.test.tensors[0][:4]
+    with pytest.warns(DeprecationWarning, match="extract"):
+        feats = fitted.features(x)
+    assert torch.equal(feats, fitted.extract(x)[0])
+    with pytest.warns(DeprecationWarning, match="n_classes"):
+        assert fitted.n_classes == 10

@@ -428,6 +428,22 @@ class UniadDetector:
                 f"{who}: expected a non-empty loader (at least one sample), got an empty loader"
             )
 
+    def _model_outputs(self, x: Tensor) -> int:
+        """Number of outputs (classes) of the model for a probe batch ``x``."""
+        return model_outputs(self._require_model(), x.to(self._target_device()))
+
+    def _iter_classified_batches(
+        self, data_loader: Iterable
+    ) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """:meth:`_iter_batches` for a classifier: ``(x, y, num_classes)``, the number of model
+        outputs probed on the first batch and every batch's labels checked against it."""
+        num_classes = None
+        for x, y in self._iter_batches(data_loader):
+            if num_classes is None:
+                num_classes = self._model_outputs(x)
+            check_label_range(y, num_classes, type(self).__name__)
+            yield x, y, num_classes
+
     # -- state dicts ---------------------------------------------------------------------------
     def _pack_state(self, state: dict[str, Any]) -> dict[str, Any]:
         """The versioned state dict: format version, class name, hyperparameters, ``state``."""

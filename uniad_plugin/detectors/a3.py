@@ -16,14 +16,8 @@ from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from uniad_plugin._utils import minibatches, seeded_generator
-from uniad_plugin.detectors._base import (
-    UniadDetector,
-    check_inputs,
-    classification_info,
-    deprecated_alias,
-    eval_mode,
-    hp,
-)
+from uniad_plugin.detectors import _base
+from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.alarms import ALARM_BIG, AlarmNet, default_hidden
 from uniad_plugin.nn.taps import ACTIVATION_TYPES, LayerTaps, activation_taps, resolve_layers
 from uniad_plugin.nn.vae import AnomalyVAE, fit_vae
@@ -94,7 +88,7 @@ class A3(UniadDetector, StructuredDetector):
         :meth:`to`); ``None`` keeps the model's device
     """
 
-    info = classification_info(
+    info = _base.classification_info(
         Paper(
             title="Activation Anomaly Analysis",
             venue="ECML-PKDD",
@@ -130,7 +124,7 @@ class A3(UniadDetector, StructuredDetector):
     }
 
     #: deprecated name of :attr:`num_classes`
-    num_outputs = deprecated_alias("num_classes", "num_outputs")
+    num_outputs = _base.deprecated_alias("num_classes", "num_outputs")
 
     def __init__(
         self,
@@ -185,7 +179,7 @@ class A3(UniadDetector, StructuredDetector):
     def _activations(self, x: Tensor) -> Tensor:
         """Raw concatenated activations of a batch (one forward pass, model in eval mode)."""
         assert self._taps is not None
-        with torch.no_grad(), eval_mode(self.model):
+        with torch.no_grad(), _base.eval_mode(self.model):
             _, feats = self._taps(x)
         return torch.cat([f.float() for f in feats], dim=1)
 
@@ -272,12 +266,12 @@ class A3(UniadDetector, StructuredDetector):
         x = x.to(device=self._target_device(), dtype=self._model_dtype())
         if self._taps is None:
             self._taps = self._resolve(x[:2])[3]
-        with eval_mode(self.model):
+        with _base.eval_mode(self.model):
             _, feats = self._taps(x)
         return ([f.float() for f in feats],)
 
     def _check_input(self, x: Tensor) -> None:
-        check_inputs(x, self.input_shape, "the inputs")
+        _base.check_inputs(x, self.input_shape, "the inputs")
 
     # -- fitting ---------------------------------------------------------------------------------
 

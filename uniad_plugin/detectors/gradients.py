@@ -13,17 +13,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin.detectors._base import (
-    UniadDetector,
-    check_inputs,
-    check_label_range,
-    check_labels,
-    classification_info,
-    eval_mode,
-    hp,
-    model_outputs,
-    renamed_kwarg,
-)
+from uniad_plugin.detectors import _base
+from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.alarms import binary_mlp, train_binary_mlp
 from uniad_plugin.nn.gaussian import shrunk_gaussian
 from uniad_plugin.nn.pergrad import check_param_shapes, per_sample_grad_features, resolve_params
@@ -101,7 +92,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
 
     requires_fit = True
 
-    info = classification_info(
+    info = _base.classification_info(
         Paper(
             title="Gradient-Based Adversarial and Out-of-Distribution Detection",
             venue="ICML Workshop",
@@ -207,7 +198,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         :raises ValueError: for NaN/inf inputs, or a shape other than the fitted one
         """
         model = self._require_model()
-        x = check_inputs(x, self.input_shape, dtype=self._model_dtype())
+        x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         x = x.to(self._target_device())
         names = self._param_names()
         num_classes = self.num_classes
@@ -216,8 +207,8 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
                 0, num_classes or 0, device=x.device
             )
         if num_classes is None:
-            num_classes = model_outputs(model, x)
-        with eval_mode(model):
+            num_classes = self._model_outputs(x)
+        with _base.eval_mode(model):
             g, logits = per_sample_grad_features(
                 model,
                 x,
@@ -258,17 +249,15 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         :raises ValueError: for an empty loader, NaN/inf inputs, a changing input shape,
             labels >= the model's number of outputs or an invalid hyperparameter
         """
-        model = self._require_model()
+        self._require_model()
         self._check_hyperparameters()
         feats, logits, ys = [], [], []
         input_shape = num_classes = None
         self.input_shape = None
-        for x, y in self._iter_batches(data_loader):
-            if num_classes is None:
+        for x, y, num_classes in self._iter_classified_batches(data_loader):
+            if input_shape is None:
                 input_shape = tuple(x.shape[1:])
-                num_classes = model_outputs(model, x.to(self._target_device()))
                 self._loss(num_classes)  # validates n_ones early
-            check_label_range(y, num_classes, "ConfoundingGradients")
             saved, self.num_classes = self.num_classes, num_classes
             try:
                 g, out = self.extract(x)
@@ -304,7 +293,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         :raises ValueError: for NaN features, fewer than two ID samples, a feature count that
             does not match the selected parameters, or ``scoring="classifier"`` without anomalies
         """
-        n_classes = renamed_kwarg(
+        n_classes = _base.renamed_kwarg(
             deprecated, "n_classes", "num_classes", num_classes, "ConfoundingGradients"
         )
         self._check_hyperparameters()
@@ -313,7 +302,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
                 f"expected features of shape (N, P), got "
                 f"{tuple(features.shape) if isinstance(features, Tensor) else type(features)}"
             )
-        y = check_labels(y, len(features)).cpu()
+        y = _base.check_labels(y, len(features)).cpu()
         if torch.isnan(features).any():
             raise ValueError("expected features without NaN, got NaN")
         if self.model is not None and features.shape[1] != len(self._param_names()):
@@ -515,7 +504,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         check_param_shapes(self.model, names, shapes, who)
         if input_shape is not None and num_classes is not None:
             probe = torch.zeros((1, *input_shape), device=self._target_device())
-            got = model_outputs(self.model, probe)
+            got = self._model_outputs(probe)
             if got != num_classes:
                 raise ValueError(
                     f"{who}: the state was fitted for a model with {num_classes} outputs, this "

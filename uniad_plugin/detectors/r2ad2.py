@@ -14,16 +14,8 @@ from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from uniad_plugin._utils import minibatches, seeded_generator
-from uniad_plugin.detectors._base import (
-    UniadDetector,
-    check_inputs,
-    check_label_range,
-    check_labels,
-    classification_info,
-    eval_mode,
-    hp,
-    model_outputs,
-)
+from uniad_plugin.detectors import _base
+from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.alarms import ALARM_BIG, ALARM_SMALL, ALARMS, GradientAlarm, lstm_sequence
 from uniad_plugin.nn.pergrad import (
     default_gradient_params,
@@ -117,7 +109,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
 
     requires_fit = True
 
-    info = classification_info(
+    info = _base.classification_info(
         Paper(
             title="R2-AD2: Detecting Anomalies by Analysing the Raw Gradient",
             venue="ECML-PKDD",
@@ -239,7 +231,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         names = self._param_names()
         device = self._target_device()
         ae = self.target == "autoencoder"
-        with eval_mode(model):
+        with _base.eval_mode(model):
             g = torch.stack(
                 [
                     per_sample_grad_features(
@@ -274,7 +266,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             raise ValueError(
                 "expected snapshots of the model: pass snapshots=... or call fit(loader) first"
             )
-        x = check_inputs(x, self.input_shape, dtype=self._model_dtype())
+        x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         x = x.to(self._target_device())
         if len(x) == 0:
             return (torch.empty(0, len(self.snapshots), self.gradient_dim, device=x.device),)
@@ -304,11 +296,12 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         self._check_hyperparameters()
         xs, ys = [], []
         num_classes = None
-        for x, y in self._iter_batches(data_loader):
-            if self.target == "classifier":
-                if num_classes is None:
-                    num_classes = model_outputs(model, x.to(self._target_device()))
-                check_label_range(y, num_classes, "R2AD2")
+        if self.target == "classifier":
+            batches = self._iter_classified_batches(data_loader)
+        else:
+            batches = ((x, y, None) for x, y in self._iter_batches(data_loader))
+        for x, y, n_out in batches:
+            num_classes = n_out
             xs.append(x.cpu())
             ys.append(y.cpu())
         x, y = torch.cat(xs), torch.cat(ys)
@@ -361,7 +354,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                 f"expected features of shape (N, {T}, {D}), got "
                 f"{tuple(features.shape) if isinstance(features, Tensor) else type(features)}"
             )
-        y = check_labels(y, len(features))
+        y = _base.check_labels(y, len(features))
         if len(y) == 0:
             raise ValueError("R2AD2: expected training samples, got an empty set")
         if torch.isnan(features).any():
@@ -376,9 +369,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                 "counter-examples, got none"
             )
         if self.num_classes is None and self.target == "classifier":
-            self.num_classes = model_outputs(
-                self.model, torch.zeros((1, *self.input_shape), device=self._target_device())
-            )
+            self.num_classes = self._model_outputs(torch.zeros((1, *self.input_shape)))
         labels = (y < 0).float()
         dims = self.alarm_dims
         if isinstance(dims, str):

@@ -16,17 +16,8 @@ from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from uniad_plugin._utils import seeded_generator
-from uniad_plugin.detectors._base import (
-    UniadDetector,
-    check_classes,
-    check_inputs,
-    check_labels,
-    classification_info,
-    eval_mode,
-    hp,
-    renamed_kwarg,
-    split_known,
-)
+from uniad_plugin.detectors import _base
+from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
@@ -91,7 +82,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
 
     requires_fit = True
 
-    info = classification_info(PAPER)
+    info = _base.classification_info(PAPER)
 
     hyperparameter_space = {
         "nu": [0.05, 0.1, 0.2],
@@ -178,10 +169,10 @@ class UniformDetector(UniadDetector, StructuredDetector):
     def _extract(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         model = self._require_model()
         if self.layers is None:
-            with eval_mode(model):
+            with _base.eval_mode(model):
                 self.layers = default_layers(model, x[:2])
             log.info("UniformDetector layers: %s", self.layers)
-        with eval_mode(model):
+        with _base.eval_mode(model):
             logits, feats = self._taps()(x)
         if logits.dim() != 2:
             raise ValueError(
@@ -240,14 +231,14 @@ class UniformDetector(UniadDetector, StructuredDetector):
         :return: self
         """
         who = "UniformDetector"
-        num_classes = renamed_kwarg(
+        num_classes = _base.renamed_kwarg(
             {k: deprecated.pop(k) for k in ("n_classes",) if k in deprecated},
             "n_classes",
             "num_classes",
             num_classes,
             who,
         )
-        logits = renamed_kwarg(deprecated, "pred", "logits", logits, who)
+        logits = _base.renamed_kwarg(deprecated, "pred", "logits", logits, who)
         self._check_hyperparameters()
         zs, y, pred, K = self._fit_inputs(features, y, logits, num_classes)
         device = self._target_device()
@@ -284,8 +275,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
         """Checked, pooled ID activations, labels, predicted classes and the class count."""
         if len(zs) == 0:
             raise ValueError("expected at least one layer of activations, got none")
-        y = check_labels(y, len(zs[0]))
-        zs = [pool(check_inputs(z, None, "activations"), self.pooling).float() for z in zs]
+        y = _base.check_labels(y, len(zs[0]))
+        zs = [pool(_base.check_inputs(z, None, "activations"), self.pooling).float() for z in zs]
         if any(len(z) != len(y) for z in zs):
             raise ValueError(
                 f"expected every layer to have {len(y)} rows, got {[len(z) for z in zs]}"
@@ -293,15 +284,15 @@ class UniformDetector(UniadDetector, StructuredDetector):
         if pred is not None:
             pred = pred.argmax(1) if pred.dim() == 2 else pred
             pred = pred.long()
-            zs, y_pred = split_known([*zs, pred], y, "UniformDetector")
+            zs, y_pred = _base.split_known([*zs, pred], y, "UniformDetector")
             zs, pred = zs[:-1], zs[-1]
             y = y_pred
         else:
-            zs, y = split_known(zs, y, "UniformDetector")
+            zs, y = _base.split_known(zs, y, "UniformDetector")
         if len(y) == 0:
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
         K = int(num_classes) if num_classes is not None else int(y.max()) + 1
-        check_classes(y, K, "UniformDetector")
+        _base.check_classes(y, K, "UniformDetector")
         if self.layers is None:
             self.layers = [f"layer{i}" for i in range(len(zs))]
         if len(self.layers) != len(zs):
@@ -336,7 +327,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
     def layer_scores(self, x: Tensor) -> Tensor:
         """Standardised per-layer scores ``(B, L)``; :meth:`predict` is their row sum."""
         self._require_fitted()
-        x = check_inputs(x, self.input_shape, dtype=self._model_dtype())
+        x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         x = x.to(self._target_device())
         if len(x) == 0:
             return torch.empty(0, len(self.spheres), device=x.device)
@@ -351,7 +342,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         everything else is differentiable with respect to ``x``.
         """
         self._require_fitted()
-        x = check_inputs(x, self.input_shape, dtype=self._model_dtype())
+        x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         feats, logits = self._extract(x.to(self._target_device()))
         return self._fused(feats, logits.argmax(1)).sum(dim=1)
 
@@ -393,7 +384,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
                 f"expected {len(self.spheres)} layers of activations ({self.layers}), got {len(zs)}"
             )
         device = self._target_device()
-        zs = [pool(check_inputs(z, None, "activations"), self.pooling).to(device) for z in zs]
+        zs = [pool(_base.check_inputs(z, None, "activations"), self.pooling).to(device) for z in zs]
         for z, sphere, name in zip(zs, self.spheres, self.layers):
             if z.shape[1] != sphere.in_dim:
                 raise ValueError(
