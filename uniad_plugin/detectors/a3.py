@@ -62,7 +62,7 @@ class A3(UniadDetector, StructuredDetector):
     trained; :math:`f` is never modified. The score is the alarm's logit, larger = more
     anomalous. What the paper states and what this implementation chooses (layers,
     standardisation, alarm widths, learning rate, score, VAE) is listed on the
-    `A3 docs page <../detectors/a3.md#what-the-paper-states-and-what-we-chose>`_.
+    `A3 docs page <../detectors/a3.md#design-choices-in-detail>`_.
 
     :param model: the pre-trained classifier (the target network); it is used in eval mode
         and restored to its previous train/eval flags afterwards

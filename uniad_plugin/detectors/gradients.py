@@ -67,7 +67,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
     fit data, by the logit of a 2-layer classifier. What the papers state and what this
     implementation chooses (output non-linearity, which ones, the unsupervised and supervised
     scores) is listed on the `docs page
-    <../detectors/gradients.md#what-the-papers-state-and-what-we-chose>`_. The model is run in
+    <../detectors/gradients.md#design-choices-in-detail>`_. The model is run in
     eval mode (its modes are restored afterwards) and never modified. Scoring works under an
     outer ``torch.no_grad()``, since :mod:`torch.func` computes its own gradients.
 

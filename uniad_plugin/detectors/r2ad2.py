@@ -73,7 +73,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     The alarm is :class:`~uniad_plugin.nn.alarms.GradientAlarm`. What the paper and the
     authors' code state and what this implementation adapts (classifier target, loss for the
     gradient, which gradients, alarm size, epochs, dropout, :math:`T = 1`, noise pool) is listed
-    on the `R2-AD2 docs page <../detectors/r2ad2.md#what-the-paper-states-and-what-we-chose>`_.
+    on the `R2-AD2 docs page <../detectors/r2ad2.md#design-choices-in-detail>`_.
     The model is never modified: snapshot training works on a copy, and gradients are computed
     with the snapshot weights passed to ``torch.func.functional_call`` in eval mode. Scoring
     works under an outer ``torch.no_grad()``.
