@@ -248,14 +248,9 @@ class UniformDetector(UniadDetector, StructuredDetector):
         if (torch.bincount(y[fit_idx], minlength=K) == 0).any():
             fit_idx = torch.arange(len(y))  # tiny classes: use all data for the spheres
 
+        shared = ("nu", "epochs", "lr", "weight_decay", "batch_size", "whiten")
         training = SVDDTraining(
-            nu=self.nu,
-            epochs=self.epochs,
-            warmup_epochs=self._warmup_epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            whiten=self.whiten,
+            warmup_epochs=self._warmup_epochs, **{name: getattr(self, name) for name in shared}
         )
         spheres = nn.ModuleList()
         for z in zs:
