@@ -9,3 +9,12 @@ FAST_KWARGS: dict[str, dict] = {
     "R2AD2": {"epochs": 5, "snapshot_epochs": 1},
     "A3": {"epochs": 3},
 }
+
+#: valid hyperparameter values (other than the defaults) that change each detector's scores;
+#: the common suite sets them with pytorch-ood's ``set_hyperparameters`` and checks they act
+VALID_SETTINGS: dict[str, dict] = {
+    "UniformDetector": {"score": "difference", "nu": 0.2},
+    "A3": {"noise_std": 0.5},
+    "ConfoundingGradients": {"transform": "log1p"},
+    "R2AD2": {"dropout": 0.1},
+}

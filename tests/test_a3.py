@@ -220,15 +220,6 @@ def test_output_activation_is_excluded_and_modes_restored(digits):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_default_hidden_rule():
-    assert default_hidden(37760) == [1000, 500, 200, 75]
-    assert default_hidden(2000) == [1000, 500, 200, 75]
-    assert default_hidden(200) == [100, 50, 20, 8]
-    assert default_hidden(10) == [8, 8, 8, 8]
-    with pytest.raises(ValueError, match="expected"):
-        default_hidden(0)
-
-
 def test_metadata():
     assert A3.requires_fit
     assert A3.info.paper.venue == "ECML-PKDD" and A3.info.paper.year == 2020
@@ -249,3 +240,12 @@ def test_state_restores_the_fitted_layers(digits_model, digits):
     assert other.layer_names == [first]
     x = digits.test.tensors[0][:32]
     assert torch.equal(det(x), other(x))
+
+
+def test_deprecated_names_and_extract(fitted, digits):
+    x = digits.test.tensors[0][:4]
+    with pytest.warns(DeprecationWarning, match="num_outputs"):
+        assert fitted.num_outputs == fitted.num_classes == 10
+    (acts,) = fitted.extract(x)
+    assert [a.shape[1] for a in acts] == fitted.layer_dims
+    assert torch.allclose(fitted.predict_structured(acts), fitted(x), atol=1e-5)

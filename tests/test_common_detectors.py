@@ -16,7 +16,7 @@ from pytorch_ood.api import Detector, RequiresFittingException, Task
 from pytorch_ood.metrics import OODMetrics
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.detector_kwargs import FAST_KWARGS
+from tests.detector_kwargs import FAST_KWARGS, VALID_SETTINGS
 from uniad_plugin._bridge import registered_detectors
 from uniad_plugin.models import digits_cnn
 
@@ -233,6 +233,71 @@ def test_hyperparameters_round_trip(name, digits_model):
     first = {k: v[0] for k, v in det.hyperparameter_space.items()}
     det.set_hyperparameters(**first)
     assert det.get_hyperparameters() == first
+
+
+def _declared(name: str) -> list[str]:
+    cls = registered_detectors()[name].load()
+    return sorted(set(getattr(cls, "hyperparameters", {})) | set(cls.hyperparameter_space))
+
+
+@pytest.mark.parametrize(
+    "name, param, value",
+    [
+        (n, p, v)
+        for n in NAMES
+        for p in _declared(n)
+        for v in (
+            ["bogus", -1]
+            if p in registered_detectors()[n].load().hyperparameter_space
+            else ["bogus"]
+        )
+    ],
+)
+def test_invalid_hyperparameter_set_later_is_refused_at_fit(
+    name, param, value, digits_model, digits
+):
+    """pytorch-ood's set_hyperparameters (used by GridSearch) assigns without checks; fit
+    checks every hyperparameter where it takes effect and names the bad one."""
+    det = make(name, digits_model)
+    if param in det.hyperparameter_space:
+        det.set_hyperparameters(**{param: value})
+    else:
+        setattr(det, param, value)
+    with pytest.raises((ValueError, TypeError), match=param):
+        det.fit(DataLoader(digits.train, batch_size=128))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_valid_hyperparameters_set_later_take_effect(name, digits_model, digits):
+    space = make(name, digits_model).hyperparameter_space
+    settings = VALID_SETTINGS.get(name)
+    if settings is None:
+        key, values = next(iter(space.items()))
+        settings = {key: values[-1]}
+    x, y = digits.train.tensors
+    loader = DataLoader(TensorDataset(x[:300], y[:300]), batch_size=128)
+    tuned = make(name, digits_model).set_hyperparameters(
+        **{k: v for k, v in settings.items() if k in space}
+    )
+    for k, v in settings.items():
+        setattr(tuned, k, v)
+    tuned.fit(loader)
+    direct = make(name, digits_model, **settings).fit(loader)
+    default = make(name, digits_model).fit(loader)
+    x_test = digits.test.tensors[0][:64]
+    assert tuned.get_hyperparameters() == direct.get_hyperparameters()
+    assert torch.equal(scores_of(tuned, x_test), scores_of(direct, x_test))
+    assert not torch.equal(scores_of(tuned, x_test), scores_of(default, x_test))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shared_names(name, fitted, digits):
+    """The same things have the same names: num_classes, extract, the structured pair."""
+    det = fitted(name)
+    assert det.num_classes == 10
+    x = digits.test.tensors[0][:8]
+    with torch.no_grad():
+        assert torch.allclose(det.predict_structured(*det.extract(x)), det(x), atol=1e-5)
 
 
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.int64, torch.uint8, torch.bool]

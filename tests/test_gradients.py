@@ -60,7 +60,7 @@ def test_features_are_squared_norms_of_the_confounding_bce_gradient(digits_model
         return -(y_c * p.log() + (1 - y_c) * (1 - p).log()).sum()
 
     ref = reference_features(digits_model, x, loss)
-    feats, logits = ConfoundingGradients(digits_model, n_ones=n_ones).features(x)
+    feats, logits = ConfoundingGradients(digits_model, n_ones=n_ones).extract(x)
     assert feats.shape == (5, 8)  # one per weight and bias of the 4 layers
     torch.testing.assert_close(feats, ref, rtol=1e-3, atol=1e-9)
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_softmax_activation(digits_model, digits):
         p = out.softmax(1)
         return nn.functional.binary_cross_entropy(p, torch.ones_like(p), reduction="sum")
 
-    feats, _ = ConfoundingGradients(digits_model, activation="softmax").features(x)
+    feats, _ = ConfoundingGradients(digits_model, activation="softmax").extract(x)
     torch.testing.assert_close(
         feats, reference_features(digits_model, x, loss), rtol=1e-3, atol=1e-9
     )
@@ -82,7 +82,7 @@ def test_softmax_activation(digits_model, digits):
 
 def test_parameter_subset(digits_model, digits):
     det = ConfoundingGradients(digits_model, params=["8.bias", "8.weight"])
-    feats, _ = det.features(digits.test.tensors[0][:3])
+    feats, _ = det.extract(digits.test.tensors[0][:3])
     assert feats.shape == (3, 2) and det.params == ["8.weight", "8.bias"]
 
 
@@ -97,7 +97,7 @@ def test_separates_noise_and_inverted_digits(fitted, digits):
 
 def test_predict_structured_matches_predict(fitted, digits):
     x = digits.test.tensors[0][:32]
-    feats, logits = fitted.features(x)
+    feats, logits = fitted.extract(x)
     assert torch.equal(fitted.predict_structured(feats, logits), fitted(x))
     with pytest.raises(ValueError, match="logits"):
         fitted.predict_structured(feats)
@@ -126,7 +126,7 @@ def test_known_anomalies_the_gaussian_cannot_see():
     feats = torch.cat([t_id, t_anom]).exp()
     y = torch.cat([torch.zeros(600), -torch.ones(60)]).long()
     pred = torch.zeros(660, dtype=torch.long)
-    det = ConfoundingGradients(None, epochs=200).fit_structured(feats, y, pred, n_classes=2)
+    det = ConfoundingGradients(None, epochs=200).fit_structured(feats, y, pred, num_classes=2)
     t_test_id, t_test_anom = (
         torch.randn(300, 4, generator=g),
         0.05 * torch.randn(60, 4, generator=g),
@@ -196,3 +196,12 @@ def test_errors(fitted, digits_model, digits):
     with pytest.raises(ValueError, match="logits"):
         ConfoundingGradients(digits_model).fit_structured(torch.rand(20, 8), torch.zeros(20).long())
     assert fitted(x[:0]).shape == (0,)
+
+
+def test_deprecated_names_still_work(fitted, digits):
+    x = digits.test.tensors[0][:4]
+    with pytest.warns(DeprecationWarning, match="extract"):
+        feats, logits = fitted.features(x)
+    assert torch.equal(fitted.predict_structured(feats, logits), fitted(x))
+    with pytest.warns(DeprecationWarning, match="n_classes"):
+        assert fitted.n_classes == 10

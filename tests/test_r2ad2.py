@@ -12,7 +12,7 @@ from pytorch_ood.metrics import OODMetrics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from uniad_plugin.detectors.r2ad2 import R2AD2, GradientAlarm, default_gradient_params
+from uniad_plugin.detectors.r2ad2 import R2AD2, default_gradient_params
 from uniad_plugin.models import digits_cnn
 
 #: a small alarm and few epochs keep each fit to a few seconds
@@ -58,7 +58,7 @@ def test_snapshots_are_copies_trained_further(fitted, digits_model):
 
 def test_features_are_raw_gradients_of_each_snapshot(fitted, digits_model, digits):
     x = digits.test.tensors[0][:4]
-    feats = fitted.features(x)
+    feats = fitted.extract(x)[0]
     assert feats.shape == (4, 3, 64 + 640 + 10) and fitted.gradient_dim == 714
     for t, snap in enumerate(fitted.snapshots):
         model = copy.deepcopy(digits_model)
@@ -105,7 +105,7 @@ def test_given_snapshots_are_used_as_is(digits, digits_model):
     assert det.n_snapshots == 2
     det.fit(DataLoader(digits.train, batch_size=256))
     assert torch.equal(det.snapshots[1]["0.weight"], other.state_dict()["0.weight"])
-    assert det.features(digits.test.tensors[0][:2]).shape == (2, 2, 714)
+    assert det.extract(digits.test.tensors[0][:2])[0].shape == (2, 2, 714)
     with pytest.raises(ValueError, match="shaped like"):
         R2AD2(digits_model, snapshots=[digits_cnn(num_classes=7)])
 
@@ -132,7 +132,9 @@ def test_state_round_trip(fitted, digits_model, digits):
     with torch.no_grad():
         assert torch.equal(restored(x), fitted(x))
     assert restored.n_snapshots == 3 and restored.params == fitted.params
-    bad = dict(state, alarm={k: v[..., :1] if v.dim() else v for k, v in state["alarm"].items()})
+    inner = state["state"]
+    alarm = {k: v[..., :1] if v.dim() else v for k, v in inner["alarm"].items()}
+    bad = dict(state, state=dict(inner, alarm=alarm))
     with pytest.raises(ValueError, match="corrupted"):
         R2AD2(digits_model).load_state_dict(bad)
     with pytest.raises(ValueError, match="shaped like"):
@@ -141,7 +143,7 @@ def test_state_round_trip(fitted, digits_model, digits):
 
 def test_structured_api(fitted, digits, digits_model):
     x = digits.test.tensors[0][:16]
-    feats = fitted.features(x)
+    feats = fitted.extract(x)[0]
     with torch.no_grad():
         assert torch.equal(fitted.predict_structured(feats), fitted(x))
     with pytest.raises(ValueError, match=r"\(B, 3, 714\)"):
@@ -176,16 +178,6 @@ def test_single_snapshot_and_autoencoder_target(digits):
         assert auroc(det(digits.test.tensors[0]), det(uniform(300, 3))) > 0.95
 
 
-def test_alarm_network_shapes():
-    alarm = GradientAlarm(20, (8, 6, 4, 3), dropout=0.4).eval()
-    g = torch.randn(5, 3, 20)
-    assert alarm(g).shape == (5,)
-    assert alarm.norm.num_features == 20  # one normalisation shared by all time steps
-    assert alarm.normalise(g * 1e30).abs().max() <= 1e4
-    with pytest.raises(ValueError, match="two"):
-        GradientAlarm(20, (8,))
-
-
 def test_errors(fitted, digits_model, digits):
     x = digits.test.tensors[0]
     with pytest.raises(RequiresFittingException):
@@ -203,3 +195,12 @@ def test_errors(fitted, digits_model, digits):
     with pytest.raises(ValueError, match="ID samples"):
         ds = TensorDataset(x[:10], -torch.ones(10, dtype=torch.long))
         R2AD2(digits_model).fit(DataLoader(ds, batch_size=4))
+
+
+def test_deprecated_names_still_work(fitted, digits):
+    x = digits.test.tensors[0][:4]
+    with pytest.warns(DeprecationWarning, match="extract"):
+        feats = fitted.features(x)
+    assert torch.equal(feats, fitted.extract(x)[0])
+    with pytest.warns(DeprecationWarning, match="n_classes"):
+        assert fitted.n_classes == 10

@@ -128,7 +128,8 @@ def test_failed_load_leaves_the_detector_usable(detector, digits, digits_model):
     x = digits.test.tensors[0][:16]
     before = detector(x)
     state = detector.state_dict()
-    state["layers"] = list(reversed(state["layers"]))  # layer sizes disagree with the spheres
+    inner = state["state"]
+    inner["layers"] = list(reversed(inner["layers"]))  # layer sizes disagree with the spheres
     with pytest.raises(ValueError):
         detector.load_state_dict(state)
     assert torch.equal(detector(x), before)
@@ -140,7 +141,7 @@ def test_fit_structured_matches_fit(digits, digits_model):
     x, y = digits.train.tensors
     other = UniformDetector(digits_model, layers=det.layers, epochs=5)
     feats, logits = other.extract(x)
-    other.fit_structured(feats, y, pred=logits, n_classes=10)
+    other.fit_structured(feats, y, logits, num_classes=10)
     xt = digits.test.tensors[0][:64]
     assert torch.allclose(det(xt), other(xt), atol=1e-4)
 
@@ -199,3 +200,28 @@ def test_defaults_work_on_common_architectures(factory, shape, expected):
     assert det.layers == expected
     scores = det(torch.rand((5, *shape)))
     assert scores.shape == (5,) and torch.isfinite(scores).all()
+
+
+def test_warmup_is_derived_at_fit_from_the_current_epochs(digits, digits_model):
+    loader = DataLoader(digits.train, batch_size=256)
+    det = UniformDetector(digits_model, epochs=30)
+    det.set_hyperparameters(epochs=2).fit(loader)  # a stale warm-up of 5 would exceed 2
+    assert det.warmup_epochs is None and det._warmup_epochs == 1
+    det = UniformDetector(digits_model, epochs=10, warmup_epochs=5)
+    det.set_hyperparameters(epochs=3)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        det.fit(loader)
+
+
+def test_deprecated_names_still_work(detector, digits):
+    x = digits.test.tensors[0][:8]
+    feats, logits = detector.extract(x)
+    with pytest.warns(DeprecationWarning, match="n_classes"):
+        assert detector.n_classes == detector.num_classes == 10
+    other = UniformDetector(detector.model, layers=detector.layers, epochs=2, warmup_epochs=1)
+    z, y = detector.extract(digits.train.tensors[0])[0], digits.train.tensors[1]
+    with pytest.warns(DeprecationWarning, match="pred="):
+        other.fit_structured(z, y, pred=detector.extract(digits.train.tensors[0])[1])
+    with pytest.warns(DeprecationWarning, match="n_classes="):
+        other.fit_structured(z, y, n_classes=10)
+    assert other.predict_structured(feats, logits).shape == (8,)

@@ -20,6 +20,7 @@ __all__ = [
     "atomic_save",
     "eval_mode",
     "hash_tensor",
+    "minibatches",
     "model_device",
     "model_dtype",
     "seeded_generator",
@@ -92,3 +93,23 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def minibatches(
+    n: int,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    device: str | torch.device | None = None,
+) -> Iterator[Tensor]:
+    """Index batches of ``epochs`` shuffled passes over ``n`` samples.
+
+    Each epoch's permutation is drawn from ``generator`` lazily, when the epoch starts, so other
+    draws from the same generator between batches keep their order. ``device``: where the
+    indices go (they are drawn on the generator's device).
+    """
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        if device is not None:
+            perm = perm.to(device)
+        yield from torch.split(perm, batch_size)

@@ -8,35 +8,31 @@ from typing import Any
 
 import torch
 from pytorch_ood.api import (
-    DetectorInfo,
-    ModelNotSetException,
     Paper,
-    RequiresFittingException,
     StructuredDetector,
-    Task,
 )
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin.detectors._common import (
-    ModelMixin,
-    check_classes,
-    check_inputs,
-    check_labels,
-    eval_mode,
-    model_dtype,
-    split_known,
-)
-from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd, layer_scores
+from uniad_plugin._utils import seeded_generator
+from uniad_plugin.detectors import _base
+from uniad_plugin.detectors._base import UniadDetector, hp
+from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
 log = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+#: the paper of the uniform framework (also cited by the unified benchmark)
+PAPER = Paper(
+    title="A Uniform Framework for Anomaly Detection in Deep Neural Networks",
+    venue="Neural Processing Letters",
+    year=2022,
+    url="https://arxiv.org/abs/2110.03092",
+)
 
 
-class UniformDetector(ModelMixin, StructuredDetector):
+class UniformDetector(UniadDetector, StructuredDetector):
     """One detector for out-of-distribution, adversarial and noise inputs.
 
     Implements *A Uniform Framework for Anomaly Detection in Deep Neural Networks* (Zhao et al.,
@@ -57,30 +53,11 @@ class UniformDetector(ModelMixin, StructuredDetector):
     inputs held out from fitting the spheres. Larger is more anomalous.
 
     Stated by the paper: per-class one-class hyperspheres with a soft boundary and
-    :math:`\\nu = 0.1` on representations from inside the frozen network, fitted on ID data
-    only, no input preprocessing, no knowledge of OOD sets or attacks.
-
-    **Our design choices** (not stated by the paper; each measured against its alternatives in
-    ``benchmarks/uniform_ablation.py``, results in ``benchmarks/results/uniform_ablation.md``):
-
-    * *Layers*: by default the last module of each spatial stage (globally average-pooled), the
-      penultimate features (input of the last ``nn.Linear``) and the log-softmax of the output,
-      chosen by :func:`~uniad_plugin.nn.taps.default_layers` from one probe forward pass. The
-      penultimate layer alone (the literal reading) detects adversarial inputs poorly.
-    * *Whitening*: each layer's activations are whitened with ID statistics before its encoder,
-      by default (``whiten="full"``) with the inverse square root of the tied within-class
-      covariance (plus ``1e-3`` times its mean eigenvalue on the diagonal), the metric of the Mahalanobis
-      detector; per-feature standardisation (``whiten="diag"``) detects adversarial inputs
-      markedly worse.
-    * *Encoder* :math:`\\phi`: a bias-free MLP (``hidden=(64,)``, ``rep_dim=32``, LeakyReLU) on
-      the whitened activations; no autoencoder pre-training; centres are the
-      mean initial embeddings; :math:`R` is the :math:`(1-\\nu)`-quantile of the class's distances,
-      updated after every epoch once ``warmup_epochs`` have passed (Ruff et al.'s procedure).
-    * *Sphere at test time*: the classifier's predicted class.
-    * *Score*: :math:`d^2/R^2` (``score="ratio"``) rather than :math:`d^2 - R^2`, so that classes
-      with different radii are comparable.
-    * *Fusion*: each layer's score is standardised on ID data held out from fitting
-      (``holdout=0.1``) and the standardised scores are summed; no anomaly data is used.
+    :math:`\nu = 0.1` on representations from inside the frozen network, fitted on ID data
+    only, no input preprocessing, no knowledge of OOD sets or attacks. Our design choices
+    (layers, whitening, encoder, sphere at test time, score, fusion), each measured against its
+    alternatives in ``benchmarks/uniform_ablation.py``, are listed on the `docs page
+    <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_.
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,
@@ -91,7 +68,7 @@ class UniformDetector(ModelMixin, StructuredDetector):
     :param rep_dim: output dimension of each encoder
     :param epochs: training epochs of the spheres
     :param warmup_epochs: epochs with :math:`R = 0` (one-class objective) before radii are set;
-        default ``min(5, epochs // 2)``
+        ``None``: ``min(5, epochs // 2)``, recomputed at every fit
     :param lr: Adam learning rate
     :param weight_decay: Adam weight decay
     :param batch_size: samples per class in each batched training step
@@ -105,22 +82,31 @@ class UniformDetector(ModelMixin, StructuredDetector):
 
     requires_fit = True
 
-    info = DetectorInfo(
-        paper=Paper(
-            title="A Uniform Framework for Anomaly Detection in Deep Neural Networks",
-            venue="Neural Processing Letters",
-            year=2022,
-            url="https://arxiv.org/abs/2110.03092",
-        ),
-        tasks={Task.CLASSIFICATION},
-        ai_coded=True,
-    )
+    info = _base.classification_info(PAPER)
 
     hyperparameter_space = {
         "nu": [0.05, 0.1, 0.2],
         "rep_dim": [16, 32, 64],
         "epochs": [10, 30, 60],
         "score": ["ratio", "difference"],
+    }
+
+    fitted_attribute = "spheres"
+
+    hyperparameters = {
+        "nu": hp.real(0.0, 1.0, high_open=False),
+        "hidden": hp.positive_ints(),
+        "rep_dim": hp.integer(1),
+        "epochs": hp.integer(1),
+        "warmup_epochs": hp.integer(0, optional=True),
+        "lr": hp.real(0.0),
+        "weight_decay": hp.real(0.0, low_open=False),
+        "batch_size": hp.integer(1),
+        "score": hp.choice("ratio", "difference"),
+        "holdout": hp.real(0.0, 1.0),
+        "pooling": hp.choice("avg", "avgmax"),
+        "whiten": hp.choice("full", "diag"),
+        "seed": hp.integer(None),
     }
 
     def __init__(
@@ -143,58 +129,31 @@ class UniformDetector(ModelMixin, StructuredDetector):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
-        if not 0 < nu <= 1:
-            raise ValueError(f"expected nu in (0, 1], got {nu}")
-        if score not in ("ratio", "difference"):
-            raise ValueError(f"expected score 'ratio' or 'difference', got {score!r}")
-        if not 0 < holdout < 1:
-            raise ValueError(f"expected holdout in (0, 1), got {holdout}")
-        if whiten not in ("full", "diag"):
-            raise ValueError(f"expected whiten 'full' or 'diag', got {whiten!r}")
-        if pooling not in ("avg", "avgmax"):
-            raise ValueError(f"expected pooling 'avg' or 'avgmax', got {pooling!r}")
-        if warmup_epochs is None:
-            warmup_epochs = min(5, epochs // 2)
-        if epochs < 1 or not 0 <= warmup_epochs <= epochs:
-            raise ValueError(
-                f"expected epochs >= 1 and 0 <= warmup_epochs <= epochs, got {epochs}, "
-                f"{warmup_epochs}"
-            )
-        self.model = model
+        self._set_model(model, layers=layers)
         self.layers: list[str] | None = None
         if layers is not None:
-            if model is None:
-                raise ModelNotSetException("layers were given but model is None")
             self.layers = [s.name for s in resolve_layers(model, layers)]
-        self.nu = nu
-        self.hidden = tuple(int(h) for h in hidden)
-        self.rep_dim = int(rep_dim)
-        self.epochs = int(epochs)
-        self.warmup_epochs = int(warmup_epochs)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = int(batch_size)
-        self.score = score
-        self.holdout = holdout
-        self.pooling = pooling
-        self.whiten = whiten
-        self.seed = int(seed)
+        self._init_hyperparameters(locals())
         # fitted state
         self.spheres: nn.ModuleList | None = None
         self.fusion_mean: Tensor | None = None
         self.fusion_std: Tensor | None = None
         self.input_shape: tuple[int, ...] | None = None
-        self.n_classes: int | None = None
+        self.num_classes: int | None = None
+
+    def _derive(self) -> None:
+        """The warm-up in effect: ``warmup_epochs``, or ``min(5, epochs // 2)`` for ``None``."""
+        warmup = self.warmup_epochs
+        if warmup is None:
+            warmup = min(5, self.epochs // 2)
+        if not 0 <= warmup <= self.epochs:
+            raise ValueError(
+                f"expected epochs >= 1 and 0 <= warmup_epochs <= epochs, got {self.epochs}, "
+                f"{warmup}"
+            )
+        self._warmup_epochs = warmup
 
     # ------------------------------------------------------------------ helpers
-    def _require_fitted(self) -> None:
-        if self.spheres is None:
-            raise RequiresFittingException(
-                "UniformDetector must be fitted with fit(loader) or fit_structured(...) first"
-            )
-
     def _taps(self) -> LayerTaps:
         return LayerTaps(self._require_model(), self.layers, reduce=lambda t: pool(t, self.pooling))
 
@@ -210,10 +169,10 @@ class UniformDetector(ModelMixin, StructuredDetector):
     def _extract(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         model = self._require_model()
         if self.layers is None:
-            with eval_mode(model):
+            with _base.eval_mode(model):
                 self.layers = default_layers(model, x[:2])
             log.info("UniformDetector layers: %s", self.layers)
-        with eval_mode(model):
+        with _base.eval_mode(model):
             logits, feats = self._taps()(x)
         if logits.dim() != 2:
             raise ValueError(
@@ -229,61 +188,90 @@ class UniformDetector(ModelMixin, StructuredDetector):
             ``0..K-1`` (every class must occur); samples with labels < 0 are ignored with a
             warning, since this detector is fitted on ID data only
         :return: self
-        :raises ValueError: for an empty loader, NaN/inf inputs, labels out of range or a class
-            without samples
+        :raises ValueError: for an empty loader, NaN/inf inputs, labels out of range, a class
+            without samples or an invalid hyperparameter
         """
         self._require_model()
+        self._check_hyperparameters()
         device = self._target_device()
         feats_all: list[list[Tensor]] = []
         ys: list[Tensor] = []
         preds: list[Tensor] = []
-        input_shape = None
-        n_outputs = 0
-        for batch in data_loader:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ValueError("expected the loader to yield (x, y) batches")
-            x, y = batch[0], batch[1]
-            x = check_inputs(x, input_shape, "x in the fit loader", model_dtype(self.model))
-            y = check_labels(y, len(x))
-            if len(x) == 0:
-                continue
-            input_shape = tuple(x.shape[1:])
+        for x, y in self._iter_batches(data_loader):
             feats, logits = self.extract(x.to(device))
             feats_all.append([f.cpu() for f in feats])
             ys.append(y.cpu())
             preds.append(logits.argmax(1).cpu())
-            n_outputs = logits.shape[1]
-        if not ys:
-            raise ValueError(
-                "expected a loader with at least one (x, y) batch, got an empty loader"
-            )
+            num_classes = logits.shape[1]
+            self.input_shape = tuple(x.shape[1:])
         zs = [torch.cat([f[i] for f in feats_all]) for i in range(len(feats_all[0]))]
         y = torch.cat(ys)
         pred = torch.cat(preds)
-        self.input_shape = input_shape
-        return self.fit_structured(zs, y, pred=pred, n_classes=n_outputs)
+        return self.fit_structured(zs, y, pred, num_classes=num_classes)
 
     def fit_structured(
         self,
-        zs: Sequence[Tensor],
+        features: Sequence[Tensor],
         y: Tensor,
-        pred: Tensor | None = None,
-        n_classes: int | None = None,
+        logits: Tensor | None = None,
+        *,
+        num_classes: int | None = None,
+        **deprecated: Any,
     ) -> Self:
         """Fit on pre-extracted activations (one extraction can serve many detectors).
 
-        :param zs: one tensor per layer, ``(N, D_l)`` or ``(N, C_l, H, W)`` (pooled here)
+        :param features: one tensor per layer, ``(N, D_l)`` or ``(N, C_l, H, W)`` (pooled
+            here), as returned by :meth:`extract`
         :param y: class labels ``(N,)``; labels < 0 are ignored with a warning
-        :param pred: the classifier's predicted classes (or logits) for the same inputs; used to
-            pick the sphere when standardising scores on held-out data, as at test time.
-            Defaults to ``y``.
-        :param n_classes: number of classes :math:`K`; defaults to ``y.max() + 1``
+        :param logits: the classifier's logits (or predicted classes) for the same inputs; used
+            to pick the sphere when standardising scores on held-out data, as at test time.
+            Defaults to ``y``. ``pred=`` is a deprecated alias
+        :param num_classes: number of classes :math:`K`; defaults to ``y.max() + 1``.
+            ``n_classes=`` is a deprecated alias
         :return: self
         """
+        who = "UniformDetector"
+        num_classes = _base.renamed_kwarg(
+            {k: deprecated.pop(k) for k in ("n_classes",) if k in deprecated},
+            "n_classes",
+            "num_classes",
+            num_classes,
+            who,
+        )
+        logits = _base.renamed_kwarg(deprecated, "pred", "logits", logits, who)
+        self._check_hyperparameters()
+        zs, y, pred, K = self._fit_inputs(features, y, logits, num_classes)
+        device = self._target_device()
+        gen = seeded_generator(self.seed)
+        held = self._holdout(y, K, gen)
+        fit_idx = torch.nonzero(~held).flatten()
+        if (torch.bincount(y[fit_idx], minlength=K) == 0).any():
+            fit_idx = torch.arange(len(y))  # tiny classes: use all data for the spheres
+
+        shared = ("nu", "epochs", "lr", "weight_decay", "batch_size", "whiten")
+        training = SVDDTraining(
+            warmup_epochs=self._warmup_epochs, **{name: getattr(self, name) for name in shared}
+        )
+        spheres = nn.ModuleList()
+        for z in zs:
+            sphere = BatchedSVDD(K, z.shape[1], self.hidden, self.rep_dim).to(device)
+            fit_svdd(sphere, z[fit_idx].to(device), y[fit_idx].to(device), training, generator=gen)
+            spheres.append(sphere.eval().requires_grad_(False))
+        self.spheres = spheres
+        self.num_classes = K
+        # standardisation of each layer's score on the held-out ID data
+        held_idx = torch.nonzero(held).flatten()
+        raw = self._layer_scores([z[held_idx].to(device) for z in zs], pred[held_idx].to(device))
+        self.fusion_mean = raw.mean(0)
+        self.fusion_std = raw.std(0).clamp_min(1e-12)
+        return self
+
+    def _fit_inputs(self, zs, y, pred, num_classes):
+        """Checked, pooled ID activations, labels, predicted classes and the class count."""
         if len(zs) == 0:
             raise ValueError("expected at least one layer of activations, got none")
-        y = check_labels(y, len(zs[0]))
-        zs = [pool(check_inputs(z, None, "activations"), self.pooling).float() for z in zs]
+        y = _base.check_labels(y, len(zs[0]))
+        zs = [pool(_base.check_inputs(z, None, "activations"), self.pooling).float() for z in zs]
         if any(len(z) != len(y) for z in zs):
             raise ValueError(
                 f"expected every layer to have {len(y)} rows, got {[len(z) for z in zs]}"
@@ -291,27 +279,25 @@ class UniformDetector(ModelMixin, StructuredDetector):
         if pred is not None:
             pred = pred.argmax(1) if pred.dim() == 2 else pred
             pred = pred.long()
-            zs, y_pred = split_known([*zs, pred], y, "UniformDetector")
+            zs, y_pred = _base.split_known([*zs, pred], y, "UniformDetector")
             zs, pred = zs[:-1], zs[-1]
             y = y_pred
         else:
-            zs, y = split_known(zs, y, "UniformDetector")
+            zs, y = _base.split_known(zs, y, "UniformDetector")
         if len(y) == 0:
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
-        K = int(n_classes) if n_classes is not None else int(y.max()) + 1
-        check_classes(y, K, "UniformDetector")
+        K = int(num_classes) if num_classes is not None else int(y.max()) + 1
+        _base.check_classes(y, K, "UniformDetector")
         if self.layers is None:
             self.layers = [f"layer{i}" for i in range(len(zs))]
         if len(self.layers) != len(zs):
             raise ValueError(
                 f"expected {len(self.layers)} layers of activations ({self.layers}), got {len(zs)}"
             )
-        if pred is None:
-            pred = y
+        return zs, y, (y if pred is None else pred), K
 
-        device = self._target_device()
-        gen = torch.Generator().manual_seed(self.seed)
-        # stratified hold-out split: a random `holdout` fraction of each class
+    def _holdout(self, y: Tensor, K: int, gen: torch.Generator) -> Tensor:
+        """Stratified hold-out mask: a random ``holdout`` fraction of each class."""
         keys = torch.rand(len(y), generator=gen)
         ranks = torch.empty(len(y))
         order = torch.argsort(y * 2.0 + keys)  # class-major, random within class
@@ -325,46 +311,18 @@ class UniformDetector(ModelMixin, StructuredDetector):
                 f"expected enough ID samples to hold out {self.holdout:.0%} for score "
                 f"standardisation, got {len(y)}"
             )
-        fit_idx = torch.nonzero(~held).flatten()
-        if (torch.bincount(y[fit_idx], minlength=K) == 0).any():
-            fit_idx = torch.arange(len(y))  # tiny classes: use all data for the spheres
-
-        spheres = nn.ModuleList()
-        for z in zs:
-            sphere = BatchedSVDD(K, z.shape[1], self.hidden, self.rep_dim).to(device)
-            fit_svdd(
-                sphere,
-                z[fit_idx].to(device),
-                y[fit_idx].to(device),
-                nu=self.nu,
-                epochs=self.epochs,
-                warmup_epochs=self.warmup_epochs,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                batch_size=self.batch_size,
-                whiten=self.whiten,
-                generator=gen,
-            )
-            spheres.append(sphere.eval().requires_grad_(False))
-        self.spheres = spheres
-        self.n_classes = K
-        # standardisation of each layer's score on the held-out ID data
-        held_idx = torch.nonzero(held).flatten()
-        raw = self._layer_scores([z[held_idx].to(device) for z in zs], pred[held_idx].to(device))
-        self.fusion_mean = raw.mean(0)
-        self.fusion_std = raw.std(0).clamp_min(1e-12)
-        return self
+        return held
 
     # ------------------------------------------------------------------ scoring
     def _layer_scores(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
-        k = k.clamp(0, self.n_classes - 1)
+        k = k.clamp(0, self.num_classes - 1)
         return layer_scores(self.spheres, [z.float() for z in zs], k, self.score)
 
     @torch.no_grad()
     def layer_scores(self, x: Tensor) -> Tensor:
         """Standardised per-layer scores ``(B, L)``; :meth:`predict` is their row sum."""
         self._require_fitted()
-        x = check_inputs(x, self.input_shape, dtype=model_dtype(self.model))
+        x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         x = x.to(self._target_device())
         if len(x) == 0:
             return torch.empty(0, len(self.spheres), device=x.device)
@@ -379,7 +337,7 @@ class UniformDetector(ModelMixin, StructuredDetector):
         everything else is differentiable with respect to ``x``.
         """
         self._require_fitted()
-        x = check_inputs(x, self.input_shape, dtype=model_dtype(self.model))
+        x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         feats, logits = self._extract(x.to(self._target_device()))
         return self._fused(feats, logits.argmax(1)).sum(dim=1)
 
@@ -401,28 +359,35 @@ class UniformDetector(ModelMixin, StructuredDetector):
         return self.layer_scores(x).sum(dim=1)
 
     @torch.no_grad()
-    def predict_structured(self, zs: Sequence[Tensor], logits: Tensor) -> Tensor:
+    def predict_structured(
+        self, features: Sequence[Tensor], logits: Tensor | None = None
+    ) -> Tensor:
         """Outlier scores from pre-extracted activations.
 
-        :param zs: one tensor per fitted layer, ``(B, D_l)`` or ``(B, C_l, H, W)``
+        :param features: one tensor per fitted layer, ``(B, D_l)`` or ``(B, C_l, H, W)``, as
+            returned by :meth:`extract`
         :param logits: the classifier's logits ``(B, K)`` or predicted classes ``(B,)``
+            (required: they pick the hypersphere)
         :return: scores of shape ``(B,)``
         """
         self._require_fitted()
+        zs = features
+        if logits is None:
+            raise ValueError("expected the classifier's logits or predicted classes, got None")
         if len(zs) != len(self.spheres):
             raise ValueError(
                 f"expected {len(self.spheres)} layers of activations ({self.layers}), got {len(zs)}"
             )
         device = self._target_device()
-        zs = [pool(check_inputs(z, None, "activations"), self.pooling).to(device) for z in zs]
+        zs = [pool(_base.check_inputs(z, None, "activations"), self.pooling).to(device) for z in zs]
         for z, sphere, name in zip(zs, self.spheres, self.layers):
             if z.shape[1] != sphere.in_dim:
                 raise ValueError(
                     f"expected {sphere.in_dim} features for layer {name!r}, got {z.shape[1]}"
                 )
-        if logits.dim() == 2 and logits.shape[1] != self.n_classes:
+        if logits.dim() == 2 and logits.shape[1] != self.num_classes:
             raise ValueError(
-                f"expected logits of {self.n_classes} classes (as fitted), got {logits.shape[1]}"
+                f"expected logits of {self.num_classes} classes (as fitted), got {logits.shape[1]}"
             )
         k = logits.argmax(1) if logits.dim() == 2 else logits
         if len(k) != len(zs[0]):
@@ -433,27 +398,19 @@ class UniformDetector(ModelMixin, StructuredDetector):
     def state_dict(self) -> dict[str, Any]:
         """Fitted state as tensors and primitives only (``torch.load(weights_only=True)`` safe)."""
         self._require_fitted()
-        state: dict[str, Any] = {
-            "version": _STATE_VERSION,
-            "layers": list(self.layers),
-            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
-            "n_classes": self.n_classes,
-            "config": {
-                "nu": self.nu,
-                "hidden": list(self.hidden),
-                "rep_dim": self.rep_dim,
-                "score": self.score,
-                "pooling": self.pooling,
-                "whiten": self.whiten,
-            },
-            "in_dims": [s.in_dim for s in self.spheres],
-            "fusion_mean": self.fusion_mean.detach().cpu(),
-            "fusion_std": self.fusion_std.detach().cpu(),
-            "spheres": [
-                {k: v.detach().cpu() for k, v in s.state_dict().items()} for s in self.spheres
-            ],
-        }
-        return state
+        return self._pack_state(
+            {
+                "layers": list(self.layers),
+                "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+                "num_classes": self.num_classes,
+                "in_dims": [s.in_dim for s in self.spheres],
+                "fusion_mean": self.fusion_mean.detach().cpu(),
+                "fusion_std": self.fusion_std.detach().cpu(),
+                "spheres": [
+                    {k: v.detach().cpu() for k, v in s.state_dict().items()} for s in self.spheres
+                ],
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> Self:
         """Restore a state from :meth:`state_dict`, checked against this detector's model.
@@ -461,20 +418,19 @@ class UniformDetector(ModelMixin, StructuredDetector):
         :raises ValueError: if the state is malformed, from another version, or was fitted for a
             model with other layers, layer sizes or class count
         """
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"expected a UniformDetector state dict of version {_STATE_VERSION}, got "
-                f"{type(state).__name__} with version "
-                f"{state.get('version') if isinstance(state, dict) else None}"
-            )
+        hyper, state = self._unpack_state(state)
         try:
             layers = list(state["layers"])
             in_dims = [int(d) for d in state["in_dims"]]
-            n_classes = int(state["n_classes"])
-            cfg = dict(state["config"])
+            num_classes = int(state["num_classes"])
             input_shape = tuple(state["input_shape"]) if state["input_shape"] else None
             sphere_states = list(state["spheres"])
             fusion_mean, fusion_std = state["fusion_mean"], state["fusion_std"]
+            pooling, hidden, rep_dim = (
+                hyper.get("pooling", "avg"),
+                hyper["hidden"],
+                hyper["rep_dim"],
+            )
         except (KeyError, TypeError) as e:
             raise ValueError(f"expected a complete UniformDetector state dict, missing {e}") from e
         if len(sphere_states) != len(layers) or len(in_dims) != len(layers):
@@ -483,46 +439,45 @@ class UniformDetector(ModelMixin, StructuredDetector):
         if self.model is not None:
             resolve_layers(self.model, layers)  # raises ValueError for unknown layers
             if input_shape is not None:
-                saved = self.layers, self.pooling
-                self.layers, self.pooling = layers, cfg.get("pooling", "avg")
-                probe = torch.zeros((1, *input_shape), device=device, dtype=model_dtype(self.model))
-                try:
-                    feats, logits = self.extract(probe)
-                except Exception as e:
-                    self.layers, self.pooling = saved
-                    raise ValueError(
-                        f"the state was fitted for inputs of shape {input_shape}, which this "
-                        f"model cannot process: {e}"
-                    ) from e
-                got = [f.shape[1] for f in feats]
-                if got != in_dims or logits.shape[1] != n_classes:
-                    self.layers, self.pooling = saved
-                    raise ValueError(
-                        f"the state was fitted for a model with layer sizes {in_dims} and "
-                        f"{n_classes} classes, this model has {got} and {logits.shape[1]}"
-                    )
+                self._check_model(layers, pooling, input_shape, in_dims, num_classes)
         spheres = nn.ModuleList()
         for d, s in zip(in_dims, sphere_states):
-            sphere = BatchedSVDD(n_classes, d, cfg["hidden"], cfg["rep_dim"])
+            sphere = BatchedSVDD(num_classes, d, hidden, rep_dim)
             try:
                 sphere.load_state_dict(s)
             except RuntimeError as e:
                 raise ValueError(f"corrupted UniformDetector state: {e}") from e
             spheres.append(sphere.to(device).eval().requires_grad_(False))
+        self._restore_hyperparameters({"pooling": "avg", "whiten": "full", **hyper})
         self.layers = layers
         self.spheres = spheres
-        self.n_classes = n_classes
+        self.num_classes = num_classes
         self.input_shape = input_shape
-        self.nu = cfg["nu"]
-        self.hidden = tuple(cfg["hidden"])
-        self.rep_dim = cfg["rep_dim"]
-        self.score = cfg["score"]
-        self.pooling = cfg.get("pooling", "avg")
-        self.whiten = cfg.get("whiten", "full")
         self.fusion_mean = fusion_mean.to(device)
         self.fusion_std = fusion_std.to(device)
         return self
 
+    def _check_model(self, layers, pooling, input_shape, in_dims, num_classes) -> None:
+        """Refuse a state whose layers this model lacks or has with other sizes."""
+        saved = self.layers, self.pooling
+        self.layers, self.pooling = layers, pooling
+        probe = torch.zeros((1, *input_shape), device=self._target_device())
+        try:
+            feats, logits = self.extract(probe.to(self._model_dtype()))
+        except Exception as e:
+            self.layers, self.pooling = saved
+            raise ValueError(
+                f"the state was fitted for inputs of shape {input_shape}, which this "
+                f"model cannot process: {e}"
+            ) from e
+        got = [f.shape[1] for f in feats]
+        if got != in_dims or logits.shape[1] != num_classes:
+            self.layers, self.pooling = saved
+            raise ValueError(
+                f"the state was fitted for a model with layer sizes {in_dims} and "
+                f"{num_classes} classes, this model has {got} and {logits.shape[1]}"
+            )
+
     def __repr__(self) -> str:
-        fitted = f", fitted on {self.n_classes} classes" if self.spheres is not None else ""
+        fitted = f", fitted on {self.num_classes} classes" if self.spheres is not None else ""
         return f"UniformDetector(layers={self.layers}, nu={self.nu}, score={self.score!r}{fitted})"

@@ -13,7 +13,7 @@ not depend on the other samples of the batch.
   constants. The model must not update buffers in the forward pass, i.e. BatchNorm layers must
   be in eval mode; :func:`per_sample_grads` raises a ``ValueError`` otherwise. Dropout must also
   be off for deterministic gradients; put the model in eval mode (e.g. with
-  :func:`uniad_plugin.detectors._common.eval_mode`).
+  :func:`uniad_plugin._utils.eval_mode`).
 * ``params`` restricts the differentiation to some parameter tensors by name; the others are
   constants, so the backward pass stops early when only the last layers are selected.
 * ``state`` evaluates the gradient at other weights than the model's own, e.g. at a saved
@@ -37,6 +37,8 @@ LossFn = Callable[[Tensor, Tensor | None], Tensor]
 
 __all__ = [
     "LossFn",
+    "check_param_shapes",
+    "default_gradient_params",
     "cross_entropy_loss",
     "flatten_grads",
     "grad_sq_norms",
@@ -107,6 +109,40 @@ def last_layer_params(model: nn.Module, n_layers: int = 2) -> list[str]:
     if not layers:
         raise ValueError("expected a model with parameters, got one without any")
     return resolve_params(model, [n for names in layers[-n_layers:] for n in names])
+
+
+def default_gradient_params(model: nn.Module, max_param_size: int = 2**12) -> list[str]:
+    """R2AD2's default parameter selection: the last two parametrised layers.
+
+    Parameter tensors with more than ``max_param_size`` elements are skipped, except those of
+    the last layer, so that the raw gradient stays small enough for the LSTM alarm network
+    (e.g. for LeNet: the bias of the penultimate ``Linear`` and the whole last ``Linear``).
+
+    :raises ValueError: if the model has no parameters
+    """
+    last = set(last_layer_params(model, 1))
+    return [
+        n
+        for n in last_layer_params(model, 2)
+        if n in last or model.get_parameter(n).numel() <= max_param_size
+    ]
+
+
+def check_param_shapes(model: nn.Module, names: Sequence[str], shapes: Sequence, who: str):
+    """Refuse a state fitted for parameters ``names`` of ``shapes`` that ``model`` lacks."""
+    own = dict(model.named_parameters())
+    missing = [n for n in names if n not in own]
+    if missing:
+        raise ValueError(
+            f"{who}: the state was fitted for a model with parameters {list(names)}; this model "
+            f"has no {missing}"
+        )
+    got = [list(own[n].shape) for n in names]
+    if got != [list(s) for s in shapes]:
+        raise ValueError(
+            f"{who}: the state was fitted for a model with parameter shapes "
+            f"{[list(s) for s in shapes]}, this model has {got}"
+        )
 
 
 def _check_no_train_mode_norm(model: nn.Module) -> None:

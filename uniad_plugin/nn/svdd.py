@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -206,30 +208,17 @@ def _class_quantile(values: Tensor, labels: Tensor, n_classes: int, q: float) ->
     return sorted_vals[starts + torch.minimum(rank, (counts - 1).clamp_min(0))]
 
 
-def fit_svdd(
-    model: BatchedSVDD,
-    z: Tensor,
-    y: Tensor,
-    *,
-    nu: float = 0.1,
-    epochs: int = 30,
-    warmup_epochs: int = 5,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-6,
-    batch_size: int = 128,
-    eps: float = 0.1,
-    whiten: str = "full",
-    shrinkage: float = 1e-3,
-    generator: torch.Generator | None = None,
-) -> BatchedSVDD:
-    """Fit all ``K`` hyperspheres on features ``z`` (N, D) with class labels ``y`` in ``[0, K)``.
-
-    Each step draws a class-balanced minibatch of ``batch_size`` samples per class (classes with
-    fewer samples are cycled), so one ``bmm`` updates every class. One epoch is
-    ``ceil(max_k n_k / batch_size)`` steps.
+@dataclass(frozen=True)
+class SVDDTraining:
+    """How :func:`fit_svdd` trains: one value object instead of many keyword arguments.
 
     :param nu: soft-boundary :math:`\\nu` in (0, 1]: the fraction of training samples allowed
         outside the sphere
+    :param epochs: training epochs
+    :param warmup_epochs: epochs with :math:`R = 0` before the radii are set
+    :param lr: Adam learning rate
+    :param weight_decay: Adam weight decay
+    :param batch_size: samples per class in each step
     :param eps: centre coordinates closer to zero than ``eps`` are pushed to ``±eps``
         (Ruff et al.), so that the zero map cannot reach the centre
     :param whiten: input normalisation: ``"full"`` whitens with the inverse square root of the
@@ -237,8 +226,42 @@ def fit_svdd(
         divides each feature by its standard deviation
     :param shrinkage: the covariance is shrunk towards ``shrinkage * mean eigenvalue * I`` before
         inversion (dead or constant features stay finite)
+    """
+
+    nu: float = 0.1
+    epochs: int = 30
+    warmup_epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    batch_size: int = 128
+    eps: float = 0.1
+    whiten: str = "full"
+    shrinkage: float = 1e-3
+
+
+def fit_svdd(
+    model: BatchedSVDD,
+    z: Tensor,
+    y: Tensor,
+    training: SVDDTraining | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    **options: Any,
+) -> BatchedSVDD:
+    """Fit all ``K`` hyperspheres on features ``z`` (N, D) with class labels ``y`` in ``[0, K)``.
+
+    Each step draws a class-balanced minibatch of ``batch_size`` samples per class (classes with
+    fewer samples are cycled), so one ``bmm`` updates every class. One epoch is
+    ``ceil(max_k n_k / batch_size)`` steps.
+
+    :param training: the training settings; ``None`` for the defaults, replaced by any of its
+        fields given as keyword ``options`` (e.g. ``fit_svdd(m, z, y, nu=0.1, epochs=20)``)
     :param generator: source of all randomness (initialisation and minibatch order)
     """
+    training = replace(training or SVDDTraining(), **options)
+    nu, epochs, warmup_epochs = training.nu, training.epochs, training.warmup_epochs
+    lr, weight_decay, batch_size = training.lr, training.weight_decay, training.batch_size
+    eps, whiten, shrinkage = training.eps, training.whiten, training.shrinkage
     if not 0 < nu <= 1:
         raise ValueError(f"expected nu in (0, 1], got {nu}")
     if epochs < 1 or batch_size < 1:

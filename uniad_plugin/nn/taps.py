@@ -19,10 +19,39 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from uniad_plugin._utils import eval_mode
+
 LOGITS = "logits"
 LOG_SOFTMAX = "log_softmax"
 OUTPUTS = (LOGITS, LOG_SOFTMAX)
 INPUT_SUFFIX = ":input"
+
+#: module types whose outputs count as "hidden activation layers" when ``layers=None``
+#: (softmax-like output normalisations are deliberately not in the list)
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Threshold,
+    nn.GLU,
+)
 
 
 def pool(t: Tensor, mode: str = "avg") -> Tensor:
@@ -238,3 +267,91 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
             layers.extend(n + INPUT_SUFFIX for n in dict.fromkeys(linear_runs))
     layers.append(LOG_SOFTMAX)
     return list(dict.fromkeys(layers))
+
+
+def activation_taps(
+    model: nn.Module, layers: Sequence[str | nn.Module] | None, example: Tensor
+) -> tuple[list[str], list[int], int | None, LayerTaps]:
+    """Find the layers whose flattened outputs form A3's activations, with one probe pass.
+
+    With ``layers=None``: every module of a type in :data:`ACTIVATION_TYPES` that runs in the
+    forward pass, except the one whose output is the model's output. A module object that runs
+    more than once per forward pass (one ``nn.ReLU`` reused) is refused, since its activations
+    would be ambiguous.
+
+    :param model: the network (run in eval mode, without gradients)
+    :param layers: layer names or modules as understood by :class:`LayerTaps`, or ``None``
+    :param example: a probe batch of inputs
+    :return: layer names, their flattened sizes, the number of model outputs (``None`` if
+        the output is not a ``(B, C)`` matrix) and the taps (reducing by flattening)
+    :raises ValueError: if a layer does not run, runs more than once, or none is found
+    """
+    calls: dict[str, int] = {}
+    order: list[str] = []
+    last_out: list[tuple[str, Tensor]] = []
+
+    if layers is None:
+        watched = {
+            id(m): n for n, m in model.named_modules() if n and isinstance(m, ACTIVATION_TYPES)
+        }
+    else:
+        specs = resolve_layers(model, layers)
+        watched = {
+            id(m): n
+            for n, m in model.named_modules()
+            if n in {s.module_name for s in specs if s.module_name}
+        }
+
+    def hook(module, _args, output):
+        name = watched[id(module)]
+        calls[name] = calls.get(name, 0) + 1
+        if name not in order:
+            order.append(name)
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        last_out.append((name, output))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if id(m) in watched.keys()]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    reused = {n: c for n, c in calls.items() if c > 1}
+    if reused:
+        raise ValueError(
+            "expected every tapped activation module to run once per forward pass, but "
+            + ", ".join(f"{n!r} runs {c} times" for n, c in reused.items())
+            + " (one module object reused); give each use its own module, or pass layers= "
+            "naming modules that run once"
+        )
+    if layers is None:
+        output_names = {
+            n
+            for n, o in last_out
+            if isinstance(o, Tensor) and o.data_ptr() == out.data_ptr() and o.numel() == out.numel()
+        }
+        layer_names = [n for n in order if n not in output_names]
+        if not layer_names:
+            types = ", ".join(sorted({t.__name__ for t in ACTIVATION_TYPES[:6]}))
+            raise ValueError(
+                "expected the model to contain hidden activation modules (e.g. "
+                f"{types}, ...) that run in forward, found none; activations applied "
+                "functionally cannot be hooked, pass layers= with module names instead"
+            )
+    else:
+        specs = resolve_layers(model, layers)
+        missing = [s.name for s in specs if s.module_name and s.module_name not in calls]
+        if missing:
+            raise ValueError(
+                f"expected every layer in layers= to run in the forward pass, {missing} did not"
+            )
+        layer_names = [s.name for s in specs]
+    taps = LayerTaps(model, layer_names, reduce=lambda t: t.flatten(1))
+    with torch.no_grad(), eval_mode(model):
+        _, feats = taps(example)
+    n_out = int(out.shape[1]) if isinstance(out, Tensor) and out.dim() == 2 else None
+    return layer_names, [int(f.shape[1]) for f in feats], n_out, taps

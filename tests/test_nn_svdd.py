@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uniad_plugin.nn.svdd import BatchedSVDD, fit_svdd, layer_scores
+from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
 
 
 def _spheres(n_classes: int, dims: list[int], seed: int = 0) -> list[BatchedSVDD]:
@@ -64,3 +64,13 @@ def test_fit_keeps_about_one_minus_nu_inside():
     fit_svdd(sphere, z, y, nu=0.1, epochs=20, warmup_epochs=5, generator=g)
     inside = (sphere.score(z, y) <= 1.0).float().mean()
     assert 0.85 <= float(inside) <= 0.95
+
+
+def test_training_config_object_equals_keywords():
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(60, 5, generator=g), torch.arange(60) % 3
+    a, b = BatchedSVDD(3, 5, (8,), 4), BatchedSVDD(3, 5, (8,), 4)
+    fit_svdd(a, z, y, nu=0.2, epochs=3, warmup_epochs=1, generator=torch.Generator().manual_seed(1))
+    training = SVDDTraining(nu=0.2, epochs=3, warmup_epochs=1)
+    fit_svdd(b, z, y, training, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
