@@ -34,8 +34,18 @@ __all__ = [
     "parse_attacks",
 ]
 
-#: default attacks (all five, at the profile's budgets)
-DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd_linf", "pgd_l2", "deepfool", "cw_l2")
+#: default attacks, at the profile's budgets: the five classic ones (their perturbation reaches
+#: the background of MNIST-like images) and the two object-confined PGD variants (the
+#: background is untouched, so a count of non-zero pixels cannot see them)
+DEFAULT_ATTACKS: tuple[str, ...] = (
+    "fgsm",
+    "pgd_linf",
+    "pgd_l2",
+    "deepfool",
+    "cw_l2",
+    "pgd_linf_obj",
+    "pgd_l2_obj",
+)
 #: noise sets and OOD sets offered by the command (real OOD sets need files under a data root)
 NOISE_SETS: tuple[str, ...] = ("gaussian", "uniform", "salt_pepper", "noisy_id")
 OFFLINE_OOD_SETS: tuple[str, ...] = ("letters", "photos")
@@ -112,6 +122,8 @@ def load_ood_sets(
     data_root: str | os.PathLike | None = None,
     download: bool = False,
     seed: int = 0,
+    levels: int | None = 255,
+    split: str = "report",
 ) -> tuple[list[Any], list[str]]:
     """Load OOD sets by name: ``letters`` and ``photos`` offline, real sets from ``data_root``.
 
@@ -119,6 +131,8 @@ def load_ood_sets(
     :param shape: image shape ``(C, H, W)`` the sets are converted to
     :param optional: names that are left out with a note when they cannot be loaded
     :param n: images per set
+    :param levels: the ID data's value grid the sets are put on (``None``: continuous)
+    :param split: fonts and photos of the ``"report"`` or the ``"validation"`` sources
     :return: the sets and notes about optional sets left out
     :raises ConfigError: if a set that is not optional cannot be loaded
     """
@@ -126,23 +140,37 @@ def load_ood_sets(
 
     sets: list[Any] = []
     notes: list[str] = []
+    missing: list[str] = []
     for name in names:
         if name == "letters":
-            sets.append(an.font_letters(n, shape, seed=seed))
+            sets.append(an.font_letters(n, shape, seed=seed, split=split, levels=levels))
         elif name == "photos":
-            sets.append(an.photo_patches(n, shape, seed=seed))
+            sets.append(an.photo_patches(n, shape, seed=seed, split=split, levels=levels))
         else:
             try:
                 if data_root is None:
                     raise ConfigError(f"the OOD set {name!r} needs --data-root (or --download)")
-                sets.append(an.load_ood(name, data_root, shape, download=download, n=n, seed=seed))
+                sets.append(
+                    an.load_ood(
+                        name, data_root, shape, download=download, n=n, seed=seed, levels=levels
+                    )
+                )
             except Exception as e:  # noqa: BLE001
                 if name in optional:
+                    missing.append(name)
                     notes.append(f"OOD set {name!r} left out: {one_line(e)}")
                     continue
                 if isinstance(e, ConfigError):
                     raise
                 raise ConfigError(f"cannot load the OOD set {name!r}: {one_line(e)}") from e
+    if missing:
+        kept = [getattr(a, "name", "?") for a in sets]
+        notes.insert(
+            0,
+            f"real OOD data missing: {', '.join(missing)} not found under "
+            f"{str(data_root)!r}, so the OOD class holds only {', '.join(kept) or 'no set'}"
+            " (synthetic); put them there in torchvision's layout or add --download",
+        )
     return sets, notes
 
 
@@ -157,8 +185,10 @@ def adversarial_sets(
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    levels: int | None = 255,
 ) -> list[Any]:
-    """One adversarial set per attack and budget, crafted from ``attack_data``.
+    """One adversarial set per attack and budget, crafted from ``attack_data``, rounded onto
+    the value grid ``levels`` and re-checked (``None``: continuous).
 
     :param model: the classifier that is attacked
     :param attack_data: ID samples the adversarials are crafted from (not the ID test set)
@@ -182,6 +212,7 @@ def adversarial_sets(
             progress=progress,
             max_samples=n_attack,
             attack_params=dict((attack_params or {}).get(attack, {})) or None,
+            levels=levels,
         )
         for attack, budgets in attacks.items()
         for eps in budgets
@@ -195,8 +226,10 @@ def noise_sets(
     *,
     n: int = 1000,
     seed: int = 0,
+    levels: int | None = 255,
 ) -> list[Any]:
-    """Noise sets by name (``gaussian``, ``uniform``, ``salt_pepper``, ``noisy_id``).
+    """Noise sets by name (``gaussian``, ``uniform``, ``salt_pepper``, ``noisy_id``), on the
+    value grid ``levels`` (``None``: continuous).
 
     :param names: set names; unknown names are passed over
     :param shape: image shape ``(C, H, W)``
@@ -206,10 +239,10 @@ def noise_sets(
     from uniad_plugin import anomalies as an
 
     makers = {
-        "gaussian": lambda: an.gaussian_noise(n, shape, seed=seed),
-        "uniform": lambda: an.uniform_noise(n, shape, seed=seed),
-        "salt_pepper": lambda: an.salt_and_pepper(n, shape, seed=seed),
-        "noisy_id": lambda: an.noisy_id(attack_data, seed=seed, max_samples=n),
+        "gaussian": lambda: an.gaussian_noise(n, shape, seed=seed, levels=levels),
+        "uniform": lambda: an.uniform_noise(n, shape, seed=seed, levels=levels),
+        "salt_pepper": lambda: an.salt_and_pepper(n, shape, seed=seed, levels=levels),
+        "noisy_id": lambda: an.noisy_id(attack_data, seed=seed, max_samples=n, levels=levels),
     }
     return [makers[name]() for name in names if name in makers]
 
@@ -221,7 +254,7 @@ _OOD_OPTIONS = {
     "data_root": "data_root",
     "download": "download",
 }
-_ADV_OPTIONS = ("n_attack", "attack_params", "cache_dir", "device", "progress")
+_ADV_OPTIONS = ("n_attack", "attack_params", "cache_dir", "device", "progress", "levels")
 
 
 def build_anomaly_sets(
@@ -247,23 +280,26 @@ def build_anomaly_sets(
     :param ood: OOD set names (``letters``, ``photos`` offline; real sets need ``data_root``)
     :param prebuilt: sets made beforehand (e.g. OOD sets from :func:`load_ood_sets`), put first
     :param n_noise: images per noise set (``noisy_id``: at most this many)
-    :param options: ``seed``; ``optional_ood``, ``n_ood``, ``data_root``, ``download`` of
+    :param options: ``seed``; ``levels`` (the value grid, default 255; ``None``: continuous)
+        and ``split`` (``"report"`` or ``"validation"`` fonts and photos); ``optional_ood``, ``n_ood``, ``data_root``, ``download`` of
         :func:`load_ood_sets` (``optional``, ``n``, ...); ``n_attack``, ``attack_params``,
         ``cache_dir``, ``device``, ``progress`` of :func:`adversarial_sets`
     :return: the sets and notes about optional sets left out
     :raises ConfigError: if a requested real OOD set cannot be loaded
     :raises TypeError: on an unknown keyword argument
     """
-    unknown = set(options) - {"seed", *_OOD_OPTIONS, *_ADV_OPTIONS}
+    unknown = set(options) - {"seed", "split", *_OOD_OPTIONS, *_ADV_OPTIONS}
     if unknown:
         raise TypeError(f"expected keyword arguments of build_anomaly_sets, got {sorted(unknown)}")
     seed = options.get("seed", 0)
     ood_kw = {key: options[name] for name, key in _OOD_OPTIONS.items() if name in options}
-    sets, notes = load_ood_sets(ood, shape, seed=seed, **ood_kw)
+    levels = options.get("levels", 255)
+    split = options.get("split", "report")
+    sets, notes = load_ood_sets(ood, shape, seed=seed, levels=levels, split=split, **ood_kw)
     adv_kw = {name: options[name] for name in _ADV_OPTIONS if name in options}
     return [
         *prebuilt,
         *sets,
         *adversarial_sets(model, attack_data, attacks, seed=seed, **adv_kw),
-        *noise_sets(noise, shape, attack_data, n=n_noise, seed=seed),
+        *noise_sets(noise, shape, attack_data, n=n_noise, seed=seed, levels=levels),
     ], notes

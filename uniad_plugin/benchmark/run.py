@@ -302,8 +302,16 @@ def _anomaly_sets(
         cache_dir=plan.cache_dir,
         device=plan.device,
         progress=c.progress,
+        levels=plan.grid_levels,
     )
-    noise = noise_sets(plan.noise, shape, splits.attack, n=plan.n_noise, seed=plan.anomaly_seed)
+    noise = noise_sets(
+        plan.noise,
+        shape,
+        splits.attack,
+        n=plan.n_noise,
+        seed=plan.anomaly_seed,
+        levels=plan.grid_levels,
+    )
     return [*prebuilt, *ood, *adversarial, *noise], notes
 
 
@@ -317,6 +325,8 @@ def _ood_sets(plan: RunPlan, shape: tuple[int, ...]) -> tuple[list[Any], list[st
         data_root=c.data_root,
         download=c.download,
         seed=plan.anomaly_seed,
+        levels=plan.grid_levels,
+        split=c.split,
     )
 
 
