@@ -3,7 +3,9 @@
 Every set is a ``uniad_plugin.anomalies.AnomalySet``: a float tensor ``x`` of shape
 ``(N, C, H, W)`` whose samples are labelled ``-1`` (pytorch-ood's "unknown"), with ``kind``
 (``"OOD"``, ``"AD"`` or ``"NS"``), ``name`` and JSON-serialisable ``info``. Every function
-takes a seed: the same call gives the same images.
+takes a seed: the same call gives the same images, and a value grid ``levels``: the sets here
+use the digits' own grid (values k/16), so counting off-grid pixels cannot tell them from ID
+images; adversarials are re-checked after rounding onto it.
 
     python examples/generate_anomalies.py                        # digits, under a minute
     python examples/generate_anomalies.py --fast --plot grid.png # smaller sets, a picture
@@ -39,7 +41,8 @@ def describe(a: AnomalySet) -> str:
     line = f"{a.kind:>3}  {a.name:<14} {len(a):>5} images  values in [{a.x.min():.2f}, {a.x.max():.2f}]"
     if isinstance(a, AdversarialSet):
         l2 = a.info["mean_l2"]
-        line += f"  success rate {a.success_rate:.2f}"
+        line += f"  success rate {a.info['success_rate_continuous']:.2f} -> {a.success_rate:.2f}"
+        line += " after rounding"
         line += f", mean L2 perturbation {l2:.2f}" if l2 is not None else ""
     return line
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     # the classifier the adversarial examples are crafted against
     splits = digits_splits(seed=seed)
     shape = splits.input_shape
+    levels = 16  # the digits' value grid (images / 16); 255 for 8-bit images such as MNIST
     torch.manual_seed(seed)
     model = digits_cnn()
     shuffled = DataLoader(
@@ -84,28 +88,32 @@ def main(argv: list[str] | None = None) -> None:
     train_classifier(model, shuffled, epochs=10 if args.fast else 30, seed=seed)
 
     # OOD: natural images from another distribution (offline: fonts and photos that ship with
-    # matplotlib and scikit-learn; real data sets through torchvision with load_ood)
-    sets: list[AnomalySet] = [font_letters(n, shape, seed=seed), photo_patches(n, shape, seed=seed)]
+    # matplotlib and scikit-learn; real data sets through torchvision with load_ood).
+    # split="validation" draws from other fonts / photos, for tuning detector defaults
+    grid = {"seed": seed, "levels": levels}
+    sets: list[AnomalySet] = [font_letters(n, shape, **grid), photo_patches(n, shape, **grid)]
     if args.data_root:
-        sets.append(load_ood("fashion_mnist", args.data_root, shape, n=n, seed=seed))
+        sets.append(load_ood("fashion_mnist", args.data_root, shape, n=n, **grid))
 
     # AD: foolbox attacks on the correctly classified inputs of the attack split (disjoint from
-    # the test split); only successful adversarials within the budget eps are kept
-    attack = dict(seed=seed, progress=False, cache_dir=args.cache_dir)
+    # the test split); only adversarials within the budget eps that still fool the model after
+    # rounding onto the grid are kept. The *_obj attacks change only the digit's own pixels
+    attack = dict(seed=seed, progress=False, cache_dir=args.cache_dir, levels=levels)
     attack["max_samples"] = 40 if args.fast else None
     sets += [
         make_adversarial(model, splits.attack, "fgsm", 0.1, **attack),  # L-inf budget
         make_adversarial(model, splits.attack, "pgd_linf", 0.1, **attack),  # L-inf budget
         make_adversarial(model, splits.attack, "pgd_l2", 1.0, **attack),  # L2 budget
         make_adversarial(model, splits.attack, "deepfool", 1.0, **attack),  # L2 budget
+        make_adversarial(model, splits.attack, "pgd_linf_obj", 0.3, **attack),  # L-inf budget
     ]
 
     # NS: inputs generated from meaningless data
     sets += [
-        gaussian_noise(n, shape, seed=seed),
-        uniform_noise(n, shape, seed=seed),
-        salt_and_pepper(n, shape, seed=seed),
-        noisy_id(splits.attack, sigma=0.5, seed=seed, max_samples=n),
+        gaussian_noise(n, shape, **grid),
+        uniform_noise(n, shape, **grid),
+        salt_and_pepper(n, shape, **grid),
+        noisy_id(splits.attack, sigma=0.5, max_samples=n, **grid),
     ]
 
     for a in sets:

@@ -5,13 +5,23 @@
 - NS (``kind="NS"``): images generated from meaningless data, :mod:`.noise`
 
 Every set is an :class:`AnomalySet`: a float tensor ``x`` of shape :math:`(N, C, H, W)`
-returned as ``(x[i], -1)``, with ``kind``, ``name`` and a JSON-serialisable ``info``.
+returned as ``(x[i], -1)``, with ``kind``, ``name`` and a JSON-serialisable ``info``. Every
+generator puts its images on a value grid (``levels``: values ``k / levels``, default
+:data:`DEFAULT_LEVELS` = 255, 8-bit) like the ID data's, and records it in
+``info["grid_levels"]``; continuous sets (``levels=None``) are an explicit opt-in, named
+``"... (continuous)"``.
 """
 
 from __future__ import annotations
 
-from uniad_plugin.anomalies.adversarial import ATTACKS, AdversarialSet, AttackSpec, make_adversarial
-from uniad_plugin.anomalies.base import KINDS, AnomalySet
+from uniad_plugin.anomalies.adversarial import (
+    ATTACKS,
+    AdversarialOptions,
+    AdversarialSet,
+    AttackSpec,
+    make_adversarial,
+)
+from uniad_plugin.anomalies.base import DEFAULT_LEVELS, KINDS, AnomalySet, is_on_grid, to_grid
 from uniad_plugin.anomalies.noise import (
     NoiseSet,
     gaussian_noise,
@@ -20,18 +30,23 @@ from uniad_plugin.anomalies.noise import (
     uniform_noise,
 )
 from uniad_plugin.anomalies.ood import (
-    OOD_DATASETS,
+    FONT_SPLITS,
+    PHOTO_SPLITS,
     OODSet,
     font_letters,
-    load_ood,
     photo_patches,
 )
+from uniad_plugin.anomalies.real import OOD_DATASETS, load_ood
 
 __all__ = [
     "KINDS",
+    "DEFAULT_LEVELS",
     "AnomalySet",
+    "to_grid",
+    "is_on_grid",
     "ATTACKS",
     "AttackSpec",
+    "AdversarialOptions",
     "AdversarialSet",
     "make_adversarial",
     "NoiseSet",
@@ -40,6 +55,8 @@ __all__ = [
     "salt_and_pepper",
     "noisy_id",
     "OODSet",
+    "FONT_SPLITS",
+    "PHOTO_SPLITS",
     "OOD_DATASETS",
     "font_letters",
     "photo_patches",

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from uniad_plugin._utils import eval_mode
 from uniad_plugin.anomalies.adversarial import AdversarialSet
 from uniad_plugin.anomalies.base import _check_bounds, collect
 
@@ -178,9 +179,7 @@ def make_adaptive(
     lo, hi = _check_bounds(bounds)
     x, y = collect(data, batch_size=batch_size, max_samples=None, what="data")
     score_fn = differentiable_score(detector)
-    was_training = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             pred = torch.cat([model(c).argmax(1) for c in x.split(batch_size)])
         correct = pred == y
@@ -210,9 +209,6 @@ def make_adaptive(
         adv = torch.cat(advs) if advs else x[:0]
         with torch.no_grad():
             adv_pred = torch.cat([model(c).argmax(1) for c in adv.split(batch_size)])
-    finally:
-        for m, mode in was_training:
-            m.train(mode)
     linf = (adv - x).flatten(1).abs().amax(1)
     ok = (adv_pred != y) & torch.isfinite(adv).flatten(1).all(1) & (linf <= eps * (1 + 1e-5))
     kept = adv[ok]

@@ -9,10 +9,21 @@ gets right, and keep only the *successful* adversarials, i.e. those that are
   :math:`\\varepsilon`-ball, and the projected input must still fool the model);
 - real outputs: finite, inside ``bounds``, and not foolbox C&W's failure marker (C&W returns an
   all-zero input where it found no adversarial; projecting that onto the
-  :math:`\\varepsilon`-ball can still fool the model by accident, so such samples are dropped).
+  :math:`\\varepsilon`-ball can still fool the model by accident, so such samples are dropped);
+- still misclassified on the value grid: foolbox attacks in continuous values; the output is
+  then rounded onto the ID data's grid (``levels``, default 255: values ``k / 255``, like 8-bit
+  images), the model is run again on the rounded inputs, and only those still misclassified
+  (and within the budget, measured after rounding) are kept. Rounding goes to the nearest grid
+  value, except where that would leave the budget: for :math:`L_\\infty` each value is held to
+  the grid values within :math:`\\varepsilon` of the source, for :math:`L_2` a sample whose
+  nearest rounding leaves the ball is rounded towards its source instead. ``info`` reports
+  the success rate before rounding (``success_rate_continuous``) and after
+  (``success_rate``). ``levels=None`` keeps continuous values (an explicit opt-in; the name
+  then ends in ``" (continuous)"``): counting off-grid pixels detects such a set.
 
 The norm of ``eps`` depends on the attack (see :data:`ATTACKS`): :math:`L_\\infty` for
-``fgsm`` and ``pgd_linf``, :math:`L_2` (over the whole image) for ``pgd_l2``, ``deepfool``
+``fgsm``, ``pgd_linf`` and ``pgd_linf_obj``, :math:`L_2` (over the whole image) for ``pgd_l2``,
+``pgd_l2_obj``, ``deepfool``
 (foolbox's ``L2DeepFoolAttack``; DeepFool minimises the perturbation, which is then held to the
 :math:`L_2` budget like C&W's) and ``cw_l2``.
 
@@ -21,16 +32,21 @@ steps of :math:`2.5 \\varepsilon / \\mathrm{steps}` (Madry et al.'s rule; foolbo
 ``rel_stepsize`` defaults are smaller and left PGD weaker than FGSM on the digits CNN); C&W runs
 5 binary-search steps of 100 Adam steps with step size 0.05 from ``initial_const=0.01``
 (foolbox: 9 x 10,000 steps of 0.01 from 0.001, far too slow for a benchmark).
+
+Object-confined attacks (``pgd_linf_obj``, ``pgd_l2_obj``, :mod:`.confined`): PGD that
+perturbs only the source's non-background pixels (those not at ``bounds[0]``): the background
+stays bit-identical to the source and no object pixel becomes background, so the number of
+non-zero pixels of an MNIST adversarial equals its source's and a pixel count cannot see it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
-import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -39,19 +55,32 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from uniad_plugin.anomalies.base import AnomalySet, _check_bounds, _check_n, collect
+from uniad_plugin._utils import atomic_save, eval_mode, hash_tensor, model_device
+from uniad_plugin.anomalies.base import (
+    DEFAULT_LEVELS,
+    AnomalySet,
+    _check_bounds,
+    _check_levels,
+    _check_n,
+    _size,
+    collect,
+    grid_name,
+    round_adversarial,
+)
 
-__all__ = ["ATTACKS", "AttackSpec", "AdversarialSet", "make_adversarial"]
+__all__ = ["ATTACKS", "AttackSpec", "AdversarialOptions", "AdversarialSet", "make_adversarial"]
 
 #: bump when the generation or the cache layout changes, so old cache files are not reused
-_CACHE_FORMAT = 1
+#: (2: rounding onto the value grid, grid in the key, object-confined attacks)
+_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class AttackSpec:
     """How one named attack maps onto foolbox 3.
 
-    :param foolbox_name: class name in :mod:`foolbox.attacks`
+    :param foolbox_name: class name in :mod:`foolbox.attacks`, or ``"module:Class"`` for a
+        foolbox attack subclass defined elsewhere (e.g. :mod:`.confined`)
     :param norm: norm of the budget ``eps``: ``"linf"`` or ``"l2"``
     :param defaults: keyword arguments of the foolbox attack; every key may be overridden
         through ``make_adversarial(..., attack_params=...)``
@@ -69,6 +98,9 @@ class AttackSpec:
             warnings.simplefilter("ignore", DeprecationWarning)
             import foolbox
 
+            if ":" in self.foolbox_name:
+                module, name = self.foolbox_name.split(":")
+                return getattr(importlib.import_module(module), name)(**params)
         return getattr(foolbox.attacks, self.foolbox_name)(**params)
 
 
@@ -91,6 +123,20 @@ ATTACKS: dict[str, AttackSpec] = {
         "l2",
         {"steps": 50, "rel_stepsize": 2.5 / 50, "random_start": True},
         "projected gradient descent with random start, step 2.5 eps / steps, L2 budget eps",
+    ),
+    "pgd_linf_obj": AttackSpec(
+        "uniad_plugin.anomalies.confined:ObjectLinfPGD",
+        "linf",
+        {"steps": 40, "rel_stepsize": 2.5 / 40, "random_start": True, "floor_step": None},
+        "PGD as pgd_linf, confined to the source's non-background pixels (L-inf budget eps); "
+        "floor_step None = one grid step",
+    ),
+    "pgd_l2_obj": AttackSpec(
+        "uniad_plugin.anomalies.confined:ObjectL2PGD",
+        "l2",
+        {"steps": 50, "rel_stepsize": 2.5 / 50, "random_start": True, "floor_step": None},
+        "PGD as pgd_l2, confined to the source's non-background pixels (L2 budget eps); "
+        "floor_step None = one grid step",
     ),
     "deepfool": AttackSpec(
         "L2DeepFoolAttack",
@@ -150,18 +196,51 @@ class AdversarialSet(AnomalySet):
 
     @property
     def success_rate(self) -> float:
-        """Fraction of the attacked (correctly classified) inputs that gave a kept adversarial."""
+        """Fraction of the attacked (correctly classified) inputs that gave a kept adversarial
+        (after rounding onto the grid)."""
         return float(self.info.get("success_rate", 0.0))
 
 
+@dataclass(frozen=True)
+class AdversarialOptions:
+    """The keyword options of :func:`make_adversarial`, as one object.
+
+    :param bounds: value range of the model's inputs
+    :param levels: value grid of the ID data: adversarials are rounded to values
+        ``k / levels`` and re-checked (default 255, 8-bit images; 16 for scikit-learn's
+        digits); ``None`` keeps them continuous (the name gets ``" (continuous)"``)
+    :param batch_size: inputs attacked per foolbox call
+    :param device: where the model runs during the attack
+    :param seed: seeds torch's RNG during the attack
+    :param cache_dir: directory of the disk cache (``None``: no caching)
+    :param progress: show a tqdm progress bar
+    :param max_samples: attack at most this many correctly classified inputs
+    :param attack_params: overrides of the foolbox attack's keyword arguments (keys of
+        ``ATTACKS[attack].defaults``, e.g. ``{"steps": 20}`` for ``cw_l2``)
+    """
+
+    bounds: tuple[float, float] = (0.0, 1.0)
+    levels: int | None = DEFAULT_LEVELS
+    batch_size: int = 128
+    device: str | torch.device = "cpu"
+    seed: int = 0
+    cache_dir: str | os.PathLike[str] | None = None
+    progress: bool = True
+    max_samples: int | None = None
+    attack_params: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", _check_bounds(self.bounds))
+        object.__setattr__(self, "levels", _check_levels(self.levels))
+        object.__setattr__(self, "device", torch.device(self.device))
+        _check_n(self.batch_size, "batch_size")
+        if self.max_samples is not None:
+            _check_n(self.max_samples, "max_samples")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"expected seed to be an int, got {type(self.seed).__name__}")
+
+
 # ----------------------------------------------------------------------------- hashing / cache
-
-
-def _hash_tensor(h: Any, t: Tensor) -> None:
-    t = t.detach().cpu().contiguous().reshape(-1)
-    h.update(f"{t.dtype}|{t.numel()}|".encode())
-    if t.numel():
-        h.update(t.view(torch.uint8).numpy().tobytes())
 
 
 def _cache_key(
@@ -178,12 +257,12 @@ def _cache_key(
         h.update(key.encode())
         if isinstance(value, Tensor):
             h.update(str(tuple(value.shape)).encode())
-            _hash_tensor(h, value)
+            hash_tensor(h, value)
         else:  # pragma: no cover - exotic extra state
             h.update(repr(value).encode())
     h.update(str(tuple(x.shape)).encode())
-    _hash_tensor(h, x)
-    _hash_tensor(h, y)
+    hash_tensor(h, x)
+    hash_tensor(h, y)
     return h.hexdigest()
 
 
@@ -194,23 +273,11 @@ def _foolbox_version() -> str:
         return "unknown"
 
 
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _from_record(record: dict[str, Any]) -> AdversarialSet:
     info = record["info"]
     return AdversarialSet(
         record["x"],
-        name=f"{info['attack']}@{info['eps']:g}",
+        name=grid_name(f"{info['attack']}@{info['eps']:g}", info["grid_levels"]),
         info=info,
         source_labels=record["source_labels"],
         adv_pred=record["adv_pred"],
@@ -231,6 +298,26 @@ def _predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device)
     )
 
 
+def _check_batch(
+    adv: Tensor, raw: Tensor, xb: Tensor, yb: Tensor, pred: Tensor, eps: float, norm: str, opts
+) -> Tensor:
+    """Which adversarials of a batch are kept: misclassified, finite, in bounds, within ``eps``,
+    not C&W's all-zero failure output."""
+    lo, hi = opts.bounds
+    flat = adv.flatten(1)
+    # foolbox's C&W returns an all-zero input where it failed (a real input is never all zero
+    # unless its source is)
+    failed = (raw.flatten(1) == 0).all(1) & (xb.flatten(1) != 0).any(1)
+    return (
+        (pred != yb)
+        & torch.isfinite(flat).all(1)
+        & (flat >= lo - 1e-6).all(1)
+        & (flat <= hi + 1e-6).all(1)
+        & (_size(adv - xb, norm) <= eps + 1e-5 * max(1.0, eps))
+        & ~failed
+    )
+
+
 def _run_attack(
     model: nn.Module,
     x: Tensor,
@@ -239,18 +326,17 @@ def _run_attack(
     spec: AttackSpec,
     params: dict[str, Any],
     eps: float,
-    bounds: tuple[float, float],
-    batch_size: int,
-    device: torch.device,
-    progress: bool,
+    opts: AdversarialOptions,
     desc: str,
 ) -> dict[str, Tensor]:
-    """Attack the (correctly classified) inputs ``x`` with labels ``y`` batch by batch.
+    """Attack the (correctly classified) inputs ``x`` with labels ``y`` batch by batch, round
+    the adversarials onto the grid and re-check them.
 
-    The model must already be in eval mode on ``device``; the caller seeds the RNG.
+    The model must already be in eval mode on ``opts.device``; the caller seeds the RNG.
 
-    :return: ``x`` (adversarial, clipped to the eps-ball), ``keep`` (bool mask of successful
-        ones), ``pred`` (the model's prediction on each adversarial)
+    :return: ``x`` (adversarial, clipped to the eps-ball, rounded onto the grid),
+        ``keep_continuous`` (successful before rounding), ``keep`` (successful before AND after
+        rounding), ``pred`` (the model's prediction on each rounded adversarial)
     """
     from tqdm.auto import tqdm
 
@@ -258,43 +344,38 @@ def _run_attack(
         warnings.simplefilter("ignore", DeprecationWarning)
         import foolbox
 
-    fmodel = foolbox.PyTorchModel(model, bounds=bounds, device=device)
+    device = opts.device
+    fmodel = foolbox.PyTorchModel(model, bounds=opts.bounds, device=device)
     attack = spec.build(params)
-    lo, hi = bounds
-    tol = 1e-5 * max(1.0, eps)
-    outs: dict[str, list[Tensor]] = {"x": [], "keep": [], "pred": []}
-    with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)
-            yb = y[i : i + batch_size].to(device)
+    outs: dict[str, list[Tensor]] = {"x": [], "keep_continuous": [], "keep": [], "pred": []}
+    bar = tqdm(total=len(x), desc=desc, unit="img", disable=not opts.progress, leave=False)
+    with bar:
+        for i in range(0, len(x), opts.batch_size):
+            xb = x[i : i + opts.batch_size].to(device)
+            yb = y[i : i + opts.batch_size].to(device)
             raw, clipped, _ = attack(fmodel, xb, yb, epsilons=eps)
             raw, clipped = raw.detach(), clipped.detach()
             with torch.no_grad():
                 pred = model(clipped).argmax(1)
-            delta = (clipped - xb).flatten(1)
-            size = delta.abs().amax(1) if spec.norm == "linf" else delta.norm(dim=1)
-            flat = clipped.flatten(1)
-            # foolbox's C&W returns an all-zero input where it failed (a real input is never
-            # all zero unless its source is)
-            failed = (raw.flatten(1) == 0).all(1) & (xb.flatten(1) != 0).any(1)
-            keep = (
-                (pred != yb)
-                & torch.isfinite(flat).all(1)
-                & (flat >= lo - 1e-6).all(1)
-                & (flat <= hi + 1e-6).all(1)
-                & (size <= eps + tol)
-                & ~failed
-            )
-            outs["x"].append(clipped.clamp(lo, hi).cpu())
+                keep_cont = _check_batch(clipped, raw, xb, yb, pred, eps, spec.norm, opts)
+                adv = round_adversarial(
+                    clipped, xb, eps=eps, norm=spec.norm, levels=opts.levels, bounds=opts.bounds
+                )
+                pred = model(adv).argmax(1)
+                keep = keep_cont & _check_batch(adv, raw, xb, yb, pred, eps, spec.norm, opts)
+            outs["x"].append(adv.cpu())
+            outs["keep_continuous"].append(keep_cont.cpu())
             outs["keep"].append(keep.cpu())
             outs["pred"].append(pred.cpu())
             bar.update(len(xb))
     return {k: torch.cat(v) for k, v in outs.items()}
 
 
-def _validate_params(attack: str, spec: AttackSpec, attack_params: Any) -> dict[str, Any]:
+def _validate_params(
+    attack: str, spec: AttackSpec, attack_params: Any, levels: int | None
+) -> dict[str, Any]:
     if attack_params is None:
-        return dict(spec.defaults)
+        attack_params = {}
     if not isinstance(attack_params, dict):
         raise TypeError(f"expected attack_params to be a dict, got {type(attack_params).__name__}")
     unknown = sorted(set(attack_params) - set(spec.defaults))
@@ -304,6 +385,8 @@ def _validate_params(attack: str, spec: AttackSpec, attack_params: Any) -> dict[
             f"{sorted(spec.defaults)}"
         )
     params = {**spec.defaults, **attack_params}
+    if "floor_step" in params and params["floor_step"] is None:  # one grid step
+        params["floor_step"] = 1.0 / (levels or DEFAULT_LEVELS)
     try:
         json.dumps(params)
     except (TypeError, ValueError):
@@ -313,160 +396,89 @@ def _validate_params(attack: str, spec: AttackSpec, attack_params: Any) -> dict[
     return params
 
 
-def make_adversarial(
-    model: nn.Module,
-    data: Dataset | DataLoader,
-    attack: str,
-    eps: float,
-    *,
-    bounds: tuple[float, float] = (0.0, 1.0),
-    batch_size: int = 128,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-    max_samples: int | None = None,
-    attack_params: dict[str, Any] | None = None,
-) -> AdversarialSet:
-    """Craft adversarial examples against ``model`` and keep the successful ones.
+def _options(options: Any, kwargs: dict[str, Any]) -> AdversarialOptions:
+    if options is not None and not isinstance(options, AdversarialOptions):
+        raise TypeError(
+            f"expected options to be an AdversarialOptions, got {type(options).__name__}"
+        )
+    names = set(AdversarialOptions.__dataclass_fields__)
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise TypeError(f"expected keyword arguments among {sorted(names)}, got unknown {unknown}")
+    base = {} if options is None else {k: getattr(options, k) for k in names}
+    return AdversarialOptions(**(base | kwargs))
 
-    Only the inputs of ``data`` the model classifies correctly are attacked (the first
-    ``max_samples`` of them, in data order); of those, only successful adversarials are kept
-    (misclassified, within ``eps``, finite, in ``bounds``, not C&W's all-zero failure output).
-    The model is put in eval mode for the attack and left as it was found (per-module training
-    flags, device, ``requires_grad``); foolbox differentiates with respect to the input only.
 
-    The random start of PGD draws from torch's global generator: the attack runs inside
-    :func:`torch.random.fork_rng` seeded with ``seed``, so results are reproducible and the
-    caller's RNG state is untouched.
-
-    With ``cache_dir``, the result is stored in ``cache_dir/<sha256>.pt``, the hash covering
-    the model's class, structure and ``state_dict``, the data (images and labels, in order),
-    the attack, ``eps``, the attack parameters, ``seed``, ``bounds``, ``batch_size``,
-    ``max_samples``, the device type and foolbox's version; a second call with the same inputs
-    loads the file instead of attacking (``torch.load(weights_only=True)``).
-
-    :param model: the classifier (logits out), inputs in ``bounds``
-    :param data: ID samples ``(x, y)``, a dataset or a loader (the "attack" split, disjoint
-        from the scored ID test split). It is read once, in order, into memory
-    :param attack: a name in :data:`ATTACKS`: ``"fgsm"``, ``"pgd_linf"``, ``"pgd_l2"``,
-        ``"deepfool"``, ``"cw_l2"``
-    :param eps: perturbation budget (``> 0``), :math:`L_\\infty` for ``fgsm``/``pgd_linf``,
-        :math:`L_2` for ``pgd_l2``/``deepfool``/``cw_l2``
-    :param bounds: value range of the model's inputs
-    :param batch_size: inputs attacked per foolbox call
-    :param device: where the model runs during the attack
-    :param seed: seeds torch's RNG during the attack
-    :param cache_dir: directory of the disk cache (``None``: no caching)
-    :param progress: show a tqdm progress bar
-    :param max_samples: attack at most this many correctly classified inputs
-    :param attack_params: overrides of the foolbox attack's keyword arguments (keys of
-        ``ATTACKS[attack].defaults``, e.g. ``{"steps": 20}`` for ``cw_l2``)
-    :return: the successful adversarials; ``info`` holds ``attack``, ``eps``, ``n_attacked``,
-        ``n_success``, ``success_rate``, ``mean_linf``, ``mean_l2`` (over kept ones, ``None``
-        if none), ``source_labels``, ``adv_pred`` (lists) and ``params``, ``seed``, ``bounds``,
-        ``n_input``, ``n_correct``, ``clean_accuracy``
-    :raises ValueError: on an unknown ``attack`` (the message lists :data:`ATTACKS`),
-        ``eps <= 0``, bad ``bounds``/``batch_size``/``max_samples``, unknown ``attack_params``
-        keys, or data outside ``bounds``
-    :raises TypeError: if ``model`` is not an :class:`torch.nn.Module` or ``data`` not a
-        dataset/loader of ``(x, y)``
-    """
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; expected one of {sorted(ATTACKS)}")
+def _check_eps(eps: Any) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"expected eps > 0 (a float), got {eps!r}")
     if not eps < float("inf"):
         raise ValueError(f"expected a finite eps, got {eps!r}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
-    eps = float(eps)
-    lo, hi = _check_bounds(bounds)
-    _check_n(batch_size, "batch_size")
-    if max_samples is not None:
-        _check_n(max_samples, "max_samples")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"expected seed to be an int, got {type(seed).__name__}")
-    spec = ATTACKS[attack]
-    params = _validate_params(attack, spec, attack_params)
-    device = torch.device(device)
+    return float(eps)
 
-    x, y = collect(data, batch_size=batch_size, what="data")
-    if x.min() < lo or x.max() > hi:
-        raise ValueError(
-            f"expected data within bounds {(lo, hi)}, got values in "
-            f"[{x.min().item():.4g}, {x.max().item():.4g}]"
-        )
 
-    path = None
-    if cache_dir is not None:
-        meta = {
-            "format": _CACHE_FORMAT,
-            "foolbox": _foolbox_version(),
-            "attack": attack,
-            "eps": eps,
-            "params": params,
-            "seed": seed,
-            "bounds": [lo, hi],
-            "batch_size": batch_size,
-            "max_samples": max_samples,
-            "device": device.type,
-        }
-        path = Path(cache_dir) / f"{_cache_key(model, x, y, meta)}.pt"
-        if path.is_file():
-            return _from_record(torch.load(path, weights_only=True))
+def _attack_correct(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: AttackSpec,
+    params: dict[str, Any],
+    eps: float,
+    opts: AdversarialOptions,
+    desc: str,
+) -> dict[str, Tensor]:
+    """Attack the correctly classified inputs of ``x`` (the first ``max_samples``), seeded.
 
-    modes = {m: m.training for m in model.modules()}
-    first = next(iter(model.parameters()), None)
-    home = first.device if first is not None else None
+    The model is put in eval mode on ``opts.device`` and left as it was found.
+    :return: the output of :func:`_run_attack` plus ``src``, ``src_y`` and ``n_correct``
+    """
+    device = opts.device
+    home = model_device(model, default=device)
     try:
-        model.eval().to(device)
-        pred_clean = _predict(model, x, batch_size, device)
-        correct = torch.nonzero(pred_clean == y).flatten()
-        idx = correct if max_samples is None else correct[:max_samples]
-        src, src_y = x[idx], y[idx]
-        fork_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            if len(src):
-                out = _run_attack(
-                    model,
-                    src,
-                    src_y,
-                    spec=spec,
-                    params=params,
-                    eps=eps,
-                    bounds=(lo, hi),
-                    batch_size=batch_size,
-                    device=device,
-                    progress=progress,
-                    desc=f"{attack}@{eps:g}",
-                )
-            else:
-                out = {
-                    "x": src.clone(),
-                    "keep": torch.zeros(0, dtype=torch.bool),
-                    "pred": torch.zeros(0, dtype=torch.long),
-                }
+        with eval_mode(model):
+            model.to(device)
+            pred_clean = _predict(model, x, opts.batch_size, device)
+            correct = torch.nonzero(pred_clean == y).flatten()
+            idx = correct if opts.max_samples is None else correct[: opts.max_samples]
+            src, src_y = x[idx], y[idx]
+            fork_devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(opts.seed)
+                if len(src):
+                    out = _run_attack(
+                        model, src, src_y, spec=spec, params=params, eps=eps, opts=opts, desc=desc
+                    )
+                else:
+                    empty = torch.zeros(0, dtype=torch.bool)
+                    out = {"x": src.clone(), "keep_continuous": empty, "keep": empty}
+                    out["pred"] = torch.zeros(0, dtype=torch.long)
     finally:
-        for m, mode in modes.items():
-            m.training = mode
-        if home is not None and home != device:
+        if home != device:
             model.to(home)
+    return out | {"src": src, "src_y": src_y, "n_correct": torch.tensor(len(correct))}
 
-    keep = out["keep"]
+
+def _record(
+    out: dict[str, Tensor], n_input: int, attack: str, eps: float, spec: AttackSpec, params, opts
+) -> dict[str, Any]:
+    """The cache record (tensors and ``info``) of the kept adversarials."""
+    keep, src = out["keep"], out["src"]
     adv, clean = out["x"][keep].contiguous(), src[keep].contiguous()
-    labels, adv_pred = src_y[keep], out["pred"][keep]
+    labels, adv_pred = out["src_y"][keep], out["pred"][keep]
     n_attacked, n_success = len(src), int(keep.sum())
+    n_cont, n_correct = int(out["keep_continuous"].sum()), int(out["n_correct"])
     delta = (adv - clean).flatten(1)
     info = {
         "attack": attack,
         "eps": eps,
         "norm": spec.norm,
-        "n_input": len(x),
-        "n_correct": len(correct),
-        "clean_accuracy": len(correct) / len(x),
+        "grid_levels": opts.levels,
+        "n_input": n_input,
+        "n_correct": n_correct,
+        "clean_accuracy": n_correct / n_input,
         "n_attacked": n_attacked,
+        "n_success_continuous": n_cont,
+        "success_rate_continuous": n_cont / n_attacked if n_attacked else 0.0,
         "n_success": n_success,
         "success_rate": n_success / n_attacked if n_attacked else 0.0,
         "mean_linf": delta.abs().amax(1).mean().item() if n_success else None,
@@ -474,10 +486,10 @@ def make_adversarial(
         "source_labels": labels.tolist(),
         "adv_pred": adv_pred.tolist(),
         "params": params,
-        "seed": seed,
-        "bounds": [lo, hi],
+        "seed": opts.seed,
+        "bounds": list(opts.bounds),
     }
-    record = {
+    return {
         "format": _CACHE_FORMAT,
         "x": adv,
         "clean": clean,
@@ -485,6 +497,94 @@ def make_adversarial(
         "adv_pred": adv_pred,
         "info": info,
     }
+
+
+def make_adversarial(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    attack: str,
+    eps: float,
+    *,
+    options: AdversarialOptions | None = None,
+    **kwargs: Any,
+) -> AdversarialSet:
+    """Craft adversarial examples against ``model``, round them onto the data's value grid and
+    keep the successful ones.
+
+    Only the inputs of ``data`` the model classifies correctly are attacked (the first
+    ``max_samples`` of them, in data order). foolbox attacks in continuous values; each output
+    is rounded onto the grid ``k / levels`` (see the module docstring) and the model is run
+    again: only adversarials successful before rounding (misclassified, within ``eps``,
+    finite, in ``bounds``, not C&W's all-zero failure output) AND after it (misclassified,
+    within ``eps``) are kept. The model is put in eval mode for the attack and left as it was
+    found (per-module training flags, device, ``requires_grad``); foolbox differentiates with
+    respect to the input only.
+
+    The random start of PGD draws from torch's global generator: the attack runs inside
+    :func:`torch.random.fork_rng` seeded with ``seed``, so results are reproducible and the
+    caller's RNG state is untouched.
+
+    With ``cache_dir``, the result is stored in ``cache_dir/<sha256>.pt``, the hash covering
+    the model's class, structure and ``state_dict``, the data (images and labels, in order),
+    the attack, ``eps``, the attack parameters, ``seed``, ``bounds``, ``levels``,
+    ``batch_size``, ``max_samples``, the device type, the cache format and foolbox's version;
+    a second call with the same inputs loads the file instead of attacking
+    (``torch.load(weights_only=True)``).
+
+    :param model: the classifier (logits out), inputs in ``bounds``
+    :param data: ID samples ``(x, y)``, a dataset or a loader (the "attack" split, disjoint
+        from the scored ID test split). It is read once, in order, into memory
+    :param attack: a name in :data:`ATTACKS`: ``"fgsm"``, ``"pgd_linf"``, ``"pgd_l2"``,
+        ``"pgd_linf_obj"``, ``"pgd_l2_obj"``, ``"deepfool"``, ``"cw_l2"``
+    :param eps: perturbation budget (``> 0``) in the attack's norm
+        (``ATTACKS[attack].norm``): :math:`L_\\infty` for ``fgsm``/``pgd_linf``/
+        ``pgd_linf_obj``, :math:`L_2` for ``pgd_l2``/``pgd_l2_obj``/``deepfool``/``cw_l2``
+    :param options: the keyword options as one :class:`AdversarialOptions`
+    :param kwargs: any field of :class:`AdversarialOptions` (``bounds``, ``levels``,
+        ``batch_size``, ``device``, ``seed``, ``cache_dir``, ``progress``, ``max_samples``,
+        ``attack_params``), overriding ``options``
+    :return: the successful adversarials (on the grid), named ``f"{attack}@{eps:g}"`` (plus
+        ``" (continuous)"`` for ``levels=None``); ``info`` holds ``attack``, ``eps``,
+        ``norm``, ``grid_levels``, ``n_attacked``, ``n_success_continuous``,
+        ``success_rate_continuous`` (before rounding), ``n_success``, ``success_rate`` (after
+        rounding), ``mean_linf``, ``mean_l2`` (over kept ones, after rounding, ``None`` if
+        none), ``source_labels``, ``adv_pred`` (lists) and ``params``, ``seed``, ``bounds``,
+        ``n_input``, ``n_correct``, ``clean_accuracy``
+    :raises ValueError: on an unknown ``attack`` (the message lists :data:`ATTACKS`),
+        ``eps <= 0``, bad ``bounds``/``levels``/``batch_size``/``max_samples``, unknown
+        ``attack_params`` keys, or data outside ``bounds``
+    :raises TypeError: if ``model`` is not an :class:`torch.nn.Module`, ``data`` not a
+        dataset/loader of ``(x, y)``, or on an unknown keyword argument
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; expected one of {sorted(ATTACKS)}")
+    eps = _check_eps(eps)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
+    opts = _options(options, kwargs)
+    spec = ATTACKS[attack]
+    params = _validate_params(attack, spec, opts.attack_params, opts.levels)
+    lo, hi = opts.bounds
+
+    x, y = collect(data, batch_size=opts.batch_size, what="data")
+    if x.min() < lo or x.max() > hi:
+        raise ValueError(
+            f"expected data within bounds {(lo, hi)}, got values in "
+            f"[{x.min().item():.4g}, {x.max().item():.4g}]"
+        )
+
+    path = None
+    if opts.cache_dir is not None:
+        meta = {"format": _CACHE_FORMAT, "foolbox": _foolbox_version(), "attack": attack}
+        meta |= {"eps": eps, "params": params, "device": opts.device.type}
+        meta |= {k: v for k, v in asdict(opts).items() if k not in ("device", "cache_dir")}
+        meta |= {"progress": None, "bounds": [lo, hi]}
+        path = Path(opts.cache_dir) / f"{_cache_key(model, x, y, meta)}.pt"
+        if path.is_file():
+            return _from_record(torch.load(path, weights_only=True))
+
+    out = _attack_correct(model, x, y, spec, params, eps, opts, f"{attack}@{eps:g}")
+    record = _record(out, len(x), attack, eps, spec, params, opts)
     if path is not None:
-        _save_atomic(record, path)
+        atomic_save(record, path)
     return _from_record(record)

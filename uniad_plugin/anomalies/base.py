@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,14 @@ KINDS: tuple[str, ...] = ("OOD", "AD", "NS")
 
 #: pytorch-ood's label of anomalous (unknown) samples
 UNKNOWN_LABEL: int = -1
+
+#: the default value grid of every generator: 8-bit images, values ``k / 255``. Pass the ID
+#: data's own grid (``16`` for scikit-learn's digits, ``images / 16``), or ``None`` for
+#: continuous values (an explicit opt-in: a pixel counter then separates the set from ID data)
+DEFAULT_LEVELS: int = 255
+
+#: appended to the name of every set made with ``levels=None``, so every table labels it
+CONTINUOUS_SUFFIX: str = " (continuous)"
 
 
 def _is_int(v: Any) -> bool:
@@ -50,6 +59,91 @@ def _check_bounds(bounds: Any) -> tuple[float, float]:
     if not lo < hi:
         raise ValueError(f"expected bounds (low, high) with low < high, got {bounds!r}")
     return lo, hi
+
+
+def _check_levels(levels: Any) -> int | None:
+    """Validate a value grid: a positive int (values ``k / levels``) or ``None`` (continuous)."""
+    if levels is None:
+        return None
+    if not _is_int(levels) or levels < 1:
+        raise ValueError(
+            f"expected levels to be a positive int (values k/levels) or None (continuous), "
+            f"got {levels!r}"
+        )
+    return int(levels)
+
+
+def grid_range(levels: int, bounds: tuple[float, float]) -> tuple[int, int]:
+    """The smallest and largest ``k`` with ``k / levels`` inside ``bounds``.
+
+    :raises ValueError: if no grid value lies inside ``bounds``
+    """
+    lo, hi = bounds
+    k_lo, k_hi = math.ceil(lo * levels - 1e-9), math.floor(hi * levels + 1e-9)
+    if k_lo > k_hi:
+        raise ValueError(
+            f"expected bounds {bounds} to contain at least one value k/{levels}, got none"
+        )
+    return k_lo, k_hi
+
+
+def to_grid(x: Tensor, levels: int | None, bounds: tuple[float, float]) -> Tensor:
+    """Round ``x`` to the nearest value ``k / levels`` and clip it to ``bounds`` (a new tensor).
+
+    The clip keeps the values on the grid: it goes to the grid values nearest inside
+    ``bounds``. With ``levels=None`` only the clip to ``bounds`` is applied.
+    """
+    lo, hi = bounds
+    if levels is None:
+        return x.clamp(lo, hi)
+    k_lo, k_hi = grid_range(levels, (lo, hi))
+    return torch.round(x * levels).clamp_(k_lo, k_hi).div_(levels)
+
+
+def is_on_grid(x: Tensor, levels: int) -> bool:
+    """Whether every value of ``x`` is exactly ``k / levels`` for an integer ``k``."""
+    return bool(torch.equal(torch.round(x * levels) / levels, x))
+
+
+def _size(delta: Tensor, norm: str) -> Tensor:
+    delta = delta.flatten(1)
+    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+
+
+def round_adversarial(
+    adv: Tensor,
+    src: Tensor,
+    *,
+    eps: float,
+    norm: str,
+    levels: int | None,
+    bounds: tuple[float, float],
+) -> Tensor:
+    """Round adversarials ``adv`` of sources ``src`` onto the grid ``k / levels`` in ``bounds``.
+
+    Nearest rounding, except where it would leave the budget: for ``norm="linf"`` each value is
+    held to the grid values within ``eps`` of its source; for ``norm="l2"`` a sample whose
+    nearest rounding lies outside the ``eps``-ball is rounded towards its source instead (for a
+    source on the grid, never farther from it than ``adv``). ``levels=None``: only the clip.
+    """
+    lo, hi = bounds
+    if levels is None:
+        return adv.clamp(lo, hi)
+    nearest = to_grid(adv, levels, bounds)
+    if norm == "linf":
+        k_lo = torch.ceil((src - eps) * levels - 1e-6)
+        k_hi = torch.floor((src + eps) * levels + 1e-6)
+        held = torch.maximum(torch.minimum(nearest * levels, k_hi), k_lo) / levels
+        return to_grid(held, levels, bounds)
+    toward = torch.where(adv > src, torch.floor(adv * levels), torch.ceil(adv * levels))
+    toward = to_grid(toward / levels, levels, bounds)
+    outside = _size(nearest - src, norm) > eps * (1 + 1e-6)
+    return torch.where(outside.view(-1, *[1] * (adv.dim() - 1)), toward, nearest)
+
+
+def grid_name(name: str, levels: int | None) -> str:
+    """``name``, with :data:`CONTINUOUS_SUFFIX` appended for a continuous set (``levels=None``)."""
+    return name if levels is not None else name + CONTINUOUS_SUFFIX
 
 
 class AnomalySet(Dataset):
@@ -93,6 +187,12 @@ class AnomalySet(Dataset):
 
     def __len__(self) -> int:
         return self.x.shape[0]
+
+    @property
+    def grid_levels(self) -> int | None:
+        """The value grid of the images (``info["grid_levels"]``): values ``k / levels``,
+        ``None`` for continuous values (or a set made without a recorded grid)."""
+        return self.info.get("grid_levels")
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.x[index], UNKNOWN_LABEL
