@@ -108,7 +108,14 @@ DIGITS = Profile(
     arch="uniad_plugin.models:digits_cnn",
     epochs=30,
     train_batch_size=64,
-    eps={"linf": (0.1, 0.2), "l2": (0.5, 1.0), "deepfool": (1.0,), "cw_l2": (1.0,)},
+    eps={
+        "linf": (0.1, 0.2),
+        "l2": (0.5, 1.0),
+        "deepfool": (1.0,),
+        "cw_l2": (1.0,),
+        "pgd_linf_obj": (0.3,),
+        "pgd_l2_obj": (1.5,),
+    },
     ood=OFFLINE_OOD_SETS,
     optional_ood=(),
     n_noise=450,
@@ -129,7 +136,7 @@ DIGITS = Profile(
 #: OOD / noise set, C&W 2 x 20 steps
 DIGITS_FAST = dataclasses.replace(
     DIGITS,
-    eps={"linf": (0.2,), "l2": (1.0,), "deepfool": (1.0,), "cw_l2": (1.0,)},
+    eps={**DIGITS.eps, "linf": (0.2,), "l2": (1.0,)},
     n_noise=100,
     n_ood=100,
     n_attack=50,
@@ -143,7 +150,14 @@ MNIST = Profile(
     arch="uniad_plugin.models:lenet",
     epochs=3,
     train_batch_size=128,
-    eps={"linf": (0.1, 0.3), "l2": (1.0, 2.0), "deepfool": (2.0,), "cw_l2": (2.0,)},
+    eps={
+        "linf": (0.1, 0.3),
+        "l2": (1.0, 2.0),
+        "deepfool": (2.0,),
+        "cw_l2": (2.0,),
+        "pgd_linf_obj": (0.3,),
+        "pgd_l2_obj": (3.0,),
+    },
     ood=(*OFFLINE_OOD_SETS, "fashion_mnist", "kmnist"),
     optional_ood=("fashion_mnist", "kmnist"),
     n_noise=1000,
@@ -154,7 +168,14 @@ MNIST = Profile(
     n_test=2000,
     attack_split=1000,
     grid_levels=255,
-    validation_eps={"linf": (0.15, 0.25), "l2": (1.5, 2.5), "deepfool": (2.5,), "cw_l2": (2.5,)},
+    validation_eps={
+        "linf": (0.15, 0.25),
+        "l2": (1.5, 2.5),
+        "deepfool": (2.5,),
+        "cw_l2": (2.5,),
+        "pgd_linf_obj": (0.25,),
+        "pgd_l2_obj": (2.5,),
+    },
     n_val=1000,
 )
 
@@ -163,7 +184,7 @@ MNIST = Profile(
 MNIST_FAST = dataclasses.replace(
     MNIST,
     epochs=1,
-    eps={"linf": (0.3,), "l2": (2.0,), "deepfool": (2.0,), "cw_l2": (2.0,)},
+    eps={**MNIST.eps, "linf": (0.3,), "l2": (2.0,)},
     n_noise=100,
     n_ood=100,
     n_attack=50,
