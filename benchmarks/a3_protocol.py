@@ -29,6 +29,7 @@ It writes ``benchmarks/results/a3_protocol.md`` and ``.json``, headed by the com
 from __future__ import annotations
 
 import argparse
+import inspect
 import platform
 import resource
 import shlex
@@ -49,6 +50,11 @@ from uniad_plugin.nn.taps import LayerTaps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol_common import batched, load_mnist, log, mean_std, pick, svdd_scores, write_results  # noqa: E402
+
+#: A3's constructor defaults, quoted in the results next to the values this run used
+A3_DEFAULTS = {
+    k: v.default for k, v in inspect.signature(A3).parameters.items() if k in ("epochs", "lr")
+}
 
 REPO = Path(__file__).resolve().parents[1]
 NORMAL = list(range(6))
@@ -246,8 +252,9 @@ def to_markdown(args, command: str, per_seed: list[dict], summary: dict, wall: f
         + ", ".join(f"{r0['n'][f'test_{k}']} of {k}" for k in TEST_SETS),
         f"- target network: LeNet (`uniad_plugin.models.lenet`, 6 classes), {args.clf_epochs} "
         f"epochs on the normal subsample; test accuracy on digits 0-5 per seed: {accs}",
-        f"- A3: our defaults (`A3(model, epochs={args.a3_epochs}, lr={args.a3_lr})`, Gaussian "
-        f"counter-examples N(0.5, 1), batch 256); tapped layers "
+        f"- A3: `A3(model, epochs={args.a3_epochs}, lr={args.a3_lr})`, otherwise A3's defaults "
+        f"(its default epochs={A3_DEFAULTS['epochs']}, lr={A3_DEFAULTS['lr']}; `--a3-epochs`, "
+        f"`--a3-lr` set these; Gaussian counter-examples N(0.5, 1), batch 256); tapped layers "
         f"{r0['a3_layers']}; alarm widths {r0['a3_hidden']}. The paper trains 60 epochs at "
         "lr 1e-5 on all normal data.",
         f"- AE: small conv autoencoder, BCE, {args.ae_epochs} epochs, score = pixel MSE",

@@ -204,3 +204,90 @@ def test_deprecated_names_still_work(fitted, digits):
     assert torch.equal(feats, fitted.extract(x)[0])
     with pytest.warns(DeprecationWarning, match="n_classes"):
         assert fitted.n_classes == 10
+
+
+def _spy_fit(monkeypatch, det, loader):
+    """Fit ``det``, returning the inputs the snapshot trainer and the alarm were given."""
+    import uniad_plugin.detectors.r2ad2 as mod
+
+    seen = {}
+    real_train, real_fit_structured = mod.train_snapshots, R2AD2.fit_structured
+
+    def train_spy(model, x, y, *args, **kwargs):
+        seen["snapshots"] = (x.clone(), y.clone())
+        return real_train(model, x, y, *args, **kwargs)
+
+    def fit_structured_spy(self, features, y, **kwargs):
+        seen["alarm_labels"] = y.clone()
+        return real_fit_structured(self, features, y, **kwargs)
+
+    real_split = R2AD2._split_id
+
+    def split_spy(self, known):
+        seen["split"] = real_split(self, known)
+        return seen["split"]
+
+    monkeypatch.setattr(mod, "train_snapshots", train_spy)
+    monkeypatch.setattr(R2AD2, "fit_structured", fit_structured_spy)
+    monkeypatch.setattr(R2AD2, "_split_id", split_spy)
+    det.fit(loader)
+    return seen
+
+
+def test_alarm_samples_are_held_out_from_snapshot_training(monkeypatch, digits, digits_model):
+    """The authors' 75/25 split: the snapshot trainer never sees the alarm's ID samples."""
+    x, y = digits.train.tensors
+    anomalies = uniform(20, 5)
+    ds = TensorDataset(torch.cat([x, anomalies]), torch.cat([y, -torch.ones(20, dtype=torch.long)]))
+    loader = DataLoader(ds, batch_size=128)
+    cheap = {**FAST, "n_snapshots": 2, "epochs": 1}
+    seen = _spy_fit(monkeypatch, R2AD2(digits_model, **cheap), loader)
+    snap_idx, alarm_idx = seen["split"]
+    n = len(x)
+    assert len(alarm_idx) == round(0.25 * n) and len(snap_idx) == n - len(alarm_idx)
+    # disjoint, covering every ID sample, and no known anomaly in either part
+    assert not set(snap_idx.tolist()) & set(alarm_idx.tolist())
+    assert sorted(snap_idx.tolist() + alarm_idx.tolist()) == list(range(n))
+    # the snapshot trainer got exactly the snapshot part, none of the alarm's samples
+    x_snap, y_snap = seen["snapshots"]
+    assert torch.equal(x_snap, x[snap_idx]) and torch.equal(y_snap, y[snap_idx])
+    flat_snap = {tuple(r.tolist()) for r in x_snap.flatten(1)}
+    assert not any(tuple(r.tolist()) in flat_snap for r in x[alarm_idx].flatten(1))
+    # the alarm got the held-out ID samples and every known anomaly
+    labels = seen["alarm_labels"]
+    assert int((labels >= 0).sum()) == len(alarm_idx) and int((labels < 0).sum()) == 20
+    # seeded: the same split again, another one for another seed
+    again = _spy_fit(monkeypatch, R2AD2(digits_model, **cheap), loader)["split"]
+    other = _spy_fit(monkeypatch, R2AD2(digits_model, seed=1, **cheap), loader)["split"]
+    assert torch.equal(again[1], alarm_idx) and not torch.equal(other[1], alarm_idx)
+
+
+def test_alarm_fraction_zero_and_given_snapshots_use_every_sample(
+    monkeypatch, digits, digits_model
+):
+    loader = DataLoader(digits.train, batch_size=128)
+    n = len(digits.train)
+    cheap = {**FAST, "n_snapshots": 2, "epochs": 1}
+    seen = _spy_fit(monkeypatch, R2AD2(digits_model, alarm_fraction=0, **cheap), loader)
+    assert len(seen["snapshots"][0]) == n and len(seen["alarm_labels"]) == n
+    given = R2AD2(digits_model, snapshots=[digits_model, digits_model], **cheap)
+    seen = _spy_fit(monkeypatch, given, loader)
+    assert "snapshots" not in seen and len(seen["alarm_labels"]) == n
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5, "bogus"])
+def test_bad_alarm_fraction_is_refused(digits_model, digits, value):
+    det = R2AD2(digits_model, **FAST)
+    det.alarm_fraction = value  # as set_hyperparameters would, without checks
+    with pytest.raises((ValueError, TypeError), match="alarm_fraction"):
+        det.fit(DataLoader(digits.train, batch_size=128))
+    with pytest.raises((ValueError, TypeError), match="alarm_fraction"):
+        R2AD2(digits_model, alarm_fraction=value)
+
+
+def test_alarm_fraction_leaving_a_part_empty_is_refused_at_fit(digits_model, digits):
+    x, y = digits.train.tensors
+    loader = DataLoader(TensorDataset(x[:10], y[:10]), batch_size=4)
+    for value in (0.01, 0.99):
+        with pytest.raises(ValueError, match="alarm_fraction"):
+            R2AD2(digits_model, alarm_fraction=value, **FAST).fit(loader)

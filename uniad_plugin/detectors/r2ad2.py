@@ -69,6 +69,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     trained with BCE: ID samples are 0, known anomalies (targets < 0 in the fit loader) and
     Gaussian counter-examples :math:`\\tilde x \\sim \\mathcal{N}(0.5, 1)` drawn in input space
     for every minibatch are 1. The score is the alarm's logit (monotone in its sigmoid output).
+    As in the authors' code, the alarm is trained on ID samples the snapshots never saw: by
+    default :meth:`fit` holds out a seeded 25 % of them (``alarm_fraction``).
 
     The alarm is :class:`~uniad_plugin.nn.alarms.GradientAlarm`. What the paper and the
     authors' code state and what this implementation adapts (classifier target, loss for the
@@ -88,6 +90,11 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     :param snapshot_epochs: epochs of further training between two snapshots
     :param snapshot_lr: Adam learning rate of the snapshot training
     :param snapshot_batch_size: minibatch size of the snapshot training
+    :param alarm_fraction: share of the ID samples of the fit loader held out from the
+        snapshot training for the alarm network (seeded split, as the authors' code does with
+        75/25); ``0`` trains both on all ID samples. Only used when :meth:`fit` trains
+        snapshots (no ``snapshots`` given and ``n_snapshots > 1``); otherwise the alarm sees
+        every ID sample
     :param params: names of the parameter tensors whose gradients are used; ``None`` =
         :func:`default_gradient_params`
     :param max_param_size: see :func:`default_gradient_params`
@@ -134,6 +141,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         "snapshot_epochs": hp.integer(0),
         "snapshot_lr": hp.real(0.0),
         "snapshot_batch_size": hp.integer(1),
+        "alarm_fraction": hp.real(0.0, 1.0, low_open=False),
         "max_param_size": hp.integer(1),
         "alarm_dims": _check_alarm_dims,
         "dropout": hp.real(0.0, 1.0, low_open=False),
@@ -157,6 +165,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         snapshot_epochs: int = 5,
         snapshot_lr: float = 1e-3,
         snapshot_batch_size: int = 256,
+        alarm_fraction: float = 0.25,
         params: Sequence[str] | None = None,
         max_param_size: int = 2**12,
         alarm_dims: str | Sequence[int] = "small",
@@ -284,13 +293,17 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     def fit(self, data_loader: DataLoader) -> Self:
         """Make the snapshots (unless given), compute the gradients and train the alarm.
 
-        The loader is read once into memory.
+        The loader is read once into memory. When snapshots are trained here, a seeded
+        ``alarm_fraction`` of the ID samples is held out from that training and used, with the
+        known anomalies, for the alarm; the rest trains the snapshots only (the authors' 75/25
+        split). Otherwise the alarm is trained on every sample.
 
         :param data_loader: yields ``(x, y)``: ID inputs with class labels ``>= 0``, optionally
             known anomalies with labels ``< 0``
         :return: self
         :raises ValueError: for an empty loader, NaN/inf inputs, a changing input shape, labels
-            >= the model's number of outputs, or no ID sample
+            >= the model's number of outputs, no ID sample, or an ``alarm_fraction`` that leaves
+            the snapshots or the alarm without ID samples
         """
         model = self._require_model()
         self._check_hyperparameters()
@@ -312,10 +325,15 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         self.input_shape = tuple(x.shape[1:])
         self.num_classes = num_classes
         if self.given_snapshots is None:
+            snap_idx, alarm_idx = self._split_id(known)
+            x_snap, y_snap = x[snap_idx], y[snap_idx]
+            keep = torch.zeros(len(y), dtype=torch.bool)
+            keep[alarm_idx] = True
+            x, y = x[keep | ~known], y[keep | ~known]
             self.snapshots = train_snapshots(
                 model,
-                x[known],
-                y[known],
+                x_snap,
+                y_snap,
                 self.n_snapshots,
                 self.snapshot_epochs,
                 self.snapshot_lr,
@@ -326,6 +344,28 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             )
         g = self._gradients(x.to(self._target_device())).cpu()
         return self.fit_structured(g, y)
+
+    def _split_id(self, known: Tensor) -> tuple[Tensor, Tensor]:
+        """Indices of the ID samples for the snapshot training and for the alarm (sorted).
+
+        A seeded random ``alarm_fraction`` of the ID samples (``known``) is held out for the
+        alarm when snapshots are trained here; with ``alarm_fraction=0`` or without snapshot
+        training both get every ID sample.
+
+        :raises ValueError: if a part would be empty (the message names ``alarm_fraction``)
+        """
+        idx = torch.nonzero(known).flatten()
+        if self.alarm_fraction == 0 or self.n_snapshots == 1:
+            return idx, idx
+        n_alarm = round(self.alarm_fraction * len(idx))
+        if n_alarm < 1 or n_alarm >= len(idx):
+            raise ValueError(
+                f"R2AD2: expected alarm_fraction={self.alarm_fraction} of the {len(idx)} ID "
+                "samples to leave at least one sample for the snapshots and one for the alarm, "
+                f"got {n_alarm} for the alarm; set alarm_fraction=0 to train both on all of them"
+            )
+        perm = idx[torch.randperm(len(idx), generator=seeded_generator(self.seed + 2))]
+        return perm[n_alarm:].sort().values, perm[:n_alarm].sort().values
 
     def fit_structured(
         self, features: Tensor, y: Tensor, *, input_shape: Sequence[int] | None = None

@@ -55,9 +55,10 @@ class UniformDetector(UniadDetector, StructuredDetector):
     Stated by the paper: per-class one-class hyperspheres with a soft boundary and
     :math:`\nu = 0.1` on representations from inside the frozen network, fitted on ID data
     only, no input preprocessing, no knowledge of OOD sets or attacks. Our design choices
-    (layers, whitening, encoder, sphere at test time, score, fusion), each measured against its
-    alternatives in ``benchmarks/uniform_ablation.py``, are listed on the `docs page
-    <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_.
+    (layers, whitening, encoder, sphere at test time, score, fusion) are listed on the `docs page
+    <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_; layers, pooling,
+    whitening, encoder and score are varied in ``benchmarks/uniform_ablation.py``, the sphere at
+    test time and the fusion are not.
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,

@@ -12,9 +12,12 @@ with the soft-boundary objective of Ruff et al. (ICML 2018):
 The :math:`K` encoders are stored as weight tensors with a leading class axis, so one
 ``torch.bmm`` trains all classes at once on a class-balanced minibatch of shape
 ``(K, m, D)``, and scoring gathers the weights of each sample's class. As in Ruff et al.'s
-reference code, :math:`R_k` is not a gradient parameter: after ``warmup_epochs`` epochs it is set
-to the :math:`(1-\\nu)`-quantile of the distances of class :math:`k` after every epoch (the
-closed-form optimum for fixed :math:`\\phi_k`).
+reference code, :math:`R_k` is not a gradient parameter and is 0 during ``warmup_epochs``
+epochs. Our choice for its update: at the end of the last warm-up epoch and of every later one,
+:math:`R_k^2` is set to the :math:`(1-\\nu)`-quantile (nearest rank) of the squared distances of
+all training samples of class :math:`k`, recomputed with the encoder as it is after that epoch
+(the optimum for fixed :math:`\\phi_k`). Ruff et al.'s reference code instead sets :math:`R`
+after every minibatch, from that minibatch's distances, once the warm-up epochs have passed.
 """
 
 from __future__ import annotations
