@@ -24,7 +24,13 @@ from uniad_plugin.benchmark.evaluation import (
     WORST,
 )
 
-__all__ = ["results_to_csv", "results_to_json", "results_to_table", "save_results"]
+__all__ = [
+    "results_notes",
+    "results_to_csv",
+    "results_to_json",
+    "results_to_table",
+    "save_results",
+]
 
 #: the mark of a set that a model-free ``Pixel*`` baseline separates, and its legend
 SEPARABLE_MARK = "!"
@@ -226,7 +232,8 @@ def save_results(
     out_dir: str | os.PathLike,
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv``, ``table.txt`` and ``table.md`` to ``out_dir``.
+    """Write ``results.json``, ``results.csv``, ``table.txt``, ``table.md`` and ``notes.md``
+    (the run's notes in plain words, see :func:`results_notes`) to ``out_dir``.
 
     :return: file kind -> path
     """
@@ -237,6 +244,7 @@ def save_results(
         "csv": out / "results.csv",
         "table": out / "table.txt",
         "markdown": out / "table.md",
+        "notes": out / "notes.md",
     }
     files["json"].write_text(results_to_json(rows, meta) + "\n")
     files["csv"].write_text(results_to_csv(rows))
@@ -244,4 +252,39 @@ def save_results(
     files["markdown"].write_text(
         "\n".join(results_to_table(rows, m, fmt="markdown") for m in METRICS)
     )
+    files["notes"].write_text("".join(f"- {n}\n" for n in results_notes(meta or {})))
     return files
+
+
+def results_notes(meta: Mapping[str, Any]) -> list[str]:
+    """What a reader of a run's tables must know, in plain words: the value grid of the
+    generated sets, the sets a model-free baseline separates, the run's notes (e.g. real OOD
+    data that is missing) and the false positive rate each detector's held-out threshold gives
+    on the ID test set."""
+    out = []
+    if "grid_levels" in meta:
+        levels = meta["grid_levels"]
+        out.append(
+            f"Every generated anomaly set lies on the ID data's value grid (k/{levels})."
+            if levels
+            else "The generated anomaly sets are continuous (off the ID data's value grid; "
+            "labelled '(continuous)'): a pixel counter separates them."
+        )
+    separable = meta.get("pixel_separable")
+    if separable:
+        out.append(
+            f"Marked {SEPARABLE_MARK}: a model-free Pixel* baseline separates these sets from the "
+            f"ID test set with AUROC >= 0.9, so they say little about a detector: "
+            f"{', '.join(separable)}."
+        )
+    elif separable is not None:
+        out.append("No set is separated by a model-free Pixel* baseline (AUROC >= 0.9).")
+    out.extend(str(n) for n in meta.get("notes", []))
+    thresholds = meta.get("thresholds") or {}
+    if thresholds:
+        fprs = ", ".join(f"{d} {t['id_test_fpr']:.3f}" for d, t in thresholds.items())
+        out.append(
+            f"{DR_METRIC}: thresholds chosen on {meta.get('n_val', 'the')} held-out ID images; "
+            f"the share of the ID test set they flag (nominal 0.05): {fprs}."
+        )
+    return out

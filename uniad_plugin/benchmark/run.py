@@ -354,6 +354,7 @@ def _run_meta(
         n_fit=n_fit,
         n_test=len(splits.test),
         n_attack_split=len(splits.attack),
+        n_val=len(splits.val) if splits.val is not None else 0,
         test_accuracy=accuracy(model, loader, plan.device),
     )
     return meta
