@@ -56,8 +56,9 @@ def test_default_command_end_to_end(first_run):
     for token in ("OOD", "AD", "NS", "letters", "photos", "pgd_linf@0.2", "gaussian", "all"):
         assert token in table, token
     assert all(d in table for d in ("UniformDetector", "MaxSoftmax", "Mahalanobis"))
-    # every default detector ran (they all apply to the reference CNN)
-    assert [d["name"] for d in meta["detectors"]] == list(DEFAULT_DETECTORS)
+    # every default detector ran (they all apply to the reference CNN), then the sanity rows
+    sanity = ["PixelGrid", "PixelCount", "PixelKNN"]
+    assert [d["name"] for d in meta["detectors"]] == [*DEFAULT_DETECTORS, *sanity]
     assert all(d["status"] == "ok" for d in meta["detectors"])
     assert all(r["Error"] is None for r in rows)
     kinds = {r["Class"] for r in rows}
@@ -71,8 +72,20 @@ def test_default_command_end_to_end(first_run):
     assert ud[("AD", "mean")]["AUROC"] > 0.85
     # and it is the best detector of the run on adversarial inputs
     ad_means = {
-        r["Detector"]: r["AUROC"] for r in rows if r["Class"] == "AD" and r["Dataset"] == "mean"
+        r["Detector"]: r["AUROC"]
+        for r in rows
+        if r["Class"] == "AD" and r["Dataset"] == "mean" and r["Detector"] not in sanity
     }
+    # valid sets: on the digits' grid, so the off-grid count is at chance everywhere, and the
+    # object-confined attacks leave the number of non-zero pixels as it was
+    by = {(r["Detector"], r["Dataset"]): r for r in rows}
+    per_set = [a["name"] for a in meta["anomaly_sets"]]
+    assert all(by[("PixelGrid", s)]["AUROC"] == 0.5 for s in per_set)
+    assert all(a["info"]["grid_levels"] == 16 for a in meta["anomaly_sets"])
+    assert by[("PixelCount", "pgd_linf_obj@0.3")]["AUROC"] <= 0.6
+    assert 0 <= by[("UniformDetector", "fgsm@0.2")]["DR@5%FPR"] <= 1
+    assert (out_dir / "plots" / "heatmap_AUROC.png").is_file()
+    assert "value grid (k/16)" in (out_dir / "notes.md").read_text()
     assert max(ad_means, key=ad_means.get) == "UniformDetector", ad_means
 
     # adversarial sets: non-empty, successful attacks only (as recorded by the generator)
@@ -83,6 +96,8 @@ def test_default_command_end_to_end(first_run):
         "pgd_l2",
         "deepfool",
         "cw_l2",
+        "pgd_linf_obj",
+        "pgd_l2_obj",
     }
     for a in ad_sets:
         assert a["n"] > 0 and a["n"] == a["info"]["n_success"] <= a["info"]["n_attacked"]
@@ -157,8 +172,9 @@ def test_selected_detectors_sets_and_metric(first_run, tmp_path, capsys):
     assert code == 0
     assert out.startswith("FPR95TPR (lower is better)")
     rows = _rows(tmp_path / "o")
-    assert {r["Detector"] for r in rows} == {"MaxSoftmax", "KNN"}
-    assert {r["Dataset"] for r in rows} == {"letters", "fgsm@0.2", "uniform", "mean"}
+    sanity = {"PixelGrid", "PixelCount", "PixelKNN"}
+    assert {r["Detector"] for r in rows} == {"MaxSoftmax", "KNN", *sanity}
+    assert {r["Dataset"] for r in rows} == {"letters", "fgsm@0.2", "uniform", "mean", "worst"}
 
 
 def test_list_detectors_and_version(capsys):

@@ -47,17 +47,22 @@ class Splits:
 
 def digits_splits(
     seed: int = 0,
-    test_fraction: float = 0.25,
+    test_fraction: float = 0.15,
     attack_fraction: float = 0.15,
     val_fraction: float = 0.1,
 ) -> Splits:
     """scikit-learn's digits (1,797 images, 1x8x8, values k/16 scaled to [0, 1]) in four
-    splits: ``test``, ``attack``, ``val`` (held-out ID for thresholds) and ``train`` (the rest).
+    splits: ``val`` (held-out ID for thresholds), ``test``, ``attack`` and ``train`` (the rest),
+    in this order along a seeded permutation.
+
+    The boundaries are cumulative (``round((val + test) * N)``, ...), so with the defaults the
+    ``train`` and ``attack`` splits are those of earlier versions (whose ``test`` split was the
+    first 25%); ``val`` and ``test`` divide that 25%.
 
     :param seed: seed of the random permutation that assigns samples to splits
     :raises ValueError: if the fractions leave no training data
     """
-    fractions = (test_fraction, attack_fraction, val_fraction)
+    fractions = (val_fraction, test_fraction, attack_fraction)
     if not (min(fractions) > 0 and sum(fractions) < 1):
         raise ValueError(
             "expected positive test_fraction, attack_fraction and val_fraction with a sum < 1, "
@@ -69,8 +74,10 @@ def digits_splits(
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.long)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    sizes = [int(round(f * len(x))) for f in fractions]
-    test_idx, attack_idx, val_idx, train_idx = perm.split([*sizes, len(x) - sum(sizes)])
+    b1 = int(round(val_fraction * len(x)))
+    b2 = int(round((val_fraction + test_fraction) * len(x)))
+    b3 = int(round(sum(fractions) * len(x)))
+    val_idx, test_idx, attack_idx, train_idx = perm[:b1], perm[b1:b2], perm[b2:b3], perm[b3:]
     return Splits(
         train=TensorDataset(x[train_idx], y[train_idx]),
         test=TensorDataset(x[test_idx], y[test_idx]),

@@ -198,13 +198,23 @@ class UniformDetector(UniadDetector, StructuredDetector):
         feats_all: list[list[Tensor]] = []
         ys: list[Tensor] = []
         preds: list[Tensor] = []
+        labels: list[Tensor] = []  # every label seen, for the warning about known anomalies
         for x, y in self._iter_batches(data_loader):
+            labels.append(y.cpu())
+            known = y >= 0  # known anomalies are never forwarded: ID batches stay as given
+            if not bool(known.all()):
+                x, y = x[known.to(x.device)], y[known]
+            if len(x) == 0:
+                continue
             feats, logits = self.extract(x.to(device))
             feats_all.append([f.cpu() for f in feats])
             ys.append(y.cpu())
             preds.append(logits.argmax(1).cpu())
             num_classes = logits.shape[1]
             self.input_shape = tuple(x.shape[1:])
+        _base.split_known([], torch.cat(labels), "UniformDetector")  # warns if any were dropped
+        if not feats_all:
+            raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
         zs = [torch.cat([f[i] for f in feats_all]) for i in range(len(feats_all[0]))]
         y = torch.cat(ys)
         pred = torch.cat(preds)
