@@ -318,3 +318,30 @@ def test_usage_errors_belong_to_the_command():
         cli.config_from_args(parse(["--dataset", "mnist"]))
     with pytest.raises(cli.UsageError, match="--n-test applies to --dataset mnist only"):
         cli.config_from_args(parse(["--n-test", "5"]))
+
+
+def test_only_training_images_reach_fit(tmp_path):
+    """No ID test, held-out ID or anomaly input reaches a detector's fit: PixelKNN keeps every
+    image it was fitted on (the digits' training split is below its sample size)."""
+    from uniad_plugin.benchmark import RunConfig, run
+    from uniad_plugin.data import digits_splits
+
+    result = run(
+        RunConfig(
+            fast=True,
+            detectors=["MaxSoftmax"],
+            attacks=["fgsm"],
+            noise=["uniform", "noisy_id"],
+            out_dir=None,
+            cache_dir=tmp_path,
+            progress=False,
+        )
+    )
+    knn = next(e.detector for e in result.benchmark.entries if e.name == "PixelKNN")
+    fitted = {tuple(r.tolist()) for r in knn.reference}
+    splits = digits_splits(0)
+    assert fitted == {tuple(r.tolist()) for r in splits.train.tensors[0].flatten(1)}
+    others = [splits.test.tensors[0], splits.val.tensors[0]]
+    others += [a.x for a in result.benchmark.anomalies]
+    for x in others:
+        assert not fitted & {tuple(r.tolist()) for r in x.flatten(1)}

@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("--list-detectors", action="store_true", help="list the detector names and exit")
+    _data_arguments(p)
+    _selection_arguments(p)
+    _size_arguments(p)
+    _run_arguments(p)
+    return p
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """The data and model arguments."""
     data = p.add_argument_group("data and model")
     data.add_argument(
         "--dataset",
@@ -112,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--epochs", type=_positive_int, metavar="N", help="training epochs of the reference model"
     )
+
+
+def _selection_arguments(p: argparse.ArgumentParser) -> None:
+    """What to evaluate: detectors, attacks, sets, split, grid."""
     sel = p.add_argument_group("what to evaluate")
     sel.add_argument(
         "--detectors", nargs="*", metavar="NAME", help="detector names (see --list-detectors)"
@@ -151,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the model-free baselines PixelGrid, PixelCount, PixelKNN",
     )
+
+
+def _size_arguments(p: argparse.ArgumentParser) -> None:
+    """Sizes of the sets and of the fit."""
     size = p.add_argument_group("sizes")
     size.add_argument(
         "--n-test", type=_positive_int, metavar="N", help="ID test images (mnist only)"
@@ -167,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="training samples the detectors are fitted on (default: all)",
     )
     size.add_argument("--fast", action="store_true", help="small sizes (for tests and a look)")
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """Device, seed, output, cache, plots, metric."""
     run = p.add_argument_group("run")
     run.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     run.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -185,7 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="metric of the printed table (all are saved)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
 
 
 def _list_detectors() -> str:

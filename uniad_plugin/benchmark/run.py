@@ -118,6 +118,13 @@ def run(config: RunConfig) -> RunResult:
     :raises ConfigError: on a bad configuration (before any heavy work), missing data or a
         model that does not fit the data set
     """
+    plan, splits, model, ood_sets, notes, meta = _setup(config)
+    return evaluate_plan(model, splits, plan, prebuilt=ood_sets, notes=notes, meta=meta)
+
+
+def _setup(config: RunConfig) -> tuple[RunPlan, Splits, nn.Module, list[Any], list[str], dict]:
+    """The checked plan (OOD sets already loaded, so the plan asks for no more), the splits,
+    the model on the plan's device, the OOD sets, their notes and the run details so far."""
     plan = config.resolve()
     splits = _splits(plan)
     ood_sets, notes = _ood_sets(plan, tuple(splits.test.tensors[0].shape[1:]))
@@ -130,9 +137,10 @@ def run(config: RunConfig) -> RunResult:
     t = time.perf_counter()
     model, meta["model"] = _model(plan, splits)
     meta["model_s"] = round(time.perf_counter() - t, 2)
-    check_model_output(model.to(plan.device), splits.test.tensors[0][:8], splits.num_classes)
+    model = model.to(plan.device).eval()
+    check_model_output(model, splits.test.tensors[0][:8], splits.num_classes)
     plan = dataclasses.replace(plan, ood=(), optional_ood=())
-    return evaluate_plan(model, splits, plan, prebuilt=ood_sets, notes=notes, meta=meta)
+    return plan, splits, model, ood_sets, notes, meta
 
 
 @dataclass
@@ -161,14 +169,8 @@ def prepare_suite(config: RunConfig) -> Suite:
 
     :raises ConfigError: as :func:`run`
     """
-    plan = config.resolve()
-    splits = _splits(plan)
-    ood_sets, notes = _ood_sets(plan, tuple(splits.test.tensors[0].shape[1:]))
-    model, _ = _model(plan, splits)
-    model = model.to(plan.device).eval()
-    check_model_output(model, splits.test.tensors[0][:8], splits.num_classes)
-    rest = dataclasses.replace(plan, ood=(), optional_ood=())
-    sets, more_notes = _anomaly_sets(model, splits, rest, ood_sets)
+    plan, splits, model, ood_sets, notes, _ = _setup(config)
+    sets, more_notes = _anomaly_sets(model, splits, plan, ood_sets)
     return Suite(plan, model, splits, sets, [*notes, *more_notes])
 
 
@@ -246,15 +248,8 @@ def evaluate_plan(
     sets, more_notes = _anomaly_sets(model, splits, plan, prebuilt)
     timings["anomaly_sets_s"] = time.perf_counter() - t
     train = _fit_subset(splits.train, plan.n_fit, c.seed)
-    bench = UnifiedBenchmark(
-        train,
-        splits.test,
-        sets,
-        id_val=splits.val,
-        batch_size=c.batch_size,
-        device=plan.device,
-        progress=c.progress,
-    )
+    loading = {"batch_size": c.batch_size, "device": plan.device, "progress": c.progress}
+    bench = UnifiedBenchmark(train, splits.test, sets, id_val=splits.val, **loading)
     entries = build_detectors(
         plan.detectors,
         model,
@@ -292,26 +287,11 @@ def _anomaly_sets(
     c = plan.config
     shape = tuple(splits.test.tensors[0].shape[1:])
     ood, notes = _ood_sets(plan, shape)
-    adversarial = adversarial_sets(
-        model,
-        splits.attack,
-        plan.attacks,
-        n_attack=plan.n_attack,
-        attack_params=plan.attack_params,
-        seed=plan.anomaly_seed,
-        cache_dir=plan.cache_dir,
-        device=plan.device,
-        progress=c.progress,
-        levels=plan.grid_levels,
-    )
-    noise = noise_sets(
-        plan.noise,
-        shape,
-        splits.attack,
-        n=plan.n_noise,
-        seed=plan.anomaly_seed,
-        levels=plan.grid_levels,
-    )
+    grid = {"seed": plan.anomaly_seed, "levels": plan.grid_levels}
+    options = {"n_attack": plan.n_attack, "attack_params": plan.attack_params}
+    options.update(cache_dir=plan.cache_dir, device=plan.device, progress=c.progress)
+    adversarial = adversarial_sets(model, splits.attack, plan.attacks, **options, **grid)
+    noise = noise_sets(plan.noise, shape, splits.attack, n=plan.n_noise, **grid)
     return [*prebuilt, *ood, *adversarial, *noise], notes
 
 
