@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from uniad_plugin.benchmark import RunConfig
 
 EPILOG = """\
-attacks: fgsm, pgd_linf (L-inf budgets) and pgd_l2, deepfool, cw_l2 (L2 budgets); give budgets
-  as NAME@EPS1,EPS2 (e.g. pgd_linf@0.05,0.1) or set the defaults with --eps-linf / --eps-l2.
+attacks: fgsm, pgd_linf, pgd_linf_obj (L-inf budgets) and pgd_l2, pgd_l2_obj, deepfool, cw_l2
+  (L2 budgets); the *_obj attacks change only the object's own (non-background) pixels. Give
+  budgets as NAME@EPS1,EPS2 (e.g. pgd_linf@0.05,0.1) or set the defaults with --eps-linf /
+  --eps-l2. Adversarials are rounded onto the data's value grid and kept only if still
+  successful (--continuous keeps them, and every generated set, off the grid).
 noise sets: gaussian, uniform, salt_pepper, noisy_id.
 OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifar10, svhn,
   textures (from --data-root, or with --download). An empty list (e.g. '--attacks') means none.
@@ -81,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=textwrap.fill(
             "Fit detectors on in-distribution training data and report how each separates the "
             "ID test set from OOD, adversarial (AD) and noise (NS) inputs: per set, per class "
-            "and overall (AUROC, AUPR-IN, AUPR-OUT, FPR95TPR). Without data arguments, runs "
-            "the embedded offline benchmark on scikit-learn's digits.",
+            "(mean and worst set) and overall (AUROC, AUPR-IN, AUPR-OUT, FPR95TPR, and the "
+            "detection rate at 5% FPR with the threshold chosen on held-out ID data), beside "
+            "model-free sanity rows (PixelGrid, PixelCount, PixelKNN). Without data arguments, "
+            "runs the embedded offline benchmark on scikit-learn's digits.",
             width=92,
         ),
         epilog=EPILOG,
