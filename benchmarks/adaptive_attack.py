@@ -4,7 +4,11 @@ For each detector, L-inf PGD against classifier + detector (``uniad_plugin.anoma
 with the same budget (eps, steps) and detector weights lambda; lambda = 0 is the non-adaptive
 margin PGD. Reported: AUROC of ID test vs the successful adversarials, and the attack's success
 rate at a 5% false-positive rate on ID data (misclassified AND below the detector's threshold,
-as a fraction of the attacked, correctly classified inputs).
+as a fraction of the attacked, correctly classified inputs). Every adaptive set is on the
+8-bit value grid (``--levels``, values k/255 like the MNIST images): PGD's continuous outputs
+are rounded within the budget and only those still misclassified after rounding are kept.
+The model-free sanity baselines PixelGrid, PixelCount and PixelKNN are scored beside the
+three detectors.
 
     python benchmarks/adaptive_attack.py --data-root ../shared/data
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from pytorch_ood.detector import Mahalanobis, MultiMahalanobis
@@ -24,12 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_setup import HERE, trained_lenet  # noqa: E402
 
 from uniad_plugin.anomalies.adaptive import evasion_rate, make_adaptive  # noqa: E402
-from uniad_plugin.benchmark import UnifiedBenchmark  # noqa: E402
+from uniad_plugin.benchmark import (  # noqa: E402
+    PixelCount,
+    PixelGrid,
+    PixelKNN,
+    UnifiedBenchmark,
+)
 from uniad_plugin.data import mnist_dataset  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 
+SANITY = ("PixelGrid", "PixelCount", "PixelKNN")
 
-def main(argv: list[str] | None = None) -> None:
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.3])
@@ -37,35 +50,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-attack", type=int, default=500)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--levels", type=int, default=255, help="value grid k/levels of the adversarials"
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "adaptive_attack"))
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    train = mnist_dataset(args.data_root, train=True)
-    test = mnist_dataset(args.data_root, train=False)
-    model = trained_lenet(train, seed=args.seed)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x_test, y_test = test.tensors
-    id_x = x_test[:2000]
-    attack_data = TensorDataset(x_test[2000 : 2000 + args.n_attack], y_test[2000:][: args.n_attack])
-    loader = DataLoader(train, batch_size=1000)
-    detectors = {
-        "UniformDetector": UniformDetector(model, seed=args.seed).fit(loader),
-        "Mahalanobis": Mahalanobis(model[:11]).fit(loader),
-        "MultiMahalanobis": MultiMahalanobis([model[:2], model[2:5], model[5:6]]).fit(loader),
-    }
-    # every adaptive set is an AD set of one UnifiedBenchmark; all detectors score all sets
-    # (the set made against a detector is its white-box result, the others are transfer)
-    id_test = TensorDataset(id_x, y_test[:2000])
-    with torch.no_grad():
-        s_id = {
-            name: torch.cat([det.predict(c) for c in id_x.split(1000)])
-            for name, det in detectors.items()
-        }
-    sets, made = [], []
+
+def _make_sets(model, detectors, attack_data, id_x, args) -> list[tuple[str, float, float, Any]]:
+    """One adaptive set per detector, eps and lambda: (detector, eps, lam, set)."""
+    made = []
     for name, det in detectors.items():
         for eps in args.eps:
             for lam in args.lam:
+                t0 = time.perf_counter()
                 adv = make_adaptive(
                     model,
                     det,
@@ -75,22 +73,23 @@ def main(argv: list[str] | None = None) -> None:
                     id_reference=id_x,
                     steps=args.steps,
                     seed=args.seed,
+                    levels=args.levels,
                     name=f"vs {name} eps={eps:g} lam={lam:g}",
                 )
+                i = adv.info
                 print(
-                    f"{adv.name}: {len(adv)} of {adv.info['n_attacked']} misclassified", flush=True
+                    f"{adv.name}: {i['n_success']} of {i['n_attacked']} misclassified on the grid "
+                    f"({i['n_success_continuous']} before rounding), "
+                    f"{time.perf_counter() - t0:.0f}s",
+                    flush=True,
                 )
                 made.append((name, eps, lam, adv))
-                if len(adv):
-                    sets.append(adv)
-    bench = UnifiedBenchmark(train, id_test, sets, batch_size=1000, progress=False)
-    bench_rows = bench.evaluate(detectors)
-    auc = {
-        (r["Detector"], r["Dataset"]): r["AUROC"]
-        for r in bench_rows
-        if r["Class"] == "AD" and r["Dataset"] != "mean"
-    }
+    return made
+
+
+def _rows(made, detectors, s_id, auc) -> list[dict[str, Any]]:
     rows = []
+    columns = [*detectors, *SANITY]
     for name, eps, lam, adv in made:
         with torch.no_grad():
             s_adv = detectors[name].predict(adv.x) if len(adv) else torch.empty(0)
@@ -101,37 +100,46 @@ def main(argv: list[str] | None = None) -> None:
                 "set": adv.name,
                 "eps": eps,
                 "lam": lam,
+                "grid_levels": adv.info["grid_levels"],
                 "n_attacked": adv.info["n_attacked"],
+                "misclassified_continuous": adv.info["success_rate_continuous"],
                 "misclassified": adv.info["success_rate"],
                 "auroc": auc.get((name, adv.name), float("nan")),
                 "success_at_5fpr": ev["success_at_fpr"],
-                "transfer_auroc": {d: auc.get((d, adv.name), float("nan")) for d in detectors},
+                "transfer_auroc": {d: auc.get((d, adv.name), float("nan")) for d in columns},
             }
         )
         print(rows[-1], flush=True)
+    return rows
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = "python benchmarks/adaptive_attack.py " + " ".join(argv or sys.argv[1:])
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows}, indent=1))
+
+def _markdown(rows, detectors, args, cmd: str, separable: list[str]) -> list[str]:
     lines = [
         "# Adaptive attack (MNIST, LeNet-5)",
         "",
         f"Produced by `{cmd.strip()}`. L-inf PGD, {args.steps} steps, random start, against",
         "classifier + detector; lambda = 0 is the non-adaptive margin PGD. ID: 2,000 MNIST test",
-        f"images; {args.n_attack} other test images attacked. *misclassified*: share of attacked",
-        "inputs whose adversarial fools the classifier; *AUROC*: ID vs those adversarials;",
-        "*success @5% FPR*: share of attacked inputs that fool the classifier AND score below the",
-        "detector's threshold at 5% false positives on ID data (lower is better for the detector).",
+        f"images; {args.n_attack} other test images attacked. Every adversarial is on the",
+        f"value grid k/{args.levels} of the MNIST images: PGD's continuous output is rounded",
+        "within the budget and kept only if the classifier still misclassifies it.",
+        "*misclassified (continuous)*: share of attacked inputs whose adversarial fools the",
+        "classifier before rounding; *misclassified*: after rounding (the kept set);",
+        "*AUROC*: ID vs the kept adversarials; *success @5% FPR*: share of attacked inputs",
+        "whose rounded adversarial fools the classifier AND scores below the detector's",
+        "threshold at 5% false positives on ID data (lower is better for the detector).",
         "",
-        "Every adaptive set is an AD set of one `UnifiedBenchmark`, scored by all three detectors.",
+        "Every adaptive set is an AD set of one `UnifiedBenchmark`, scored by all three detectors",
+        "and by the model-free sanity baselines PixelGrid (share of off-grid pixels), PixelCount",
+        "(number of non-zero pixels) and PixelKNN (pixel distance to the nearest training image).",
         "",
-        "| detector | eps | lambda | misclassified | AUROC | success @5% FPR |",
-        "|---|---|---|---|---|---|",
+        "| detector | eps | lambda | misclassified (continuous) | misclassified | AUROC | "
+        "success @5% FPR |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['detector']} | {r['eps']:g} | {r['lam']:g} | {r['misclassified']:.3f} | "
+            f"| {r['detector']} | {r['eps']:g} | {r['lam']:g} | "
+            f"{r['misclassified_continuous']:.3f} | {r['misclassified']:.3f} | "
             f"{r['auroc']:.3f} | {r['success_at_5fpr']:.3f} |"
         )
     lines += [
@@ -147,22 +155,88 @@ def main(argv: list[str] | None = None) -> None:
                 f"| {name} | {eps:g} | {min(r['auroc'] for r in sel):.3f} | "
                 f"{max(r['success_at_5fpr'] for r in sel):.3f} |"
             )
+    columns = [*detectors, *SANITY]
     lines += [
         "",
-        "Transfer: AUROC of each detector (columns) on the sets made against another (rows);",
-        "the diagonal repeats the white-box result.",
+        "AUROC of every detector (columns) on every set (rows): the column of the detector a",
+        "set was made against repeats the white-box result, the other detectors' columns are",
+        "transfer, and the three Pixel columns are the model-free sanity baselines (a set with",
+        "a Pixel AUROC >= 0.9 is separable without the model).",
         "",
-        "| set | " + " | ".join(detectors) + " |",
-        "|---" * (len(detectors) + 1) + "|",
+        "| set | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['set']} | "
-            + " | ".join(f"{r['transfer_auroc'][d]:.3f}" for d in detectors)
-            + " |"
+            f"| {r['set']} | " + " | ".join(f"{r['transfer_auroc'][d]:.3f}" for d in columns) + " |"
         )
+    lines += [
+        "",
+        "Sets separated by a Pixel baseline (AUROC >= 0.9): "
+        + (", ".join(separable) if separable else "none")
+        + ".",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    start = time.perf_counter()
+    train = mnist_dataset(args.data_root, train=True)
+    test = mnist_dataset(args.data_root, train=False)
+    model = trained_lenet(train, seed=args.seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x_test, y_test = test.tensors
+    id_x = x_test[:2000]
+    attack_data = TensorDataset(x_test[2000 : 2000 + args.n_attack], y_test[2000:][: args.n_attack])
+    loader = DataLoader(train, batch_size=1000)
+    detectors = {
+        "UniformDetector": UniformDetector(model, seed=args.seed).fit(loader),
+        "Mahalanobis": Mahalanobis(model[:11]).fit(loader),
+        "MultiMahalanobis": MultiMahalanobis([model[:2], model[2:5], model[5:6]]).fit(loader),
+    }
+    # model-free sanity baselines, fitted on the same training data
+    sanity = {
+        "PixelGrid": PixelGrid(255),
+        "PixelCount": PixelCount().fit(loader),
+        "PixelKNN": PixelKNN(seed=args.seed).fit(loader),
+    }
+    # every adaptive set is an AD set of one UnifiedBenchmark; all detectors score all sets
+    # (the set made against a detector is its white-box result, the others are transfer)
+    id_test = TensorDataset(id_x, y_test[:2000])
+    with torch.no_grad():
+        s_id = {
+            name: torch.cat([det.predict(c) for c in id_x.split(1000)])
+            for name, det in detectors.items()
+        }
+    made = _make_sets(model, detectors, attack_data, id_x, args)
+    sets = [adv for *_, adv in made if len(adv)]
+    bench = UnifiedBenchmark(train, id_test, sets, batch_size=1000, progress=False)
+    bench_rows = bench.evaluate({**detectors, **sanity})
+    auc = {
+        (r["Detector"], r["Dataset"]): r["AUROC"]
+        for r in bench_rows
+        if r["Class"] == "AD" and r["Dataset"] != "mean"
+    }
+    rows = _rows(made, detectors, s_id, auc)
+    wall = time.perf_counter() - start
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = "python benchmarks/adaptive_attack.py " + " ".join(argv or sys.argv[1:])
+    payload = {
+        "command": cmd,
+        "grid_levels": args.levels,
+        "wall_s": round(wall),
+        "pixel_separable": bench.pixel_separable,
+        "rows": rows,
+    }
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    lines = _markdown(rows, detectors, args, cmd, bench.pixel_separable)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wall time {wall:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import foolbox as fb
 import pytest
 import torch
 from pytorch_ood.detector import Mahalanobis, MaxSoftmax, MultiMahalanobis
 from torch.utils.data import DataLoader, TensorDataset
 
+from uniad_plugin.anomalies import is_on_grid
 from uniad_plugin.anomalies.adaptive import (
     AdaptiveLinfPGD,
+    AdaptiveOptions,
     differentiable_score,
     evasion_rate,
     make_adaptive,
@@ -87,3 +92,131 @@ def test_evasion_rate():
         evasion_rate(id_scores, adv, 8, fpr=0)
     with pytest.raises(ValueError, match="n_attacked"):
         evasion_rate(id_scores, adv, 2)
+
+
+# ----------------------------------------------------------------------------- value grid
+
+
+def _attack_data(digits):
+    return TensorDataset(*digits.attack.tensors)
+
+
+@pytest.mark.parametrize("levels", [16, 255])
+def test_adaptive_sets_are_on_the_grid(detectors, digits, digits_model, levels):
+    adv = make_adaptive(
+        digits_model,
+        detectors["maha"],
+        _attack_data(digits),
+        0.2,
+        lam=1.0,
+        steps=10,
+        max_samples=40,
+        levels=levels,
+    )
+    assert len(adv) > 10
+    assert is_on_grid(adv.x, levels) and adv.grid_levels == levels
+    assert adv.name == "adaptive_pgd[Mahalanobis]@0.2"
+    assert (adv.x - adv.clean).abs().amax() <= 0.2 + 1e-6
+    assert adv.x.min() >= 0 and adv.x.max() <= 1
+    with torch.no_grad():  # the kept, rounded inputs fool the classifier
+        assert (digits_model(adv.x).argmax(1) != adv.source_labels).all()
+    assert torch.equal(adv.adv_pred, digits_model(adv.x).argmax(1))
+    info = adv.info
+    assert info["n_success"] == len(adv) <= info["n_success_continuous"] <= info["n_attacked"]
+    assert info["success_rate"] == pytest.approx(len(adv) / info["n_attacked"])
+
+
+def test_continuous_opt_in_is_labelled(detectors, digits, digits_model):
+    kw = dict(lam=1.0, steps=10, max_samples=40, seed=1)
+    cont = make_adaptive(
+        digits_model, detectors["maha"], _attack_data(digits), 0.2, levels=None, **kw
+    )
+    named = make_adaptive(
+        digits_model, detectors["maha"], _attack_data(digits), 0.2, levels=None, name="x", **kw
+    )
+    assert (
+        cont.name == "adaptive_pgd[Mahalanobis]@0.2 (continuous)" and named.name == "x (continuous)"
+    )
+    assert cont.grid_levels is None and not is_on_grid(cont.x, 255)
+    assert cont.info["n_success"] == cont.info["n_success_continuous"]
+
+
+def test_rounding_is_rechecked(detectors, digits, digits_model):
+    """Adversarials that round back to a correct prediction are dropped; both rates recorded."""
+    kw = dict(lam=1.0, steps=10, max_samples=60, seed=0)
+    data = _attack_data(digits)
+    cont = make_adaptive(digits_model, detectors["maha"], data, 0.1, levels=None, **kw)
+    grid = make_adaptive(digits_model, detectors["maha"], data, 0.1, levels=16, **kw)
+    # same seed, same PGD: the same continuous successes, fewer survive a coarse grid
+    assert grid.info["n_success_continuous"] == cont.info["n_success"] > 0
+    assert grid.info["success_rate_continuous"] == pytest.approx(cont.info["success_rate"])
+    assert 0 < grid.info["n_success"] < cont.info["n_success"]
+    with torch.no_grad():
+        assert (digits_model(grid.x).argmax(1) != grid.source_labels).all()
+
+
+def test_rounding_that_undoes_the_attack_keeps_nothing(
+    detectors, digits, digits_model, monkeypatch
+):
+    import uniad_plugin.anomalies.adaptive as adaptive
+
+    monkeypatch.setattr(adaptive, "round_adversarial", lambda adv, src, **kw: src.clone())
+    adv = make_adaptive(
+        digits_model, detectors["maha"], _attack_data(digits), 0.2, steps=5, max_samples=30
+    )
+    assert len(adv) == 0 and adv.info["n_success"] == 0
+    assert adv.info["n_success_continuous"] > 0
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_old_keyword_calls_match_options(detectors, digits, digits_model):
+    old = dict(
+        lam=2.0,
+        id_reference=digits.test.tensors[0],
+        steps=5,
+        rel_stepsize=0.1,
+        kappa=0.5,
+        bounds=(0.0, 1.0),
+        batch_size=16,
+        seed=2,
+        max_samples=24,
+        name="old",
+    )
+    data = _attack_data(digits)
+    a = make_adaptive(digits_model, detectors["multi"], data, 0.2, **old)
+    b = make_adaptive(digits_model, detectors["multi"], data, 0.2, options=AdaptiveOptions(**old))
+    # keywords override the options object
+    c = make_adaptive(
+        digits_model,
+        detectors["multi"],
+        data,
+        0.2,
+        options=AdaptiveOptions(**{**old, "seed": 9, "name": "other"}),
+        seed=2,
+        name="old",
+    )
+    assert a.name == b.name == c.name == "old"
+    assert torch.equal(a.x, b.x) and torch.equal(a.x, c.x)
+    assert a.info["steps"] == 5 and a.info["kappa"] == 0.5 and a.info["grid_levels"] == 255
+
+
+def test_options_are_checked(detectors, digits, digits_model):
+    opts = AdaptiveOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.lam = 2.0  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unknown"):
+        make_adaptive(digits_model, detectors["maha"], _attack_data(digits), 0.2, epsilon=1)
+    with pytest.raises(TypeError, match="AdaptiveOptions"):
+        make_adaptive(digits_model, detectors["maha"], _attack_data(digits), 0.2, options={})
+    with pytest.raises(ValueError, match="levels"):
+        AdaptiveOptions(levels=0)
+    with pytest.raises(ValueError, match="bounds"):
+        AdaptiveOptions(bounds=(1.0, 0.0))
+    with pytest.raises(ValueError, match="eps"):
+        make_adaptive(digits_model, detectors["maha"], _attack_data(digits), 0.0)
+
+
+def test_make_adaptive_has_at_most_ten_parameters():
+    assert len(inspect.signature(make_adaptive).parameters) <= 10

@@ -16,11 +16,18 @@ means the same for every detector. The detector must be differentiable end to en
 :func:`differentiable_score` supports :class:`~uniad_plugin.detectors.uniform.UniformDetector`,
 pytorch-ood's ``Mahalanobis`` and ``MultiMahalanobis``, and any detector with a
 ``differentiable_score(x)`` method.
+
+:func:`make_adaptive` puts its sets on the ID data's value grid like the other generators
+(``levels``, default 255: values ``k / 255``): PGD's continuous outputs are rounded within the
+budget and only those still misclassified after rounding are kept; the detector's evasion is
+then measured on the rounded inputs (:func:`evasion_rate`). ``levels=None`` keeps continuous
+values (the name ends in ``" (continuous)"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -29,7 +36,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from uniad_plugin._utils import eval_mode
 from uniad_plugin.anomalies.adversarial import AdversarialSet
-from uniad_plugin.anomalies.base import _check_bounds, collect
+from uniad_plugin.anomalies.base import (
+    DEFAULT_LEVELS,
+    _check_bounds,
+    _check_levels,
+    _check_n,
+    collect,
+    grid_name,
+    round_adversarial,
+)
 
 
 def differentiable_score(detector: Any) -> Callable[[Tensor], Tensor]:
@@ -142,96 +157,201 @@ class AdaptiveLinfPGD(_linf_pgd_class()):  # type: ignore[misc]
         return loss_fn
 
 
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """The keyword options of :func:`make_adaptive`, as one object.
+
+    :param lam: weight of the detector term; ``0`` gives a plain (non-adaptive) margin PGD
+    :param id_reference: ID inputs whose detector scores standardise the detector term
+        (default: the clean inputs being attacked)
+    :param steps: PGD steps
+    :param rel_stepsize: PGD step size relative to ``eps``
+    :param kappa: margin :math:`\\kappa` beyond which misclassification is not pushed further
+    :param bounds: value range of the model's inputs
+    :param levels: value grid of the ID data: adversarials are rounded to values
+        ``k / levels`` within the budget and re-checked (default 255, 8-bit images; 16 for
+        scikit-learn's digits); ``None`` keeps them continuous (the name gets
+        ``" (continuous)"``)
+    :param batch_size: inputs attacked per foolbox call
+    :param seed: seeds PGD's random start
+    :param max_samples: attack at most this many correctly classified inputs
+    :param name: name of the set (default ``f"adaptive_pgd[{detector}]@{eps:g}"``)
+    """
+
+    lam: float = 1.0
+    id_reference: Tensor | None = field(default=None, compare=False, repr=False)
+    steps: int = 40
+    rel_stepsize: float = 2.5 / 40
+    kappa: float = 1.0
+    bounds: tuple[float, float] = (0.0, 1.0)
+    levels: int | None = DEFAULT_LEVELS
+    batch_size: int = 128
+    seed: int = 0
+    max_samples: int | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", _check_bounds(self.bounds))
+        object.__setattr__(self, "levels", _check_levels(self.levels))
+        _check_n(self.steps, "steps")
+        _check_n(self.batch_size, "batch_size")
+        if self.max_samples is not None:
+            _check_n(self.max_samples, "max_samples")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise TypeError(f"expected seed to be an int, got {type(self.seed).__name__}")
+        if not self.rel_stepsize > 0:
+            raise ValueError(f"expected rel_stepsize > 0, got {self.rel_stepsize!r}")
+        if self.id_reference is not None and not isinstance(self.id_reference, Tensor):
+            got = type(self.id_reference).__name__
+            raise TypeError(f"expected id_reference to be a Tensor or None, got {got}")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ValueError(f"expected name to be a non-empty str or None, got {self.name!r}")
+
+
+def _adaptive_options(options: Any, kwargs: dict[str, Any]) -> AdaptiveOptions:
+    if options is not None and not isinstance(options, AdaptiveOptions):
+        raise TypeError(f"expected options to be an AdaptiveOptions, got {type(options).__name__}")
+    names = {f.name for f in fields(AdaptiveOptions)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise TypeError(f"expected keyword arguments among {sorted(names)}, got unknown {unknown}")
+    base = options if options is not None else AdaptiveOptions()
+    return replace(base, **kwargs) if kwargs else base
+
+
+def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(c).argmax(1) for c in x.split(batch_size)]).cpu()
+
+
+def _attack(
+    model: nn.Module,
+    score_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    opts: AdaptiveOptions,
+) -> Tensor:
+    """Seeded adaptive PGD on ``(x, y)``, batch by batch: foolbox's clipped (continuous) output."""
+    import foolbox as fb
+
+    ref = x if opts.id_reference is None else opts.id_reference
+    with torch.no_grad():
+        ref_scores = torch.cat([score_fn(c) for c in ref.split(opts.batch_size)])
+    attack = AdaptiveLinfPGD(
+        score_fn,
+        lam=opts.lam,
+        score_mean=float(ref_scores.mean()),
+        score_std=float(ref_scores.std().clamp_min(1e-12)),
+        kappa=opts.kappa,
+        steps=opts.steps,
+        rel_stepsize=opts.rel_stepsize,
+        random_start=True,
+    )
+    fmodel = fb.PyTorchModel(model, bounds=opts.bounds)
+    advs = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
+        for xb, yb in zip(x.split(opts.batch_size), y.split(opts.batch_size)):
+            _, adv, _ = attack(fmodel, xb, yb, epsilons=eps)
+            advs.append(adv.detach())
+    return torch.cat(advs) if advs else x[:0].clone()
+
+
+def _successful(adv: Tensor, x: Tensor, y: Tensor, pred: Tensor, eps: float) -> Tensor:
+    """Misclassified, finite and within the L-inf budget ``eps``."""
+    linf = (adv - x).flatten(1).abs().amax(1)
+    return (pred != y) & torch.isfinite(adv).flatten(1).all(1) & (linf <= eps * (1 + 1e-5))
+
+
 def make_adaptive(
     model: nn.Module,
     detector: Any,
     data: Dataset | DataLoader,
     eps: float,
     *,
-    lam: float = 1.0,
-    id_reference: Tensor | None = None,
-    steps: int = 40,
-    rel_stepsize: float = 2.5 / 40,
-    kappa: float = 1.0,
-    bounds: tuple[float, float] = (0.0, 1.0),
-    batch_size: int = 128,
-    seed: int = 0,
-    max_samples: int | None = None,
-    name: str | None = None,
+    options: AdaptiveOptions | None = None,
+    **kwargs: Any,
 ) -> AdversarialSet:
-    """Adaptive L-inf PGD adversarials against ``model`` + ``detector``; successful ones kept.
+    """Adaptive L-inf PGD adversarials against ``model`` + ``detector``, rounded onto the
+    data's value grid; the successful ones kept.
 
-    "Successful" means misclassified, as for the other adversarial sets; whether an example
-    also evades the detector is measured by :func:`evasion_rate`.
+    Only correctly classified inputs are attacked (the first ``max_samples`` of them). foolbox
+    attacks in continuous values; each output is rounded onto the grid ``k / levels`` within
+    the budget (:func:`~uniad_plugin.anomalies.base.round_adversarial`: each value held to the
+    grid values within ``eps`` of its source) and the model is run again. "Successful" means
+    misclassified (and finite, within ``eps``) before AND after rounding, as for the other
+    adversarial sets; whether an example also evades the detector is measured on the rounded
+    inputs by :func:`evasion_rate`.
 
     :param detector: a fitted detector with a differentiable form (:func:`differentiable_score`)
-    :param data: ID ``(x, y)`` samples to attack (only correctly classified ones are attacked)
+    :param data: ID ``(x, y)`` samples to attack, within ``bounds``
     :param eps: L-inf budget
-    :param lam: weight of the detector term; ``0`` gives a plain (non-adaptive) margin PGD
-    :param id_reference: ID inputs whose detector scores standardise the detector term
-        (default: the clean inputs being attacked)
-    :param seed: seeds PGD's random start
+    :param options: the keyword options as one :class:`AdaptiveOptions`
+    :param kwargs: any field of :class:`AdaptiveOptions` (``lam``, ``id_reference``,
+        ``steps``, ``rel_stepsize``, ``kappa``, ``bounds``, ``levels``, ``batch_size``,
+        ``seed``, ``max_samples``, ``name``), overriding ``options``
+    :return: the kept adversarials (on the grid), named
+        ``f"adaptive_pgd[{detector}]@{eps:g}"`` or ``name`` (plus ``" (continuous)"`` for
+        ``levels=None``); ``info`` holds ``success_rate_continuous`` (before rounding) and
+        ``success_rate`` (after), their counts, ``grid_levels`` and the attack's settings
+    :raises ValueError: on ``eps <= 0``, bad options or data outside ``bounds``
+    :raises TypeError: on an unknown keyword argument or a detector without a differentiable
+        form
     """
-    import foolbox as fb
-
     if not eps > 0:
         raise ValueError(f"expected eps > 0, got {eps!r}")
-    lo, hi = _check_bounds(bounds)
-    x, y = collect(data, batch_size=batch_size, max_samples=None, what="data")
-    score_fn = differentiable_score(detector)
-    with eval_mode(model):
-        with torch.no_grad():
-            pred = torch.cat([model(c).argmax(1) for c in x.split(batch_size)])
-        correct = pred == y
-        x, y = x[correct], y[correct]
-        if max_samples is not None:
-            x, y = x[:max_samples], y[:max_samples]
-        ref = x if id_reference is None else id_reference
-        with torch.no_grad():
-            ref_scores = torch.cat([score_fn(c) for c in ref.split(batch_size)])
-        attack = AdaptiveLinfPGD(
-            score_fn,
-            lam=lam,
-            score_mean=float(ref_scores.mean()),
-            score_std=float(ref_scores.std().clamp_min(1e-12)),
-            kappa=kappa,
-            steps=steps,
-            rel_stepsize=rel_stepsize,
-            random_start=True,
+    opts = _adaptive_options(options, kwargs)
+    lo, hi = opts.bounds
+    x, y = collect(data, batch_size=opts.batch_size, max_samples=None, what="data")
+    if x.min() < lo or x.max() > hi:
+        raise ValueError(
+            f"expected data within bounds {(lo, hi)}, got values in "
+            f"[{x.min().item():.4g}, {x.max().item():.4g}]"
         )
-        fmodel = fb.PyTorchModel(model, bounds=(lo, hi))
-        advs = []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-                _, adv, _ = attack(fmodel, xb, yb, epsilons=eps)
-                advs.append(adv.detach())
-        adv = torch.cat(advs) if advs else x[:0]
-        with torch.no_grad():
-            adv_pred = torch.cat([model(c).argmax(1) for c in adv.split(batch_size)])
-    linf = (adv - x).flatten(1).abs().amax(1)
-    ok = (adv_pred != y) & torch.isfinite(adv).flatten(1).all(1) & (linf <= eps * (1 + 1e-5))
-    kept = adv[ok]
+    score_fn = differentiable_score(detector)
+    n_input = len(x)
+    with eval_mode(model):
+        correct = _predict(model, x, opts.batch_size) == y
+        n_correct = int(correct.sum())
+        x, y = x[correct][: opts.max_samples], y[correct][: opts.max_samples]
+        raw = _attack(model, score_fn, x, y, eps, opts)
+        ok_cont = _successful(raw, x, y, _predict(model, raw, opts.batch_size), eps)
+        adv = round_adversarial(raw, x, eps=eps, norm="linf", levels=opts.levels, bounds=(lo, hi))
+        adv_pred = _predict(model, adv, opts.batch_size)
+    ok = ok_cont & _successful(adv, x, y, adv_pred, eps)
     det_name = type(detector).__name__
+    n = len(x)
+    delta = (adv - x)[ok].flatten(1)
     info = {
         "attack": "adaptive_pgd_linf",
         "detector": det_name,
         "eps": float(eps),
-        "lam": float(lam),
-        "kappa": float(kappa),
-        "steps": steps,
-        "seed": seed,
-        "n_attacked": len(x),
+        "norm": "linf",
+        "grid_levels": opts.levels,
+        "lam": float(opts.lam),
+        "kappa": float(opts.kappa),
+        "steps": opts.steps,
+        "rel_stepsize": float(opts.rel_stepsize),
+        "seed": opts.seed,
+        "bounds": [lo, hi],
+        "n_input": n_input,
+        "n_correct": n_correct,
+        "clean_accuracy": n_correct / n_input,
+        "n_attacked": n,
+        "n_success_continuous": int(ok_cont.sum()),
+        "success_rate_continuous": float(ok_cont.float().mean()) if n else 0.0,
         "n_success": int(ok.sum()),
-        "success_rate": float(ok.float().mean()) if len(x) else 0.0,
-        "mean_linf": float(linf[ok].mean()) if ok.any() else None,
-        "mean_l2": float((adv - x)[ok].flatten(1).norm(dim=1).mean()) if ok.any() else None,
+        "success_rate": float(ok.float().mean()) if n else 0.0,
+        "mean_linf": float(delta.abs().amax(1).mean()) if ok.any() else None,
+        "mean_l2": float(delta.norm(dim=1).mean()) if ok.any() else None,
         "source_labels": y[ok].tolist(),
         "adv_pred": adv_pred[ok].tolist(),
     }
+    name = opts.name or f"adaptive_pgd[{det_name}]@{eps:g}"
     return AdversarialSet(
-        kept,
-        name or f"adaptive_pgd[{det_name}]@{eps:g}",
+        adv[ok],
+        grid_name(name, opts.levels),
         info,
         source_labels=y[ok],
         adv_pred=adv_pred[ok],
