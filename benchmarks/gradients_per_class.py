@@ -8,10 +8,12 @@ subsample of the MNIST training digits 0-5 (``--n-train``); both detectors are f
 subsample. ID test set: ``--n-test`` test digits 0-5. Anomaly sets (``--n-test`` each):
 
 * ``digits 6-9``: test digits of the classes the classifier never saw (OOD);
-* ``uniform``: uniform noise U(0, 1) per pixel (NS);
-* ``gaussian``: Gaussian noise N(0.5, 1) per pixel, clipped to [0, 1] (NS);
-* ``FGSM``: FGSM (L-inf, eps ``--eps``) from correctly classified ID test digits, only the
-  successful adversarials (AD).
+* ``uniform``: uniform noise per pixel on the 8-bit grid (NS);
+* ``gaussian``: Gaussian noise N(0.5, 1) per pixel, clipped to [0, 1], on the 8-bit grid (NS);
+* ``FGSM``: FGSM (L-inf, eps ``--eps``) from correctly classified ID test digits, rounded onto
+  the 8-bit grid, only the adversarials still successful after rounding (AD).
+
+Every set lies on MNIST's 8-bit grid (the package's generators), as the ID images do.
 
 AUROC with the anomalies as the positive class, mean ± sample std over ``--seeds`` seeds.
 
@@ -38,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from uniad_plugin.anomalies import gaussian_noise, make_adversarial, uniform_noise
 from uniad_plugin.detectors.gradients import ConfoundingGradients
 from uniad_plugin.models import lenet, train_classifier
 
@@ -50,15 +53,11 @@ UNSEEN = [6, 7, 8, 9]
 VARIANTS = {"per_class=True (default)": True, "per_class=False": False}
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """Successful FGSM adversarials of the correctly classified ``x``."""
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    x, y = x[ok].clone().requires_grad_(True), y[ok]
-    nn.functional.cross_entropy(model(x), y).backward()
-    adv = (x + eps * x.grad.sign()).clamp(0, 1).detach()
-    with torch.no_grad():
-        return adv[model(adv).argmax(1) != y]
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> Tensor:
+    """FGSM adversarials of the correctly classified ``x``, on the 8-bit grid, kept only if
+    still successful after rounding (the package's generator)."""
+    data = TensorDataset(x, y)
+    return make_adversarial(model, data, "fgsm", eps, seed=seed, progress=False).x
 
 
 def run_seed(args, seed: int, data) -> dict:
@@ -76,14 +75,14 @@ def run_seed(args, seed: int, data) -> dict:
     train_classifier(clf, loader, epochs=args.clf_epochs, seed=seed)
     clf.eval().requires_grad_(False)
     x_id = x_te[te]
-    shape = (args.n_test, *x_id.shape[1:])
+    shape = tuple(x_id.shape[1:])
     sets = {
         "digits 6-9": x_te[unseen],
-        "uniform": torch.rand(shape, generator=gen),
-        "gaussian": (0.5 + torch.randn(shape, generator=gen)).clamp(0, 1),
+        "uniform": uniform_noise(args.n_test, shape, seed=seed).x,
+        "gaussian": gaussian_noise(args.n_test, shape, seed=seed, std=1.0).x,
     }
     clf.requires_grad_(True)
-    sets["FGSM"] = fgsm(clf, x_id, y_te[te], args.eps)
+    sets["FGSM"] = fgsm(clf, x_id, y_te[te], args.eps, seed)
     clf.requires_grad_(False)
     res: dict = {"n": {k: len(v) for k, v in sets.items()}, "AUROC": {}}
     for name, per_class in VARIANTS.items():
@@ -156,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         "otherwise (all-ones confounding label, sigmoid, log, Ledoit-Wolf shrinkage)",
         "- anomaly sets per seed (sizes of seed 0): "
         + ", ".join(f"{k} {n}" for k, n in per_seed[0]["n"].items())
-        + f"; FGSM eps {args.eps}, successful adversarials of correctly classified ID digits",
+        + f"; FGSM eps {args.eps}, successful adversarials of correctly classified ID digits"
+        + "; every generated set on the 8-bit grid (uniad_plugin.anomalies generators)",
         f"- wall time {wall / 60:.1f} min, process CPU time {cpu / 60:.1f} min, torch threads "
         f"{torch.get_num_threads()}, torch {torch.__version__}",
         "",
