@@ -84,7 +84,12 @@ def test_mnist_split_sizes():
     plan = RunConfig(dataset="mnist", data_root=".", n_test=8000, n_attack=2000).resolve()
     assert (plan.n_test, plan.attack_split, plan.n_val) == (8000, 1000, 1000)
     plan = RunConfig(dataset="mnist", data_root=".", n_test=9500, n_attack=2000).resolve()
-    assert (plan.n_test, plan.attack_split, plan.n_val) == (9500, 1, 499)
+    assert (plan.n_test, plan.attack_split, plan.n_val) == (9500, 250, 250)
+    # the validation part has half of the test set
+    plan = RunConfig(dataset="mnist", data_root=".", split="validation", n_attack=3000).resolve()
+    assert (plan.n_test, plan.attack_split, plan.n_val) == (2000, 2000, 1000)
+    with pytest.raises(ConfigError, match="n_test <= 9998"):
+        RunConfig(dataset="mnist", data_root=".", n_test=9999).resolve()
     plan = RunConfig(dataset="mnist", data_root=".", fast=True, n_attack=2000).resolve()
     assert (plan.n_test, plan.attack_split, plan.n_val) == (200, 50, 200)
 

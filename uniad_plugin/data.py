@@ -117,8 +117,9 @@ def mnist_splits(
     ``train`` is the 60,000 training images; ``test``, ``attack`` and ``val`` are disjoint
     random subsets (``n_test``, ``n_attack`` and ``n_val`` images) of the 10,000 test images,
     taken from the front of a permutation drawn with ``seed`` (``part="report"``) or from its
-    back (``part="validation"``): with the same seed and sizes, the validation part shares no
-    image with the report part.
+    back (``part="validation"``, at most 5,000 images): with the same seed, the two parts
+    share no image as long as the report part uses at most 5,000 images too (the defaults use
+    4,000 each).
 
     :raises ConfigError: if ``root`` does not exist or holds no MNIST (and ``download`` is off),
         or the sizes do not fit in the test set

@@ -129,6 +129,8 @@ DIGITS = Profile(
         "l2": (0.75, 1.25),
         "deepfool": (1.25,),
         "cw_l2": (1.25,),
+        "pgd_linf_obj": (0.25,),
+        "pgd_l2_obj": (1.25,),
     },
 )
 
@@ -137,6 +139,7 @@ DIGITS = Profile(
 DIGITS_FAST = dataclasses.replace(
     DIGITS,
     eps={**DIGITS.eps, "linf": (0.2,), "l2": (1.0,)},
+    validation_eps={**DIGITS.validation_eps, "linf": (0.25,), "l2": (1.25,)},
     n_noise=100,
     n_ood=100,
     n_attack=50,
@@ -185,6 +188,7 @@ MNIST_FAST = dataclasses.replace(
     MNIST,
     epochs=1,
     eps={**MNIST.eps, "linf": (0.3,), "l2": (2.0,)},
+    validation_eps={**MNIST.validation_eps, "linf": (0.25,), "l2": (2.5,)},
     n_noise=100,
     n_ood=100,
     n_attack=50,
@@ -321,6 +325,7 @@ class RunPlan:
     :param n_test: ID test images (``None``: the data set's fixed split)
     :param attack_split: images of the attack split (``None``: the data set's fixed split)
     :param n_val: held-out ID images (``None``: the data set's fixed split)
+    :param data_levels: the ID data's value grid (``None``: the profile's ``grid_levels``)
     """
 
     config: RunConfig
@@ -340,11 +345,17 @@ class RunPlan:
     n_test: int | None = None
     attack_split: int | None = None
     n_val: int | None = None
+    data_levels: int | None = None
+
+    @property
+    def id_levels(self) -> int:
+        """The ID data's value grid (``data_levels``, else the profile's)."""
+        return self.data_levels if self.data_levels is not None else self.config.profile.grid_levels
 
     @property
     def grid_levels(self) -> int | None:
-        """The value grid of the generated sets (``None``: continuous)."""
-        return None if self.config.continuous else self.config.profile.grid_levels
+        """The value grid of the generated sets: the ID data's (``None``: continuous)."""
+        return None if self.config.continuous else self.id_levels
 
     @property
     def anomaly_seed(self) -> int:
@@ -422,16 +433,25 @@ def _attack_params(profile: Profile, overrides: Mapping[str, Mapping[str, Any]] 
 
 def _split_sizes(c: RunConfig, profile: Profile) -> tuple[int | None, int | None, int | None]:
     """ID test images, attack split and held-out ID images of a data set without a fixed
-    split (MNIST's 10,000 test images): the test set first, then the attack split, then as much
-    of the held-out set as is left."""
+    split (MNIST's 10,000 test images; half of them for the validation part): the test set
+    first, then the attack split, then as much of the held-out set as is left.
+
+    :raises ConfigError: if ``n_test`` leaves no room for the other two
+    """
     if profile.n_test is None:
         return None, None, None
+    room = 5000 if c.split == "validation" else 10000
     n_test = _default(c.n_test, profile.n_test)
+    if n_test > room - 2:
+        raise ConfigError(
+            f"expected n_test <= {room - 2} ({room} test images in the {c.split} part, one "
+            f"each left for the attack and held-out splits), got {n_test}"
+        )
     # noisy_id draws from the attack split too; a full run grows it if n_attack asks
     n_src = profile.attack_split if c.fast else max(profile.attack_split, c.n_attack or 0)
     n_val = profile.n_val or 1
-    attack = max(1, min(n_src, 10000 - n_test - n_val))
-    return n_test, attack, max(1, min(n_val, 10000 - n_test - attack))
+    attack = max(1, min(n_src, room - n_test - min(n_val, (room - n_test) // 2)))
+    return n_test, attack, max(1, min(n_val, room - n_test - attack))
 
 
 def _resolve(c: RunConfig) -> RunPlan:

@@ -68,7 +68,7 @@ def _detector_kwargs(plan: RunPlan) -> dict[str, dict[str, Any]]:
     and the run's seed."""
     c = plan.config
     kwargs = {k: dict(v) for k, v in (c.detector_kwargs or {}).items()}
-    kwargs["PixelGrid"] = {"levels": c.profile.grid_levels, **kwargs.get("PixelGrid", {})}
+    kwargs["PixelGrid"] = {"levels": plan.id_levels, **kwargs.get("PixelGrid", {})}
     kwargs["PixelKNN"] = {"seed": c.seed, **kwargs.get("PixelKNN", {})}
     return kwargs
 
@@ -429,6 +429,7 @@ _PLAN_DEFAULTS: dict[str, Any] = {
     "n_attack": None,
     "n_fit": None,
     "attack_params": None,
+    "data_levels": 255,
 }
 
 
@@ -447,7 +448,8 @@ def run_benchmark(
     The engine of earlier versions, kept for its callers: builds a :class:`RunPlan` and calls
     :func:`evaluate_plan`. ``overrides`` are ``detectors``, ``noise``, ``ood``,
     ``optional_ood``, ``n_noise`` (1000), ``n_ood`` (1000), ``n_attack``, ``n_fit``,
-    ``attack_params`` and any field of :class:`RunConfig` (``seed``, ``device``,
+    ``attack_params``, ``data_levels`` (the ID data's value grid the generated sets are put
+    on, default 255; ``continuous=True`` keeps them off it) and any field of :class:`RunConfig` (``seed``, ``device``,
     ``cache_dir`` (default: no cache), ``out_dir``, ``plots``, ``progress``, ``batch_size``,
     ``data_root``, ``download``, ``detector_kwargs``, ...); nothing is checked beyond what
     the steps check themselves.

@@ -108,7 +108,8 @@ class PixelCount(Detector):
         if self.mean is None or self.std is None:
             raise RequiresFittingException()
         n = (_flat(x) != 0).sum(dim=1).double().cpu()
-        return ((n - self.mean) / self.std).abs()
+        # the statistics may have been moved with the detector (``to(device)``)
+        return ((n - self.mean.cpu()) / self.std.cpu()).abs()
 
 
 class PixelKNN(Detector):
