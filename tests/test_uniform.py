@@ -231,3 +231,12 @@ def test_deprecated_names_still_work(detector, digits):
     with pytest.warns(DeprecationWarning, match="n_classes="):
         other.fit_structured(z, y, n_classes=10)
     assert other.predict_structured(feats, logits).shape == (8,)
+
+
+def test_few_samples_per_class_name_the_per_class_limit(digits, digits_model):
+    """With too few samples per class, the error names the per-class limit and the fix."""
+    x, y = digits.train.tensors
+    few = torch.cat([torch.nonzero(y == k).flatten()[:5] for k in range(10)])
+    det = UniformDetector(digits_model, epochs=1)
+    with pytest.raises(ValueError, match=r"at least 10 ID samples per class .* got 5 in the"):
+        det.fit(DataLoader(TensorDataset(x[few], y[few]), batch_size=64))

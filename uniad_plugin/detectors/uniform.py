@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -318,9 +319,12 @@ class UniformDetector(UniadDetector, StructuredDetector):
         n_hold = (counts.float() * self.holdout).floor()
         held = ranks < n_hold[y]
         if int((~held).sum()) == 0 or int(held.sum()) < 2:
+            need = math.ceil(1 / self.holdout)
             raise ValueError(
-                f"expected enough ID samples to hold out {self.holdout:.0%} for score "
-                f"standardisation, got {len(y)}"
+                f"expected at least {need} ID samples per class to hold out {self.holdout:.0%} "
+                f"of each class for score standardisation (and 2 held out in all), got "
+                f"{int(counts.min())} in the smallest class ({len(y)} samples, {K} classes); "
+                f"fit on more samples per class, or raise holdout (it is per class)"
             )
         return held
 
