@@ -205,8 +205,7 @@ def plot_heatmap(
     plt, out = _pyplot(out_dir)
     fig, ax = plt.subplots(figsize=(2.5 + 0.55 * len(sets), 1.6 + 0.38 * len(dets)))
     lower = metric in LOWER_IS_BETTER
-    cmap = plt.get_cmap("RdYlGn_r" if lower else "RdYlGn").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("RdYlGn_r" if lower else "RdYlGn").with_extremes(bad="lightgrey")
     vmin = 0.0 if lower or not metric.startswith("AUROC") else 0.5
     im = ax.imshow(values.numpy(), cmap=cmap, vmin=vmin, vmax=1.0, aspect="auto")
     for (i, j), v in zip(
