@@ -492,8 +492,8 @@ def flag_separable(rows: list[dict[str, Any]], min_auroc: float | None = None) -
         and r["Error"] is None
         and r["AUROC"] >= limit
     ]
-    order = list(dict.fromkeys(r["Dataset"] for r in rows))
-    flagged = [name for name in order if name in set(flagged)]
+    separable = set(flagged)
+    flagged = [name for name in dict.fromkeys(r["Dataset"] for r in rows) if name in separable]
     for r in rows:
         per_set = r["Dataset"] not in SUMMARY_SETS and r["Class"] != ALL
         r["PixelSeparable"] = (r["Dataset"] in flagged) if per_set else None

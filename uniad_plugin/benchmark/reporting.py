@@ -111,8 +111,9 @@ def _table_keys(
             keys.extend([(kind, MEAN), (kind, WORST)])
     if evaluated:
         keys.extend([(ALL, MEAN), (ALL, WORST)])
-    index = {(r["Class"], r["Dataset"]) for r in rows}
-    return [k for k in keys if k in index or k[1] not in (WORST,)]
+    # rows summarised before worst rows existed have none: show a worst line only where it is
+    present = {(r["Class"], r["Dataset"]) for r in rows}
+    return [k for k in keys if k[1] != WORST or k in present]
 
 
 def _table_line(
