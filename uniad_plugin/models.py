@@ -95,3 +95,62 @@ def accuracy(model: nn.Module, loader: DataLoader, device: str | torch.device = 
         correct += (pred == y).sum().item()
         total += y.numel()
     return correct / max(total, 1)
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a skip connection (He et al., 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu2 = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A small ResNet (BatchNorm, residual blocks, a custom ``forward``) for 28x28 images.
+
+    Stem: conv 3x3 with ``widths[0]`` channels, BatchNorm, ReLU; then one
+    :class:`_BasicBlock` per stage (``layer1``, ``layer2``, ``layer3``; stride 2 from the second
+    stage on: 28x28, 14x14, 7x7), global average pooling and a linear head ``fc``.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64)
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        c_in = widths[0]
+        for i, width in enumerate(widths):
+            setattr(self, f"layer{i + 1}", _BasicBlock(c_in, width, 1 if i == 0 else 2))
+            c_in = width
+        self.num_stages = len(widths)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def resnet_mnist(num_classes: int = 10, in_channels: int = 1) -> SmallResNet:
+    """The second reference architecture for 28x28 images: :class:`SmallResNet` with stages of
+    16, 32 and 64 channels (about 78k parameters)."""
+    return SmallResNet(num_classes, in_channels, (16, 32, 64))
