@@ -51,7 +51,7 @@ def test_adaptive_attack_lowers_detector_score(detectors, digits, digits_model):
     data = TensorDataset(*digits.attack.tensors)
     kw = dict(eps=0.2, id_reference=digits.test.tensors[0], steps=20, seed=0, max_samples=60)
     plain = make_adaptive(digits_model, det, data, lam=0.0, **kw)
-    adaptive = make_adaptive(digits_model, det, data, lam=5.0, **kw)
+    adaptive = make_adaptive(digits_model, det, data, lam=1.0, **kw)
     assert len(plain) > 20 and len(adaptive) > 10
     assert adaptive.kind == "AD" and adaptive.info["detector"] == "UniformDetector"
     with torch.no_grad():

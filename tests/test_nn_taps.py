@@ -56,7 +56,13 @@ def test_all_layers_in_one_forward_pass():
 
 def test_default_layers_of_a_cnn():
     model = digits_cnn().eval()
-    assert default_layers(model, torch.rand(2, 1, 8, 8)) == ["3", "4", "8:input", "log_softmax"]
+    assert default_layers(model, torch.rand(2, 1, 8, 8)) == [
+        "3",
+        "4",
+        "8:input",
+        "log_softmax",
+        "softmax",
+    ]
 
 
 def test_activation_taps_finds_hidden_activations_and_refuses_reuse():

@@ -58,7 +58,7 @@ def test_multi_layer_default_beats_penultimate_only_on_adversarials(digits, digi
 
 
 def test_default_layers_are_reported(detector):
-    assert detector.layers == ["3", "4", "8:input", "log_softmax"]
+    assert detector.layers == ["3", "4", "8:input", "log_softmax", "softmax"]
 
 
 def test_layers_by_name_and_module(digits, digits_model):
@@ -106,7 +106,7 @@ def test_structured_api_matches_predict(detector, digits):
     x = digits.test.tensors[0][:64]
     feats, logits = detector.extract(x)
     assert torch.allclose(detector.predict_structured(feats, logits), detector(x), atol=1e-5)
-    with pytest.raises(ValueError, match="expected 4 layers"):
+    with pytest.raises(ValueError, match="expected 5 layers"):
         detector.predict_structured(feats[:2], logits)
     with pytest.raises(ValueError, match="features for layer"):
         detector.predict_structured([f[:, :3] for f in feats], logits)
@@ -180,21 +180,25 @@ def _random_loader(shape, n_classes, n=64, seed=0):
 @pytest.mark.parametrize(
     "factory, shape, expected",
     [
-        (lambda: lenet(num_classes=4), (1, 28, 28), ["1", "4", "5", "11:input", "log_softmax"]),
+        (
+            lambda: lenet(num_classes=4),
+            (1, 28, 28),
+            ["1", "4", "5", "11:input", "log_softmax", "softmax"],
+        ),
         (
             lambda: torchvision.models.resnet18(num_classes=4),
             (3, 64, 64),
-            ["layer1", "layer2", "layer3", "layer4", "fc:input", "log_softmax"],
+            ["layer1", "layer2", "layer3", "layer4", "fc:input", "log_softmax", "softmax"],
         ),
         (
             lambda: WideResNet(num_classes=4, depth=10, widen_factor=1),
             (3, 32, 32),
-            ["block1", "block2", "relu", "fc:input", "log_softmax"],
+            ["block1", "block2", "relu", "fc:input", "log_softmax", "softmax"],
         ),
         (
             lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)),
             (3, 4),
-            ["1:input", "3:input", "log_softmax"],
+            ["1:input", "3:input", "log_softmax", "softmax"],
         ),
     ],
     ids=["lenet", "resnet18", "wideresnet", "mlp"],
@@ -240,3 +244,34 @@ def test_few_samples_per_class_name_the_per_class_limit(digits, digits_model):
     det = UniformDetector(digits_model, epochs=1)
     with pytest.raises(ValueError, match=r"at least 10 ID samples per class .* got 5 in the"):
         det.fit(DataLoader(TensorDataset(x[few], y[few]), batch_size=64))
+
+
+def test_fisher_fusion_is_minus_the_summed_log_p_values_and_zsum_the_z_scores(detector, digits):
+    x = digits.test.tensors[0][:64]
+    feats, logits = detector.extract(x)
+    raw = detector._layer_scores(feats, logits.argmax(1))
+    per_layer = detector.layer_scores(x)
+    assert detector.fusion == "fisher"
+    assert (per_layer >= 0).all()  # -log p
+    # an input scoring above every held-out input in a layer has p <= 1 / (n_held + 1)
+    n_held = detector.fusion_knots.shape[1]
+    top = raw > detector.fusion_knots[:, -1]
+    assert (per_layer[top] >= torch.log(torch.tensor(n_held + 1.0)) - 1e-4).all()
+    zsum = UniformDetector(detector.model).load_state_dict(detector.state_dict())
+    zsum.set_hyperparameters(fusion="zsum")
+    expected = ((raw - detector.fusion_mean) / detector.fusion_std).sum(1)
+    assert torch.allclose(zsum(x), expected, atol=1e-4)
+    assert not torch.allclose(zsum(x), detector(x))
+
+
+def test_states_without_fusion_knots_load_as_zsum(detector, digits):
+    state = detector.state_dict()
+    del state["state"]["fusion_knots"], state["state"]["fusion_slope"]
+    del state["hyperparameters"]["fusion"]
+    old = UniformDetector(detector.model).load_state_dict(state)
+    assert old.fusion == "zsum"
+    x = digits.test.tensors[0][:8]
+    feats, logits = detector.extract(x)
+    raw = detector._layer_scores(feats, logits.argmax(1))
+    expected = ((raw - detector.fusion_mean) / detector.fusion_std).sum(1)
+    assert torch.allclose(old(x), expected, atol=1e-4)

@@ -19,6 +19,7 @@ from typing_extensions import Self
 from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
+from uniad_plugin.nn.pvalues import fisher_combination, log_survival, survival_knots
 from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
@@ -48,10 +49,13 @@ class UniformDetector(UniadDetector, StructuredDetector):
 
         s_l(x) = \\frac{\\lVert \\phi_{l\\hat{k}}(z_l(x)) - c_{l\\hat{k}} \\rVert^2}{R_{l\\hat{k}}^2},
         \\qquad
-        S(x) = \\sum_l \\frac{s_l(x) - \\mu_l}{\\sigma_l}
+        S(x) = -\\sum_l \\log p_l(x)
 
-    where :math:`\\mu_l, \\sigma_l` are the mean and standard deviation of :math:`s_l` on ID
-    inputs held out from fitting the spheres. Larger is more anomalous.
+    where :math:`p_l(x)` is the fraction of ID inputs held out from fitting the spheres whose
+    score :math:`s_l` is at least :math:`s_l(x)` (Fisher's combination of empirical p-values,
+    interpolated, see :mod:`uniad_plugin.nn.pvalues`; ``fusion="zsum"`` sums the z-scores
+    :math:`(s_l - \\mu_l) / \\sigma_l` on the same held-out inputs instead). Larger is more
+    anomalous.
 
     Stated by the paper: per-class one-class hyperspheres with a soft boundary and
     :math:`\nu = 0.1` on representations from inside the frozen network, fitted on ID data
@@ -63,7 +67,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,
-        ``"logits"`` for the output, ``"log_softmax"`` for its log-softmax) or modules; ``None``
+        ``"logits"`` for the output, ``"log_softmax"`` / ``"softmax"`` for its log-softmax /
+        softmax) or modules; ``None``
         picks them from the model
     :param nu: soft-boundary :math:`\\nu`, the fraction of ID samples allowed outside a sphere
     :param hidden: hidden widths of each encoder :math:`\\phi`
@@ -79,6 +84,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
     :param pooling: ``"avg"`` (global average) or ``"avgmax"`` (average and max) for feature maps
     :param whiten: normalisation of each layer before the encoders: ``"full"`` (whitening with
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
+    :param fusion: how the layers' scores are combined: ``"fisher"`` (the sum of
+        :math:`-\\log p_l`) or ``"zsum"`` (the sum of z-scores, the default until issue 12)
     :param seed: seed of every random choice (hold-out split, initialisation, minibatches)
     """
 
@@ -91,6 +98,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         "rep_dim": [16, 32, 64],
         "epochs": [10, 30, 60],
         "score": ["ratio", "difference"],
+        "fusion": ["fisher", "zsum"],
     }
 
     fitted_attribute = "spheres"
@@ -108,6 +116,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         "holdout": hp.real(0.0, 1.0),
         "pooling": hp.choice("avg", "avgmax"),
         "whiten": hp.choice("full", "diag"),
+        "fusion": hp.choice("fisher", "zsum"),
         "seed": hp.integer(None),
     }
 
@@ -128,6 +137,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         holdout: float = 0.1,
         pooling: str = "avg",
         whiten: str = "full",
+        fusion: str = "fisher",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -140,6 +150,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
         self.spheres: nn.ModuleList | None = None
         self.fusion_mean: Tensor | None = None
         self.fusion_std: Tensor | None = None
+        self.fusion_knots: Tensor | None = None
+        self.fusion_slope: Tensor | None = None
         self.input_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = None
 
@@ -276,6 +288,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         raw = self._layer_scores([z[held_idx].to(device) for z in zs], pred[held_idx].to(device))
         self.fusion_mean = raw.mean(0)
         self.fusion_std = raw.std(0).clamp_min(1e-12)
+        self.fusion_knots, self.fusion_slope = survival_knots(raw)
         return self
 
     def _fit_inputs(self, zs, y, pred, num_classes):
@@ -335,7 +348,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
 
     @torch.no_grad()
     def layer_scores(self, x: Tensor) -> Tensor:
-        """Standardised per-layer scores ``(B, L)``; :meth:`predict` is their row sum."""
+        """Per-layer scores ``(B, L)`` on the fusion's scale (``-log p`` or z-scores);
+        :meth:`predict` is their row sum."""
         self._require_fitted()
         x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         x = x.to(self._target_device())
@@ -357,7 +371,11 @@ class UniformDetector(UniadDetector, StructuredDetector):
         return self._fused(feats, logits.argmax(1)).sum(dim=1)
 
     def _fused(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
+        """Per-layer scores on one scale: ``-log p`` (``fusion="fisher"``) or z-scores
+        (``"zsum"``), both against the held-out ID scores; the detector's score is their sum."""
         raw = self._layer_scores(zs, k)
+        if self.fusion == "fisher":
+            return -log_survival(self.fusion_knots, self.fusion_slope, raw)
         return (raw - self.fusion_mean) / self.fusion_std
 
     @torch.no_grad()
@@ -421,6 +439,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
                 "in_dims": [s.in_dim for s in self.spheres],
                 "fusion_mean": self.fusion_mean.detach().cpu(),
                 "fusion_std": self.fusion_std.detach().cpu(),
+                "fusion_knots": self.fusion_knots.detach().cpu(),
+                "fusion_slope": self.fusion_slope.detach().cpu(),
                 "spheres": [
                     {k: v.detach().cpu() for k, v in s.state_dict().items()} for s in self.spheres
                 ],
@@ -441,6 +461,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
             input_shape = tuple(state["input_shape"]) if state["input_shape"] else None
             sphere_states = list(state["spheres"])
             fusion_mean, fusion_std = state["fusion_mean"], state["fusion_std"]
+            # states written before the Fisher fusion hold no knots; they fuse by z-scores
+            knots, slope = state.get("fusion_knots"), state.get("fusion_slope")
             pooling, hidden, rep_dim = (
                 hyper.get("pooling", "avg"),
                 hyper["hidden"],
@@ -463,13 +485,19 @@ class UniformDetector(UniadDetector, StructuredDetector):
             except RuntimeError as e:
                 raise ValueError(f"corrupted UniformDetector state: {e}") from e
             spheres.append(sphere.to(device).eval().requires_grad_(False))
-        self._restore_hyperparameters({"pooling": "avg", "whiten": "full", **hyper})
+        self._restore_hyperparameters(
+            {"pooling": "avg", "whiten": "full", "fusion": "zsum", **hyper}
+        )
+        if self.fusion == "fisher" and (knots is None or slope is None):
+            raise ValueError("corrupted UniformDetector state: fusion 'fisher' without knots")
         self.layers = layers
         self.spheres = spheres
         self.num_classes = num_classes
         self.input_shape = input_shape
         self.fusion_mean = fusion_mean.to(device)
         self.fusion_std = fusion_std.to(device)
+        self.fusion_knots = None if knots is None else knots.to(device)
+        self.fusion_slope = None if slope is None else slope.to(device)
         return self
 
     def _check_model(self, layers, pooling, input_shape, in_dims, num_classes) -> None:

@@ -5,7 +5,8 @@ A layer is named by a string:
 * ``"name"``: the output of the module ``name`` (as in ``model.named_modules()``);
 * ``"name:input"``: the (first positional) input of the module ``name``, e.g. ``"fc:input"``
   for the penultimate features of a classifier whose head is ``fc``;
-* ``"logits"``: the model's output; ``"log_softmax"``: its log-softmax (log-probabilities).
+* ``"logits"``: the model's output; ``"log_softmax"``: its log-softmax (log-probabilities);
+  ``"softmax"``: its softmax (the class probabilities).
 
 A module object may be given instead of ``"name"``. Activations are reduced by
 :func:`pool` inside the hook, so that no feature map is kept longer than needed.
@@ -23,7 +24,8 @@ from uniad_plugin._utils import eval_mode
 
 LOGITS = "logits"
 LOG_SOFTMAX = "log_softmax"
-OUTPUTS = (LOGITS, LOG_SOFTMAX)
+SOFTMAX = "softmax"
+OUTPUTS = (LOGITS, LOG_SOFTMAX, SOFTMAX)
 INPUT_SUFFIX = ":input"
 
 #: module types whose outputs count as "hidden activation layers" when ``layers=None``
@@ -117,7 +119,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | nn.Module]) -> list[
             shown = ", ".join(repr(n) for n in known[:30]) + (" ..." if len(known) > 30 else "")
             raise ValueError(
                 f"layer {layer!r} does not exist in the model; expected one of {shown} "
-                f"(optionally with suffix {INPUT_SUFFIX!r}), {LOGITS!r} or {LOG_SOFTMAX!r}"
+                f"(optionally with suffix {INPUT_SUFFIX!r}), {LOGITS!r}, {LOG_SOFTMAX!r} or {SOFTMAX!r}"
             )
         specs.append(TapSpec(layer, module_name, take_input))
     names = [s.name for s in specs]
@@ -189,6 +191,8 @@ class LayerTaps:
         for idx, spec in enumerate(self.specs):
             if spec.name == LOG_SOFTMAX:
                 feats.append(self.reduce(torch.log_softmax(out, dim=1)))
+            elif spec.name == SOFTMAX:
+                feats.append(self.reduce(torch.softmax(out, dim=1)))
             elif spec.module_name is None:
                 feats.append(self.reduce(out))
             elif idx in store:
@@ -209,8 +213,10 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
     (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a WideResNet, the
     last ReLU/pool of each stage of a LeNet), keeping the last ``max_stages`` resolutions;
     then the input of the last ``nn.Linear`` that runs (the penultimate features), and the
-    log-softmax of the output (``"log_softmax"``: the log-probabilities, which unlike the logits
-    do not carry the per-sample shift the classifier ignores). Models without 4-D activations
+    log-softmax and the softmax of the output (``"log_softmax"``: the log-probabilities, which
+    unlike the logits do not carry the per-sample shift the classifier ignores; ``"softmax"``:
+    the probabilities, in which an input near a decision boundary lies far from the corner of
+    its predicted class, where the ID inputs of that class gather). Models without 4-D activations
     get the inputs of all ``nn.Linear`` layers.
     """
     names = {id(m): n for n, m in model.named_modules()}
@@ -265,7 +271,7 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
             layers.append(head + INPUT_SUFFIX)
         else:
             layers.extend(n + INPUT_SUFFIX for n in dict.fromkeys(linear_runs))
-    layers.append(LOG_SOFTMAX)
+    layers.extend([LOG_SOFTMAX, SOFTMAX])
     return list(dict.fromkeys(layers))
 
 
