@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
-from uniad_plugin.models import digits_cnn
+from tests.tiny_models import TinyResNet, tiny_mlp, tiny_vit
+from uniad_plugin.models import digits_cnn, lenet
 from uniad_plugin.nn.taps import LayerTaps, activation_taps, default_layers, pool, resolve_layers
 
 
@@ -74,3 +76,115 @@ def test_activation_taps_finds_hidden_activations_and_refuses_reuse():
     reused = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), relu, nn.Linear(4, 4), relu)
     with pytest.raises(ValueError, match="runs 2 times"):
         activation_taps(reused, None, torch.rand(2, 4))
+
+
+def test_default_layers_of_the_reference_models_are_unchanged():
+    assert default_layers(lenet().eval(), torch.rand(1, 1, 28, 28)) == [
+        "1",
+        "4",
+        "5",
+        "11:input",
+        "log_softmax",
+        "softmax",
+    ]
+    assert default_layers(digits_cnn().eval(), torch.rand(1, 1, 8, 8)) == [
+        "3",
+        "4",
+        "8:input",
+        "log_softmax",
+        "softmax",
+    ]
+
+
+def test_default_layers_of_a_vision_transformer_are_its_blocks():
+    """Issue 12: the transformer blocks, not only the patch embedding and the head."""
+    torch.manual_seed(0)
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(4)]
+    model = tiny_vit().eval()
+    x = torch.rand(2, 3, 16, 16)
+    assert default_layers(model, x) == [*blocks, "heads.head:input", "log_softmax", "softmax"]
+    assert default_layers(model, x, max_stages=2) == [
+        blocks[1],
+        blocks[3],
+        "heads.head:input",
+        "log_softmax",
+        "softmax",
+    ]
+    _, feats = LayerTaps(model, default_layers(model, x))(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 16)] * 5 + [(2, 10), (2, 10)]
+
+
+def test_default_layers_spread_over_a_deep_stack_end_with_the_last_block():
+    model = torchvision.models.VisionTransformer(
+        image_size=8, patch_size=4, num_layers=12, num_heads=1, hidden_dim=8, mlp_dim=8
+    ).eval()
+    layers = default_layers(model, torch.rand(1, 3, 8, 8))
+    assert layers[:4] == [f"encoder.layers.encoder_layer_{i}" for i in (2, 5, 8, 11)]
+
+
+def test_default_layers_of_a_token_stack_in_a_module_list():
+    """Generic detection: any stack of same-shape (B, T, D) blocks, not torchvision's names."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(8)
+            self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+        def forward(self, x):
+            return x + self.mlp(self.norm(x))
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.blocks = nn.ModuleList(Block() for _ in range(3))
+            self.head = nn.Linear(8, 5)
+
+        def forward(self, x):
+            x = self.embed(x.reshape(len(x), -1, 4))
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x.mean(1))
+
+    layers = default_layers(Tokens().eval(), torch.rand(2, 6, 4))
+    assert layers == ["blocks.0", "blocks.1", "blocks.2", "head:input", "log_softmax", "softmax"]
+
+
+def test_default_layers_of_a_resnet_with_batchnorm_and_skips():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    expected = ["layer1", "layer2", "layer3", "fc:input", "log_softmax", "softmax"]
+    assert default_layers(model, torch.rand(1, 3, 32, 32)) == expected
+    assert default_layers(model, torch.rand(2, 3, 32, 32), max_stages=2) == expected[1:]
+
+
+def test_default_layers_of_resnet18_on_small_inputs():
+    """On 32x32 inputs layer4 runs at 1x1: it is a stage, the stem is not, avgpool is not."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    assert default_layers(model, torch.rand(1, 3, 32, 32)) == [
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "fc:input",
+        "log_softmax",
+        "softmax",
+    ]
+
+
+def test_default_layers_of_an_mlp_are_the_inputs_of_its_linear_layers():
+    model = tiny_mlp().eval()
+    assert default_layers(model, torch.rand(2, 1, 8, 8)) == [
+        "1:input",
+        "3:input",
+        "5:input",
+        "log_softmax",
+        "softmax",
+    ]
+
+
+def test_default_layers_refuse_max_stages_below_one():
+    with pytest.raises(ValueError, match="max_stages >= 1"):
+        default_layers(digits_cnn().eval(), torch.rand(1, 1, 8, 8), max_stages=0)

@@ -11,6 +11,7 @@ from pytorch_ood.model import WideResNet
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.tiny_models import TinyResNet, tiny_vit
 from uniad_plugin.detectors.uniform import UniformDetector
 from uniad_plugin.models import lenet
 
@@ -210,6 +211,26 @@ def test_defaults_work_on_common_architectures(factory, shape, expected):
     assert det.layers == expected
     scores = det(torch.rand((5, *shape)))
     assert scores.shape == (5,) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize(
+    "factory, expected",
+    [
+        (tiny_vit, [f"encoder.layers.encoder_layer_{i}" for i in range(4)] + ["heads.head:input"]),
+        (TinyResNet, ["layer1", "layer2", "layer3", "fc:input"]),
+    ],
+    ids=["vit", "resnet"],
+)
+def test_fits_and_predicts_with_default_layers_of_a_vit_and_a_resnet(factory, expected):
+    """Issue 12: the default layers of token models and BatchNorm/residual CNNs are usable."""
+    torch.manual_seed(0)
+    model = factory().eval()
+    det = UniformDetector(model, epochs=2, batch_size=64).fit(
+        _random_loader((3, 16, 16), 10, n=300)
+    )
+    assert det.layers == [*expected, "log_softmax", "softmax"]
+    scores = det(torch.rand(7, 3, 16, 16))
+    assert scores.shape == (7,) and torch.isfinite(scores).all()
 
 
 def test_warmup_is_derived_at_fit_from_the_current_epochs(digits, digits_model):

@@ -31,7 +31,7 @@ from uniad_plugin.benchmark.fitting import (
     predict_shared,
     producers_of,
 )
-from uniad_plugin.benchmark.wiring import DetectorEntry, as_entries
+from uniad_plugin.benchmark.wiring import DetectorEntry, as_entries, is_builtin
 from uniad_plugin.detectors.uniform import UniformDetector  # the paper of the framework
 
 __all__ = [
@@ -90,7 +90,7 @@ def _check_scores(scores: Any, n: int) -> Tensor:
 
 def _score_raw(det: Detector, loader: DataLoader, device: torch.device) -> Tensor:
     out = []
-    builtin = type(det).__module__.startswith("pytorch_ood.")
+    builtin = is_builtin(det)
     use_grad = isinstance(det, GradientDetector) or not builtin
     for x, _ in loader:
         x = x.to(device)

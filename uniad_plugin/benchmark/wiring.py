@@ -10,6 +10,7 @@ either way its :class:`DetectorEntry` says why.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +28,15 @@ __all__ = [
     "DEFAULT_DETECTORS",
     "SANITY_DETECTORS",
     "DetectorEntry",
+    "CpuFeatures",
     "ModelParts",
     "PenultimateEncoder",
     "available_detectors",
     "build_detectors",
     "check_detector_names",
+    "is_builtin",
     "is_sanity",
+    "with_cpu_features",
 ]
 
 #: detectors of the ``uniad`` command when none are chosen (those that cannot run on the
@@ -199,8 +203,46 @@ def _builtin(name: str) -> type:
     return getattr(d, name)
 
 
+class CpuFeatures:
+    """Mixin for a built-in whose ``fit_features`` / ``predict_features`` hand the features to
+    NumPy (scikit-learn) without moving them to the CPU first.
+
+    Features and labels go to the CPU before the wrapped method runs; scores come back on the
+    device of the features given, so the detector works on ``--device cuda`` like the others.
+    Of the built-ins in the wiring table only ``KNN`` needs it (its ``fit_features`` calls
+    ``.numpy()`` on the features as given); ``ReAct`` and ``OpenMax`` move their inputs to the
+    CPU themselves, the others compute in torch on the features' device.
+    """
+
+    def fit_features(self, z: Tensor, labels: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return super().fit_features(_on_cpu(z), _on_cpu(labels), *args, **kwargs)
+
+    def predict_features(self, z: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        device = z.device
+        return super().predict_features(_on_cpu(z), *args, **kwargs).to(device)
+
+
+def _on_cpu(t: Tensor) -> Tensor:
+    return t.detach().cpu() if isinstance(t, Tensor) else t
+
+
+@functools.cache
+def with_cpu_features(cls: type) -> type:
+    """``cls`` with :class:`CpuFeatures` in front: same name, features on the CPU."""
+    if not (hasattr(cls, "fit_features") and hasattr(cls, "predict_features")):
+        raise TypeError(
+            f"expected a detector class with fit_features and predict_features, got {cls!r}"
+        )
+    return type(cls.__name__, (CpuFeatures, cls), {"__module__": __name__})
+
+
+def is_builtin(det: Detector) -> bool:
+    """Whether ``det`` is a pytorch-ood built-in (also behind :class:`CpuFeatures`)."""
+    return isinstance(det, CpuFeatures) or type(det).__module__.startswith("pytorch_ood.")
+
+
 def _knn(p: ModelParts, kw: dict) -> Detector:
-    return _builtin("KNN")(p.encoder, **{"k": 50, **kw})
+    return with_cpu_features(_builtin("KNN"))(p.encoder, **{"k": 50, **kw})
 
 
 def _vim(p: ModelParts, kw: dict) -> Detector:

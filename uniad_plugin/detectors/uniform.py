@@ -19,7 +19,7 @@ from typing_extensions import Self
 from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
-from uniad_plugin.nn.pvalues import fisher_combination, log_survival, survival_knots
+from uniad_plugin.nn.pvalues import log_survival, survival_knots
 from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 

@@ -62,6 +62,14 @@ def pool(t: Tensor, mode: str = "avg") -> Tensor:
     ``(B, C, H, W)`` feature maps are pooled over space (``"avg"``: mean; ``"avgmax"``: mean
     and max concatenated), ``(B, T, D)`` token sequences are averaged over tokens, ``(B, D)``
     is kept and anything else is flattened.
+
+    Tokens are averaged (the class token, where a model has one, counts as one token among
+    them) rather than reduced to the class token: this is the counterpart of the global
+    average over space for feature maps, needs no knowledge of where a model keeps its class
+    token (or whether it has one), and the class token's final state is already tapped as the
+    head's input by :func:`default_layers`. ``mode`` applies to feature maps only. A 3-D
+    tensor is read as ``(B, T, D)``; pass ``LayerTaps(reduce=...)`` for ``(B, C, L)`` maps of
+    1-D convolutions.
     """
     if t.dim() == 4:
         if mode == "avg":
@@ -205,24 +213,26 @@ class LayerTaps:
         return out, feats
 
 
-def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> list[str]:
-    """Pick sensible layers of a classifier from one probe forward pass.
+@dataclass(frozen=True)
+class _Run:
+    """One module that finished during the probe pass of :func:`default_layers`."""
 
-    For each spatial resolution of 4-D activations at which a module with parameters runs (and
-    for the last resolution), the shallowest module that finishes last at that resolution
-    (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a WideResNet, the
-    last ReLU/pool of each stage of a LeNet), keeping the last ``max_stages`` resolutions;
-    then the input of the last ``nn.Linear`` that runs (the penultimate features), and the
-    log-softmax and the softmax of the output (``"log_softmax"``: the log-probabilities, which
-    unlike the logits do not carry the per-sample shift the classifier ignores; ``"softmax"``:
-    the probabilities, in which an input near a decision boundary lies far from the corner of
-    its predicted class, where the ID inputs of that class gather). Models without 4-D activations
-    get the inputs of all ``nn.Linear`` layers.
-    """
-    names = {id(m): n for n, m in model.named_modules()}
-    finished: list[tuple[str, tuple[int, ...]]] = []
+    name: str
+    shape: tuple[int, ...]
+    own_params: bool  # parameters of its own (a convolution, a norm, a linear layer)
+    any_params: bool  # parameters anywhere inside it (a block, a stage)
+    parent: str  # the name of the module that holds it ("" for a child of the model)
+    composite: bool  # it has submodules (a block, not a single layer)
+    stacked: bool  # its parent is an nn.Sequential or nn.ModuleList
+
+
+def _probe(model: nn.Module, example: Tensor) -> tuple[list[_Run], list[str]]:
+    """Every named module that returns a tensor, in the order it finishes, and the names of
+    the ``nn.Linear`` layers in the order they run, from one forward pass without gradients."""
+    modules = dict(model.named_modules())
+    names = {id(m): n for n, m in modules.items()}
+    runs: list[_Run] = []
     linear_runs: list[str] = []
-    handles = []
 
     def hook(module, _args, output):
         name = names.get(id(module), "")
@@ -231,44 +241,142 @@ def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> li
         if isinstance(output, (tuple, list)):
             output = output[0]
         if isinstance(output, Tensor):
-            has_params = any(True for _ in module.parameters(recurse=False))
-            finished.append((name, tuple(output.shape), has_params))
+            parent = name.rpartition(".")[0]
+            runs.append(
+                _Run(
+                    name=name,
+                    shape=tuple(output.shape),
+                    own_params=any(True for _ in module.parameters(recurse=False)),
+                    any_params=any(True for _ in module.parameters()),
+                    parent=parent,
+                    composite=any(True for _ in module.children()),
+                    stacked=isinstance(modules[parent], (nn.Sequential, nn.ModuleList)),
+                )
+            )
         if isinstance(module, nn.Linear):
             linear_runs.append(name)
 
-    for m in model.modules():
-        handles.append(m.register_forward_hook(hook))
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
+    return runs, linear_runs
 
-    # per resolution: the last module to finish among the shallowest ones (block names such as
-    # "layer3" rather than a ReLU deep inside the next block); 1x1 maps are pooled features
-    # resolutions where only parameter-free modules run (e.g. a lone pooling step between two
-    # convolutions) are not stages of their own, except the last one (what the head consumes)
-    maps = [shape[2:] for _, shape, _ in finished if len(shape) == 4 and shape[2:] != (1, 1)]
-    computed = {shape[2:] for _, shape, has_params in finished if has_params and len(shape) == 4}
-    if maps:
-        computed.add(maps[-1])
-    stage_last: dict[tuple[int, int], str] = {}
-    order: list[tuple[int, int]] = []
-    for name, shape, _ in finished:
-        if len(shape) != 4 or shape[2:] == (1, 1) or shape[2:] not in computed:
+
+def _map_stages(runs: list[_Run]) -> list[str]:
+    """The module that ends each spatial stage of the 4-D feature maps, shallowest first.
+
+    Per resolution: the last module to finish among the shallowest ones (block names such as
+    ``"layer3"`` rather than a ReLU deep inside the next block). Resolutions where only
+    parameter-free modules run (a lone pooling step between two convolutions) are not stages
+    of their own, except the last one (what the head consumes). A 1x1 resolution is a stage
+    only where no larger map follows and the first module to finish at 1x1 has parameters (a
+    strided convolution, as in the last stage of a ResNet on small inputs, not a global
+    pooling); its candidates are modules with parameters, so the global pooling after the
+    stage is not taken, and 1x1 maps elsewhere (pooled features, squeeze-and-excitation
+    gates) are not stages.
+    """
+    maps = [r for r in runs if len(r.shape) == 4]
+    if not maps:
+        return []
+    one = (1, 1)
+    larger = [i for i, r in enumerate(maps) if r.shape[2:] != one]
+    tail_start = larger[-1] + 1 if larger else 0  # the 1x1 maps after the last larger one
+    final_one = tail_start < len(maps) and maps[tail_start].own_params
+    computed = {r.shape[2:] for r in maps if r.own_params and r.shape[2:] != one}
+    if larger:
+        computed.add(maps[larger[-1]].shape[2:])
+    stage_last: dict[tuple[int, ...], str] = {}
+    for i, r in enumerate(maps):
+        key = r.shape[2:]
+        if key == one:
+            if not (final_one and r.any_params and i >= tail_start):
+                continue
+        elif key not in computed:
             continue
-        key = (shape[2], shape[3])
-        if key not in stage_last:
-            order.append(key)
-            stage_last[key] = name
-        elif name.count(".") <= stage_last[key].count("."):
-            stage_last[key] = name
-    layers = [stage_last[k] for k in order][-max_stages:] if order else []
+        if key not in stage_last or r.name.count(".") <= stage_last[key].count("."):
+            stage_last[key] = r.name
+    return list(stage_last.values())
+
+
+def _token_blocks(runs: list[_Run]) -> list[str]:
+    """The longest stack of transformer-style blocks, in the order they run (``[]`` if none).
+
+    A stack: at least two composite modules with parameters, children of one
+    ``nn.Sequential`` or ``nn.ModuleList``, each returning a 3-D ``(B, T, D)`` token sequence
+    of the same shape (e.g. ``encoder.layers.encoder_layer_0`` ... of torchvision's
+    ``VisionTransformer``).
+    """
+    stacks: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+    for r in runs:
+        if len(r.shape) == 3 and r.stacked and r.composite and r.any_params:
+            blocks = stacks.setdefault((r.parent, r.shape), [])
+            if r.name not in blocks:
+                blocks.append(r.name)
+    best: list[str] = []
+    for blocks in stacks.values():
+        if len(blocks) >= 2 and len(blocks) >= len(best):
+            best = blocks
+    return best
+
+
+def _spread(blocks: list[str], k: int) -> list[str]:
+    """``k`` of ``blocks`` evenly spaced over the depth, ending with the last block."""
+    n = len(blocks)
+    if n <= k:
+        return list(blocks)
+    return [blocks[round((i + 1) * n / k) - 1] for i in range(k)]
+
+
+def default_layers(model: nn.Module, example: Tensor, max_stages: int = 4) -> list[str]:
+    """Pick sensible layers of a classifier from one probe forward pass.
+
+    Per architecture:
+
+    * **Token models** (ViT-style; a stack of at least two blocks in one ``nn.Sequential`` or
+      ``nn.ModuleList`` whose outputs are ``(B, T, D)`` token sequences of the same shape, e.g.
+      ``encoder.layers.encoder_layer_0`` ... of torchvision's ``VisionTransformer``): the
+      outputs of ``max_stages`` blocks evenly spaced over the depth and ending with the last
+      block (all blocks if there are fewer; for 12 blocks and ``max_stages=4``: blocks 2, 5, 8
+      and 11, counted from 0), so that shallow and deep blocks are both represented as the
+      stages of a CNN are. Feature maps before the blocks (the patch embedding) are not taken.
+      Tokens are averaged by :func:`pool`.
+    * **CNNs** (4-D activations, ``nn.Sequential`` or a custom ``forward``, with or without
+      BatchNorm and skip connections): for each spatial resolution at which a module with
+      parameters runs (and for the last resolution), the shallowest module that finishes last
+      at that resolution (e.g. ``layer1`` ... ``layer4`` of a ResNet, the final ReLU of a
+      WideResNet, the last ReLU/pool of each stage of a LeNet), keeping the last
+      ``max_stages`` resolutions. A 1x1 resolution counts only as the last stage, computed by
+      modules with parameters (``layer4`` of a ResNet-18 on 32x32 inputs), not as the global
+      pooling after it or a squeeze-and-excitation gate.
+    * **MLPs** (neither of the above): the inputs of all ``nn.Linear`` layers that run.
+
+    Then, for token models and CNNs, the input of the last ``nn.Linear`` that runs (the
+    penultimate features, e.g. ``fc:input`` or ``heads.head:input``), and for every model the
+    log-softmax and the softmax of the output (``"log_softmax"``: the log-probabilities, which
+    unlike the logits do not carry the per-sample shift the classifier ignores; ``"softmax"``:
+    the probabilities, in which an input near a decision boundary lies far from the corner
+    where the ID inputs of its predicted class gather).
+
+    :param model: the classifier, in eval mode
+    :param example: a probe batch of one or a few inputs
+    :param max_stages: the most stages (CNNs) or blocks (token models) to take
+    :return: layer names as understood by :class:`LayerTaps`
+    """
+    if max_stages < 1:
+        raise ValueError(f"expected max_stages >= 1, got {max_stages}")
+    runs, linear_runs = _probe(model, example)
+    blocks = _token_blocks(runs)
+    if blocks:
+        layers = _spread(blocks, max_stages)
+    else:
+        layers = _map_stages(runs)[-max_stages:]
     if linear_runs:
-        head = linear_runs[-1]
         if layers:
-            layers.append(head + INPUT_SUFFIX)
+            layers.append(linear_runs[-1] + INPUT_SUFFIX)
         else:
             layers.extend(n + INPUT_SUFFIX for n in dict.fromkeys(linear_runs))
     layers.extend([LOG_SOFTMAX, SOFTMAX])
