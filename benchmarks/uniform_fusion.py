@@ -114,6 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     for label, idx, how in variants:
         rows.append(_row(label, {n: _fuse(det, r, idx, how) for n, r in raw.items()}, kinds, None))
         print(rows[-1]["variant"], round(rows[-1]["mean"], 3), rows[-1]["min"], flush=True)
+    # the other pooling of feature maps, with the default fusion (a second fit)
+    other = "avgmax" if det.pooling == "avg" else "avg"
+    det2 = UniformDetector(model, seed=args.seed, pooling=other).fit(loader)
+    raw2 = {n: _scores(det2, x) for n, x in sets.items()}
+    for label, idx, how in variants[:3:2]:
+        label = f"{label.split(' (')[0]}, {other} pooling"
+        rows.append(
+            _row(label, {n: _fuse(det2, r, idx, how) for n, r in raw2.items()}, kinds, None)
+        )
     for i, name in enumerate(layers):
         rows.append(_row(f"layer {name} alone", {n: r[:, i] for n, r in raw.items()}, kinds, None))
     with torch.no_grad():  # the default row is what predict gives (same batches)
