@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from uniad_plugin._utils import model_device
 from uniad_plugin.benchmark._common import ConfigError, one_line
-from uniad_plugin.nn.taps import INPUT_SUFFIX, LOG_SOFTMAX, LOGITS, LayerTaps, default_layers
+from uniad_plugin.nn.taps import INPUT_SUFFIX, OUTPUTS, LayerTaps, default_layers
 
 __all__ = [
     "DEFAULT_DETECTORS",
@@ -164,7 +164,7 @@ def _sequential_parts(
     top = [n for n, _ in model.named_children()]
     ends: list[int] = []
     for layer in layers:
-        if layer in (LOGITS, LOG_SOFTMAX):
+        if layer in OUTPUTS:
             continue
         name = layer[: -len(INPUT_SUFFIX)] if layer.endswith(INPUT_SUFFIX) else layer
         idx = top.index(name.split(".")[0])
