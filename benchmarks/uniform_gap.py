@@ -64,12 +64,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{best['AUROC']:.3f} ({best['Detector']}) | {gap:+.3f} |"
         )
     means = {
-        d: sum(
-            x["AUROC"]
-            for x in rows
-            if x["Detector"] == d and x["Dataset"] == "mean" and x["Class"] == "all"
-        )
-        for d in {x["Detector"] for x in rows}
+        r["Detector"]: r["AUROC"]
+        for r in rows
+        if r["Dataset"] == "mean" and r["Class"] == "all" and r.get("AUROC") is not None
     }
     best_mean = max((v, d) for d, v in means.items() if d not in PLUGINS | set(SANITY_DETECTORS))
     behind = {n: g for n, g in gaps.items() if g < -MAX_GAP}
