@@ -42,6 +42,23 @@ def test_layer_scores_equal_per_layer_scores(kind, labels):
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_scoring_fitted_spheres_folds_the_normalisation_and_tracks_changes():
+    spheres = [s.requires_grad_(False) for s in _spheres(4, [5, 3])]
+    labels = torch.tensor([3, 0, 1, 1, 2, 3, 0])
+    g = torch.Generator().manual_seed(2)
+    zs = [torch.randn(len(labels), s.in_dim, generator=g, requires_grad=True) for s in spheres]
+    expected = torch.stack([s.score(z, labels) for s, z in zip(spheres, zs)], dim=1)
+    got = layer_scores(spheres, zs, labels)  # folded: the weights need no gradient
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    got.sum().backward()  # still differentiable with respect to the activations
+    assert all(z.grad is not None and z.grad.abs().sum() > 0 for z in zs)
+    with torch.no_grad():  # an in-place change of the normalisation invalidates the fold
+        spheres[0].in_mean.add_(1.0)
+        spheres[1].weights[0].mul_(2.0)
+        expected = torch.stack([s.score(z, labels) for s, z in zip(spheres, zs)], dim=1)
+        assert torch.allclose(layer_scores(spheres, zs, labels), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_layer_scores_empty_batch_bad_kind_and_gradients():
     spheres = _spheres(3, [4, 2])
     assert layer_scores(

@@ -79,6 +79,25 @@ class BatchedSVDD(nn.Module):
     def _standardise(self, z: Tensor) -> Tensor:
         return (z - self.in_mean) @ self.in_proj
 
+    def folded_input_layer(self) -> tuple[Tensor, Tensor]:
+        """The normalisation folded into the first encoder layer, for scoring.
+
+        ``(z - in_mean) @ in_proj @ W_k = z @ W'_k - b_k`` with ``W'_k = in_proj @ W_k``
+        ``(K, D, H)`` and ``b_k = in_mean @ W'_k`` ``(K, H)``: one ``bmm`` instead of a
+        subtraction, a ``(D, D)`` product and a ``bmm``. Computed without gradients and cached
+        until the weights or the normalisation change (in place or by a move).
+        """
+        tensors = (self.weights[0], self.in_mean, self.in_proj)
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        cached = getattr(self, "_folded", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                w = torch.matmul(self.in_proj, self.weights[0])
+                b = torch.einsum("d,kdh->kh", self.in_mean, w)
+            cached = (key, w, b)
+            self._folded = cached
+        return cached[1], cached[2]
+
     def embed_grouped(self, z: Tensor) -> Tensor:
         """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``."""
         h = self._standardise(z)
@@ -167,11 +186,13 @@ def layer_scores(
 
     scores = []
     for sphere, g in zip(spheres, grouped.split(dims, dim=2)):
-        h = sphere._standardise(g)
-        for i, w in enumerate(sphere.weights):
-            h = torch.bmm(h, rows(w))
-            if i < len(sphere.weights) - 1:
-                h = nn.functional.leaky_relu(h)
+        if torch.is_grad_enabled() and sphere.weights[0].requires_grad:
+            h = torch.bmm(sphere._standardise(g), rows(sphere.weights[0]))
+        else:  # scoring a fitted sphere: the normalisation folded into the first layer
+            w0, b0 = sphere.folded_input_layer()
+            h = torch.baddbmm(-rows(b0).unsqueeze(1), g, rows(w0))
+        for w in sphere.weights[1:]:
+            h = torch.bmm(nn.functional.leaky_relu(h), rows(w))
         d2 = (h - rows(sphere.center).unsqueeze(1)).pow(2).sum(dim=2)  # (K', m)
         r2 = rows(sphere.radius2).unsqueeze(1)
         scores.append(d2 / r2.clamp_min(1e-12) if kind == "ratio" else d2 - r2)
