@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_setup import HERE  # noqa: E402
-from uniform_ablation import _row  # noqa: E402
+from uniform_ablation import _over_seeds, _row  # noqa: E402
 
 from uniad_plugin.benchmark import PixelCount, PixelGrid, PixelKNN, RunConfig, prepare_suite  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
@@ -64,6 +64,49 @@ def _fuse(det: UniformDetector, raw: torch.Tensor, idx: list[int], how: str) -> 
     raise ValueError(how)
 
 
+def _uniform_rows(
+    model: torch.nn.Module, loader: DataLoader, sets: dict, kinds: dict, seed: int
+) -> tuple[list[dict], UniformDetector, float]:
+    """The UniformDetector rows of one detector seed: every fusion rule and layer subset from
+    one fit with the defaults, the default fusion with the other pooling (a second fit), and
+    every layer alone; the fitted default detector and its fit time."""
+    t = time.perf_counter()
+    det = UniformDetector(model, seed=seed).fit(loader)
+    fit_s = time.perf_counter() - t
+    raw = {n: _scores(det, x) for n, x in sets.items()}
+    layers = list(det.layers)
+    old = [i for i, n in enumerate(layers) if n != "softmax"]  # the defaults before issue 12
+    every = list(range(len(layers)))
+    variants = [
+        ("Fisher, all default layers (the default)", every, "fisher"),
+        ("Fisher, without softmax", old, "fisher"),
+        ("sum of z-scores, all default layers", every, "zsum"),
+        ("sum of z-scores, without softmax (the default before issue 12)", old, "zsum"),
+        ("smallest p-value, all default layers", every, "min_p"),
+    ]
+    rows = []
+    for label, idx, how in variants:
+        rows.append(_row(label, {n: _fuse(det, r, idx, how) for n, r in raw.items()}, kinds, fit_s))
+        print(seed, rows[-1]["variant"], round(rows[-1]["mean"], 3), rows[-1]["min"], flush=True)
+    # the other pooling of feature maps (a second fit)
+    other = "avgmax" if det.pooling == "avg" else "avg"
+    t = time.perf_counter()
+    det2 = UniformDetector(model, seed=seed, pooling=other).fit(loader)
+    fit2_s = time.perf_counter() - t
+    raw2 = {n: _scores(det2, x) for n, x in sets.items()}
+    for label, idx, how in variants[:3:2]:
+        label = f"{label.split(' (')[0]}, {other} pooling"
+        rows.append(
+            _row(label, {n: _fuse(det2, r, idx, how) for n, r in raw2.items()}, kinds, fit2_s)
+        )
+    for i, name in enumerate(layers):
+        rows.append(_row(f"layer {name} alone", {n: r[:, i] for n, r in raw.items()}, kinds, fit_s))
+    with torch.no_grad():  # the default row is what predict gives (same batches)
+        predicted = torch.cat([det.predict(c) for c in sets["ID"].split(1000)])
+    assert torch.allclose(_fuse(det, raw["ID"], every, "fisher"), predicted, atol=1e-4)
+    return rows, det, fit_s
+
+
 def _features(det: UniformDetector, x: torch.Tensor, layer: str) -> torch.Tensor:
     i = det.layers.index(layer)
     with torch.no_grad():
@@ -75,7 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--arch", choices=sorted(ARCHS), default="lenet")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the model and the sets")
+    ap.add_argument(
+        "--detector-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="fit UniformDetector once per seed; rows show mean ± std (default: --seed)",
+    )
     ap.add_argument("--cache-dir", default=None, help="cache of the model and adversarials")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -96,38 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     kinds = {a.name: a.kind for a in suite.anomalies if len(a.x)}
 
     loader = DataLoader(splits.train, batch_size=1000)
-    t = time.perf_counter()
-    det = UniformDetector(model, seed=args.seed).fit(loader)
-    fit_s = time.perf_counter() - t
-    raw = {n: _scores(det, x) for n, x in sets.items()}
-    layers = list(det.layers)
-    old = [i for i, n in enumerate(layers) if n != "softmax"]  # the defaults before issue 12
-    every = list(range(len(layers)))
-    rows = []
-    variants = [
-        ("Fisher, all default layers (the default)", every, "fisher"),
-        ("Fisher, without softmax", old, "fisher"),
-        ("sum of z-scores, all default layers", every, "zsum"),
-        ("sum of z-scores, without softmax (the default before issue 12)", old, "zsum"),
-        ("smallest p-value, all default layers", every, "min_p"),
-    ]
-    for label, idx, how in variants:
-        rows.append(_row(label, {n: _fuse(det, r, idx, how) for n, r in raw.items()}, kinds, None))
-        print(rows[-1]["variant"], round(rows[-1]["mean"], 3), rows[-1]["min"], flush=True)
-    # the other pooling of feature maps, with the default fusion (a second fit)
-    other = "avgmax" if det.pooling == "avg" else "avg"
-    det2 = UniformDetector(model, seed=args.seed, pooling=other).fit(loader)
-    raw2 = {n: _scores(det2, x) for n, x in sets.items()}
-    for label, idx, how in variants[:3:2]:
-        label = f"{label.split(' (')[0]}, {other} pooling"
-        rows.append(
-            _row(label, {n: _fuse(det2, r, idx, how) for n, r in raw2.items()}, kinds, None)
-        )
-    for i, name in enumerate(layers):
-        rows.append(_row(f"layer {name} alone", {n: r[:, i] for n, r in raw.items()}, kinds, None))
-    with torch.no_grad():  # the default row is what predict gives (same batches)
-        predicted = torch.cat([det.predict(c) for c in sets["ID"].split(1000)])
-    assert torch.allclose(_fuse(det, raw["ID"], every, "fisher"), predicted, atol=1e-4)
+    seeds = args.detector_seeds or [args.seed]
+    per_seed = [_uniform_rows(model, loader, sets, kinds, seed) for seed in seeds]
+    det, layers, fit_s = per_seed[0][1], per_seed[0][1].layers, per_seed[0][2]
+    rows = [_over_seeds(list(group), kinds) for group in zip(*(p[0] for p in per_seed))]
 
     head = next(n for n in layers if n.endswith(":input"))
     z_train = _features(det, splits.train.tensors[0], head)
@@ -180,12 +202,18 @@ def main(argv: list[str] | None = None) -> None:
         "layers": layers,
         "accuracy": acc,
         "fit_s": fit_s,
+        "detector_seeds": seeds,
         "wall_s": wall_s,
         "notes": list(suite.notes),
     }
     out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1, default=str))
     out.with_suffix(".md").write_text(_markdown(meta, rows, kinds, best))
     print(out.with_suffix(".md").read_text())
+
+
+def _cell(r: dict, key: str) -> str:
+    std = r.get("std", {}).get(key)
+    return f"{r[key]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
 def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
@@ -200,7 +228,14 @@ def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
         "",
         f"One `UniformDetector(model)` with the defaults, layers {', '.join(meta['layers'])}; "
         "every UniformDetector row is computed from its per-layer scores (the spheres are "
-        "fitted once). `gap`: the row's AUROC minus the best built-in detector's on the same "
+        "fitted once per detector seed). "
+        + (
+            f"Detector seeds {meta['detector_seeds']}: class columns and mean are mean ± sample "
+            "std over seeds, the per-set AUROCs and gaps are means over seeds. "
+            if len(meta["detector_seeds"]) > 1
+            else f"Detector seed {meta['detector_seeds'][0]}. "
+        )
+        + "`gap`: the row's AUROC minus the best built-in detector's on the same "
         "set, the worst over all sets (the goal of issue 12: at least -0.02).",
         "",
         "| variant | OOD | AD | NS | mean | min set | worst gap |",
@@ -209,8 +244,8 @@ def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
     for r in rows:
         gap_set = min(r["gap"], key=r["gap"].get)
         lines.append(
-            f"| {r['variant']} | {r['OOD']:.3f} | {r['AD']:.3f} | {r['NS']:.3f} | "
-            f"{r['mean']:.3f} | {r['min_set']} {r['min']:.3f} | {r['worst_gap']:+.3f} "
+            f"| {r['variant']} | {_cell(r, 'OOD')} | {_cell(r, 'AD')} | {_cell(r, 'NS')} | "
+            f"{_cell(r, 'mean')} | {r['min_set']} {r['min']:.3f} | {r['worst_gap']:+.3f} "
             f"({gap_set}) |"
         )
     lines += ["", "Per set (AUROC; last row: the best built-in on each set):", ""]
