@@ -221,6 +221,15 @@ def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
         ),
         "no MNIST under root": (["--dataset", "mnist", "--data-root", p], "MNIST not found"),
         "real OOD without root": (["--ood", "kmnist"], "needs --data-root"),
+        "no CIFAR-10 under root": (
+            ["--dataset", "cifar10", "--data-root", p],
+            "CIFAR-10 not found: data_batch_1",
+        ),
+        "missing image folder": (
+            ["--dataset", "folder", "--train-dir", p / "nowhere", "--test-dir", p],
+            "does not exist",
+        ),
+        "unknown torchvision model": (["--arch", "torchvision:resnet_nope"], "has no model"),
         "missing model": (["--model", p / "missing.pt"], "model file not found"),
         "output does not match classes": (
             ["--model", p / "five.pt", "--arch", f"{p / 'arch.py'}:five"],

@@ -125,11 +125,11 @@ class _BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """A small ResNet (BatchNorm, residual blocks, a custom ``forward``) for 28x28 images.
+    """A small ResNet (BatchNorm, residual blocks, a custom ``forward``) for small images.
 
     Stem: conv 3x3 with ``widths[0]`` channels, BatchNorm, ReLU; then one
     :class:`_BasicBlock` per stage (``layer1``, ``layer2``, ``layer3``; stride 2 from the second
-    stage on: 28x28, 14x14, 7x7), global average pooling and a linear head ``fc``.
+    stage on: 28x28, 14x14, 7x7 for MNIST), global average pooling and a linear head ``fc``.
     """
 
     def __init__(

@@ -30,7 +30,7 @@ __all__ = [
 class Profile:
     """Defaults of one data set.
 
-    :param name: data set name (``"digits"``, ``"mnist"``)
+    :param name: data set name (``"digits"``, ``"mnist"``, ``"cifar10"``, ``"folder"``)
     :param arch: ``"module:function"`` of the reference architecture
     :param epochs: training epochs of the reference model
     :param train_batch_size: batch size of its training
