@@ -9,10 +9,14 @@ import pytest
 import torch
 
 from uniad_plugin.benchmark import (
+    CIFAR10,
+    CIFAR10_FAST,
     DEFAULT_ATTACKS,
     DEFAULT_DETECTORS,
     DIGITS,
     DIGITS_FAST,
+    FOLDER,
+    FOLDER_FAST,
     MNIST,
     MNIST_FAST,
     NOISE_SETS,
@@ -25,7 +29,12 @@ from uniad_plugin.benchmark import (
 
 
 def test_profiles_are_frozen_values():
-    assert PROFILES == {"digits": (DIGITS, DIGITS_FAST), "mnist": (MNIST, MNIST_FAST)}
+    assert PROFILES == {
+        "digits": (DIGITS, DIGITS_FAST),
+        "mnist": (MNIST, MNIST_FAST),
+        "cifar10": (CIFAR10, CIFAR10_FAST),
+        "folder": (FOLDER, FOLDER_FAST),
+    }
     assert all(isinstance(p, Profile) for pair in PROFILES.values() for p in pair)
     with pytest.raises(dataclasses.FrozenInstanceError):
         DIGITS.epochs = 1  # type: ignore[misc]
@@ -109,7 +118,10 @@ def test_validation_split_takes_other_budgets_and_seeds():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"dataset": "cifar"}, r"expected dataset in \('digits', 'mnist'\), got 'cifar'"),
+        (
+            {"dataset": "cifar"},
+            r"expected dataset in \('digits', 'mnist', 'cifar10', 'folder'\), got 'cifar'",
+        ),
         ({"device": "toaster"}, "bad device 'toaster'; expected e.g. 'cpu'"),
         ({"detectors": ["Nope"]}, "unknown detector 'Nope'; choose from"),
         ({"detectors": ["KNN", "knn"]}, "detector 'KNN' was given twice"),
@@ -121,6 +133,9 @@ def test_validation_split_takes_other_budgets_and_seeds():
         ({"batch_size": 0}, "expected batch_size >= 1, got 0"),
         ({"n_test": 10}, "expected n_test only for a data set without a fixed split"),
         ({"dataset": "mnist"}, "expected data_root"),
+        ({"dataset": "cifar10"}, "a folder with cifar-10-batches-py inside"),
+        ({"dataset": "folder", "train_dir": "t"}, "expected train_dir and test_dir"),
+        ({"image_size": 4}, "expected image_size >= 8"),
         ({"detectors": []}, "expected at least one detector"),
         ({"attacks": [], "noise": [], "ood": []}, "expected at least one anomaly set"),
         ({"detectors": [], "attacks": [], "noise": [], "ood": []}, "nothing to evaluate"),

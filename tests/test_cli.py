@@ -221,6 +221,15 @@ def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
         ),
         "no MNIST under root": (["--dataset", "mnist", "--data-root", p], "MNIST not found"),
         "real OOD without root": (["--ood", "kmnist"], "needs --data-root"),
+        "no CIFAR-10 under root": (
+            ["--dataset", "cifar10", "--data-root", p],
+            "CIFAR-10 not found: data_batch_1",
+        ),
+        "missing image folder": (
+            ["--dataset", "folder", "--train-dir", p / "nowhere", "--test-dir", p],
+            "does not exist",
+        ),
+        "unknown torchvision model": (["--arch", "torchvision:resnet_nope"], "has no model"),
         "missing model": (["--model", p / "missing.pt"], "model file not found"),
         "output does not match classes": (
             ["--model", p / "five.pt", "--arch", f"{p / 'arch.py'}:five"],
@@ -316,8 +325,14 @@ def test_usage_errors_belong_to_the_command():
     parse = cli.build_parser().parse_args
     with pytest.raises(cli.UsageError, match="needs --data-root"):
         cli.config_from_args(parse(["--dataset", "mnist"]))
-    with pytest.raises(cli.UsageError, match="--n-test applies to --dataset mnist only"):
+    with pytest.raises(cli.UsageError, match="--n-test applies to --dataset mnist and cifar10"):
         cli.config_from_args(parse(["--n-test", "5"]))
+    with pytest.raises(cli.UsageError, match="--dataset cifar10 needs --data-root"):
+        cli.config_from_args(parse(["--dataset", "cifar10"]))
+    with pytest.raises(cli.UsageError, match="needs --train-dir DIR and --test-dir DIR"):
+        cli.config_from_args(parse(["--dataset", "folder", "--train-dir", "a"]))
+    with pytest.raises(cli.UsageError, match="apply to --dataset folder only"):
+        cli.config_from_args(parse(["--train-dir", "a"]))
 
 
 def test_only_training_images_reach_fit(tmp_path):
@@ -345,3 +360,72 @@ def test_only_training_images_reach_fit(tmp_path):
     others += [a.x for a in result.benchmark.anomalies]
     for x in others:
         assert not fitted & {tuple(r.tolist()) for r in x.flatten(1)}
+
+
+def _kinds(out_dir: Path) -> dict[str, set[str]]:
+    """Detector names by anomaly class (OOD, AD, NS, all) of the rows of a run with a number."""
+    kinds: dict[str, set[str]] = {}
+    for row in _rows(out_dir):
+        if row["AUROC"] is not None:
+            kinds.setdefault(row["Class"], set()).add(row["Detector"])
+    return kinds
+
+
+#: the small sizes of the end-to-end runs on tiny image data
+_TINY = ["--fast", "--detectors", "UniformDetector", "MaxSoftmax", "--attacks", "fgsm@0.3"]
+_TINY += ["--n-attack", "10", "--n-noise", "10", "--n-ood", "10", "--no-sanity", "--no-plots"]
+_TINY += ["--quiet"]
+
+
+def test_cifar10_end_to_end_on_a_tiny_copy(tmp_path, capsys):
+    from tests.image_data import write_tiny_cifar10
+
+    root = write_tiny_cifar10(tmp_path / "data", n_per_batch=20, n_test=300)
+    args = ["--dataset", "cifar10", "--data-root", root, "--n-test", "20", *_TINY]
+    args += ["--arch", "tests.tiny_models:tiny_rgb_cnn", "--epochs", "40"]
+    code, out, err = _run([*args, "--out", tmp_path / "o", "--cache-dir", tmp_path / "c"], capsys)
+    assert code == 0, err
+    for name in ("results.json", "results.csv", "table.txt", "table.md"):
+        assert (tmp_path / "o" / name).is_file(), name
+    meta = json.loads((tmp_path / "o" / "results.json").read_text())["meta"]
+    assert meta["dataset"] == "cifar10" and meta["input_shape"] == [3, 32, 32]
+    assert (meta["n_train"], meta["n_test"], meta["num_classes"]) == (100, 20, 10)
+    kinds = _kinds(tmp_path / "o")
+    assert all(kinds[k] == {"UniformDetector", "MaxSoftmax"} for k in ("OOD", "AD", "NS")), kinds
+    assert "letters" in out and "fgsm@0.3" in out and "gaussian" in out
+
+
+def test_image_folder_end_to_end_with_a_torchvision_model(tmp_path, capsys):
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchvision.models import resnet18
+
+    from tests.image_data import write_image_folder
+    from uniad_plugin.data import folder_splits
+    from uniad_plugin.models import train_classifier
+
+    train_dir = write_image_folder(tmp_path / "train", n_per_class=10)
+    test_dir = write_image_folder(tmp_path / "test", n_per_class=8, seed=1)
+    # a resnet18 with random features and a linear head fitted on them (seconds, not minutes)
+    x, y = folder_splits(train_dir, test_dir, image_size=16).train.tensors
+    torch.manual_seed(0)
+    net = resnet18(weights=None, num_classes=2).eval()
+    head, net.fc = net.fc, torch.nn.Identity()
+    with torch.no_grad():
+        features = net(x)
+        scale = features.std()
+    loader = DataLoader(TensorDataset(features / scale, y), batch_size=20)
+    train_classifier(head, loader, epochs=200, lr=1e-2, seed=0)
+    with torch.no_grad():
+        head.weight /= scale
+    net.fc = head
+    torch.save(net.state_dict(), tmp_path / "r18.pt")
+    args = ["--dataset", "folder", "--train-dir", train_dir, "--test-dir", test_dir, *_TINY]
+    args += ["--image-size", "16", "--arch", "torchvision:resnet18", "--model", tmp_path / "r18.pt"]
+    code, out, err = _run([*args, "--out", tmp_path / "o", "--cache-dir", tmp_path / "c"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "o" / "results.json").read_text())["meta"]
+    assert meta["dataset"] == "folder" and meta["input_shape"] == [3, 16, 16]
+    assert meta["num_classes"] == 2 and meta["model"]["arch"] == "torchvision:resnet18"
+    assert (meta["n_train"], meta["n_test"], meta["n_attack_split"], meta["n_val"]) == (20, 8, 4, 4)
+    kinds = _kinds(tmp_path / "o")
+    assert all(kinds[k] == {"UniformDetector", "MaxSoftmax"} for k in ("OOD", "AD", "NS")), kinds

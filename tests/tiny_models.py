@@ -76,3 +76,15 @@ def tiny_mlp(num_classes: int = 10) -> nn.Module:
         nn.GELU(),
         nn.Linear(16, num_classes),
     )
+
+
+def tiny_rgb_cnn(num_classes: int = 10) -> nn.Sequential:
+    """A per-pixel colour classifier for 3xHxW inputs (a 1x1 convolution, pooling to 4x4, a
+    linear head): it learns images of flat class colours in a few dozen steps."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(8 * 16, num_classes),
+    )

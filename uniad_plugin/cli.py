@@ -13,6 +13,8 @@ Examples::
     uniad --detectors UniformDetector Mahalanobis --attacks pgd_linf@0.1,0.2 --noise gaussian
     uniad --dataset mnist --data-root ../shared/data --out results/mnist
     uniad --model my_cnn.pt --arch my_package.models:build_cnn
+    uniad --dataset cifar10 --data-root ../shared/data --arch torchvision:resnet18
+    uniad --dataset folder --train-dir imgs/train --test-dir imgs/test --image-size 32
 """
 
 from __future__ import annotations
@@ -39,9 +41,17 @@ OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifa
 your own model (--model PATH): PATH is a state_dict saved with
   torch.save(model.state_dict(), PATH); it is read with torch.load(weights_only=True), which
   runs no code from the file. --arch MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a
-  function that returns the untrained nn.Module (default: the reference CNN of the data set,
-  uniad_plugin.models:digits_cnn or uniad_plugin.models:lenet). The model must map images in
-  [0, 1] of the data set's shape (1x8x8 digits, 1x28x28 MNIST) to logits of its 10 classes.
+  function that returns the untrained nn.Module (default: the reference model of the data set,
+  uniad_plugin.models:digits_cnn, :lenet or :resnet_cifar); --arch torchvision:NAME builds
+  torchvision.models.NAME(weights=None, num_classes=<the data set's classes>). The model must
+  map images in [0, 1] of the data set's shape (1x8x8 digits, 1x28x28 MNIST, 3x32x32 CIFAR-10,
+  3xSxS folder) to logits of its classes; put a model trained on normalised inputs behind
+  uniad_plugin.models.Normalized(model, mean, std).
+
+your own images (--dataset folder): --train-dir and --test-dir are ImageFolder trees
+  (DIR/<class>/<image>); images are read as RGB, resized and center-cropped to --image-size
+  (default 32) and put on the 8-bit grid; the test folder is split into ID test images (1/2),
+  attack sources (1/4) and held-out images (1/4).
 
 cache: trained reference models and adversarial sets are cached in --cache-dir (default
   $UNIAD_CACHE or ~/.cache/uniad-plugin); a second run reuses them.
@@ -107,11 +117,21 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data and model")
     data.add_argument(
         "--dataset",
-        choices=("digits", "mnist"),
+        choices=("digits", "mnist", "cifar10", "folder"),
         default="digits",
-        help="ID data: scikit-learn's digits (offline, default) or MNIST (needs --data-root)",
+        help="ID data: scikit-learn's digits (offline, default), MNIST or CIFAR-10 (need "
+        "--data-root) or your ImageFolder trees (need --train-dir and --test-dir)",
     )
     data.add_argument("--data-root", metavar="DIR", help="folder of torchvision data sets")
+    data.add_argument("--train-dir", metavar="DIR", help="ImageFolder tree of training images")
+    data.add_argument("--test-dir", metavar="DIR", help="ImageFolder tree of test images")
+    data.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=32,
+        metavar="S",
+        help="--dataset folder: images resized and cropped to SxS (default 32)",
+    )
     data.add_argument(
         "--download", action="store_true", help="let torchvision download missing data sets"
     )
@@ -121,7 +141,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--arch",
         metavar="MODULE:FUNCTION",
-        help="function that builds the model architecture (default: the reference CNN)",
+        help="function that builds the model architecture, or torchvision:NAME (default: the "
+        "reference model)",
     )
     data.add_argument(
         "--epochs", type=_positive_int, metavar="N", help="training epochs of the reference model"
@@ -175,7 +196,7 @@ def _size_arguments(p: argparse.ArgumentParser) -> None:
     """Sizes of the sets and of the fit."""
     size = p.add_argument_group("sizes")
     size.add_argument(
-        "--n-test", type=_positive_int, metavar="N", help="ID test images (mnist only)"
+        "--n-test", type=_positive_int, metavar="N", help="ID test images (mnist, cifar10)"
     )
     size.add_argument(
         "--n-attack", type=_positive_int, metavar="N", help="attacked sources per attack and budget"
@@ -232,10 +253,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """
     from uniad_plugin.benchmark import RunConfig
 
-    if args.dataset == "mnist" and args.data_root is None:
-        raise UsageError("--dataset mnist needs --data-root DIR (a folder with MNIST/raw inside)")
-    if args.dataset != "mnist" and args.n_test is not None:
-        raise UsageError("--n-test applies to --dataset mnist only (digits has a fixed split)")
+    _check_data_args(args)
     eps = {}
     if args.eps_linf:
         eps["linf"] = tuple(args.eps_linf)
@@ -268,7 +286,31 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         sanity=not args.no_sanity,
         continuous=args.continuous,
         split=args.split,
+        train_dir=args.train_dir,
+        test_dir=args.test_dir,
+        image_size=args.image_size,
     )
+
+
+#: data sets read from --data-root, and what --data-root must hold
+_ROOT_LAYOUT = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py"}
+
+
+def _check_data_args(args: argparse.Namespace) -> None:
+    """:raises UsageError: on data arguments that do not go with ``--dataset``"""
+    name = args.dataset
+    if name in _ROOT_LAYOUT and args.data_root is None:
+        raise UsageError(
+            f"--dataset {name} needs --data-root DIR (a folder with {_ROOT_LAYOUT[name]} inside)"
+        )
+    if name not in _ROOT_LAYOUT and args.n_test is not None:
+        raise UsageError(
+            "--n-test applies to --dataset mnist and cifar10 only (the others have a fixed split)"
+        )
+    if name == "folder" and (args.train_dir is None or args.test_dir is None):
+        raise UsageError("--dataset folder needs --train-dir DIR and --test-dir DIR")
+    if name != "folder" and (args.train_dir is not None or args.test_dir is not None):
+        raise UsageError("--train-dir and --test-dir apply to --dataset folder only")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ datasets: ``train`` (fit the classifier and the detectors), ``test`` (ID inputs 
 scored), ``attack`` (ID inputs that adversarial examples are crafted from, so that no
 scored ID input is also the source of an adversarial one) and ``val`` (held-out ID inputs on
 which thresholds are chosen, never fitted on and never reported). :func:`mnist_splits` does the
-same for MNIST, read through torchvision from a data root.
+same for MNIST, read through torchvision from a data root; :func:`cifar10_splits` for
+CIFAR-10 (3x32x32) and :func:`folder_splits` for the user's own ``ImageFolder`` trees.
 """
 
 from __future__ import annotations
@@ -150,14 +151,180 @@ def mnist_splits(
             f"MNIST not found under {str(root)!r} ({one_line(e)}); expected "
             f"{root / 'MNIST' / 'raw'} with the IDX files, or add --download"
         ) from e
+    return split_test_set(
+        TensorDataset(x_tr, y_tr), TensorDataset(x_te, y_te), (n_test, n_attack, n_val), seed, part
+    )
+
+
+def split_test_set(
+    train: TensorDataset,
+    test: TensorDataset,
+    sizes: tuple[int, int, int],
+    seed: int = 0,
+    part: str = "report",
+    num_classes: int = 10,
+) -> Splits:
+    """:class:`Splits` of a data set with a training and a test set: ``train`` as it is,
+    ``test``, ``attack`` and ``val`` (``sizes``, in this order) disjoint subsets of the test
+    set, from the front of a permutation drawn with ``seed`` (``part="report"``) or from its
+    back (``part="validation"``).
+
+    :raises ConfigError: if the sizes do not fit in the test set (half of it for a part)
+    """
+    from uniad_plugin.benchmark._common import ConfigError
+
+    x_te, y_te = test.tensors
+    room = len(x_te) if part == "report" else len(x_te) // 2
+    if sum(sizes) > room:
+        raise ConfigError(
+            f"expected n_test + attack split + held-out images <= {room} (the {part} part of a "
+            f"test set of {len(x_te)} images), got {' + '.join(map(str, sizes))}"
+        )
     perm = torch.randperm(len(x_te), generator=torch.Generator().manual_seed(seed))
     if part == "validation":
         perm = perm.flip(0)
-    t_idx, a_idx, v_idx = perm[:total].split([n_test, n_attack, n_val])
+    t_idx, a_idx, v_idx = perm[: sum(sizes)].split(list(sizes))
     return Splits(
-        train=TensorDataset(x_tr, y_tr),
+        train=train,
         test=TensorDataset(x_te[t_idx], y_te[t_idx]),
         attack=TensorDataset(x_te[a_idx], y_te[a_idx]),
-        num_classes=10,
+        num_classes=num_classes,
         val=TensorDataset(x_te[v_idx], y_te[v_idx]),
     )
+
+
+def _unchecked_cifar10() -> type:
+    """torchvision's ``CIFAR10`` with the md5 sums of the extracted files not checked.
+
+    torchvision refuses files whose md5 sum differs from the official ones, so it cannot read a
+    subsample or a re-encoded copy in its own format (the tests write a tiny one). This
+    subclass sets those sums to ``None`` (torchvision's ``check_integrity`` then only checks
+    that each file exists); the parsing is torchvision's, and ``download=True`` still checks
+    the downloaded archive against its md5 sum.
+    """
+    from torchvision.datasets import CIFAR10
+
+    class _CIFAR10(CIFAR10):
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    return _CIFAR10
+
+
+def cifar10_dataset(
+    root: str | os.PathLike, *, train: bool = True, download: bool = False
+) -> TensorDataset:
+    """CIFAR-10's training (50,000) or test (10,000) images through torchvision, in their
+    order, as a tensor dataset of images 3x32x32 in [0, 1] (8-bit: values ``k / 255``) and
+    labels. The md5 sums of the extracted files are not checked (see the note in the source).
+
+    :param root: folder with ``cifar-10-batches-py`` (torchvision's layout)
+    :raises RuntimeError: (torchvision's) if the files are missing and ``download`` is off
+    """
+    ds = _unchecked_cifar10()(str(root), train=train, download=download)
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return TensorDataset(x, torch.tensor(ds.targets, dtype=torch.long))
+
+
+def cifar10_splits(
+    root: str | os.PathLike,
+    *,
+    seed: int = 0,
+    n_test: int = 2000,
+    n_attack: int = 1000,
+    n_val: int = 1000,
+    download: bool = False,
+    part: str = "report",
+) -> Splits:
+    """CIFAR-10 through torchvision as :class:`Splits` (images 3x32x32 in [0, 1]), split as
+    :func:`mnist_splits` splits MNIST: ``train`` is the training set; ``test``, ``attack`` and
+    ``val`` are disjoint random subsets of the test set (see :func:`split_test_set`).
+
+    :raises ConfigError: if the data are missing (one line: what, where, and ``--download``),
+        ``part`` is unknown or the sizes do not fit in the test set
+    """
+    from uniad_plugin.benchmark._common import ConfigError
+
+    if part not in PARTS:
+        raise ConfigError(f"expected part in {PARTS}, got {part!r}")
+    if min(n_test, n_attack, n_val) < 1:
+        raise ConfigError(
+            f"expected n_test, n_attack, n_val >= 1, got {n_test}, {n_attack}, {n_val}"
+        )
+    folder = Path(root) / "cifar-10-batches-py"
+    missing = [n for n in (*CIFAR10_FILES, "batches.meta") if not (folder / n).is_file()]
+    if missing and not download:
+        raise ConfigError(
+            f"CIFAR-10 not found: {', '.join(missing)} missing in {folder}; pass --data-root DIR "
+            "with cifar-10-batches-py inside (torchvision's layout), or add --download"
+        )
+    train = cifar10_dataset(root, train=True, download=download)
+    test = cifar10_dataset(root, train=False, download=False)
+    return split_test_set(train, test, (n_test, n_attack, n_val), seed, part)
+
+
+#: the data files of torchvision's CIFAR-10 folder ``cifar-10-batches-py``
+CIFAR10_FILES: tuple[str, ...] = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
+
+def image_folder(path: str | os.PathLike, image_size: int = 32) -> tuple[TensorDataset, list]:
+    """An ``ImageFolder`` tree (``path/<class>/<image>``, read by torchvision) as a tensor
+    dataset of RGB images resized (shorter side) and center-cropped to ``image_size``, in
+    [0, 1] on the 8-bit grid (``k / 255``), and its class names. Everything is held in memory.
+
+    :raises ConfigError: if ``path`` is not a folder or holds no class folder with images
+    """
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    from uniad_plugin.benchmark._common import ConfigError, one_line
+
+    if not Path(path).is_dir():
+        raise ConfigError(f"image folder {str(path)!r} does not exist")
+    size = transforms.Compose(
+        [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.PILToTensor()]
+    )
+    try:
+        ds = ImageFolder(str(path), transform=size)
+    except Exception as e:  # noqa: BLE001 - torchvision's FileNotFoundError on empty trees
+        raise ConfigError(
+            f"no images in {str(path)!r}: expected one folder of images per class "
+            f"(path/<class>/<image>.png): {one_line(e)}"
+        ) from e
+    x = torch.stack([img for img, _ in ds]).float().div_(255.0)
+    return TensorDataset(x, torch.tensor(ds.targets, dtype=torch.long)), list(ds.classes)
+
+
+def folder_splits(
+    train_dir: str | os.PathLike,
+    test_dir: str | os.PathLike,
+    *,
+    image_size: int = 32,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.5, 0.25, 0.25),
+) -> Splits:
+    """The user's ``ImageFolder`` trees (see :func:`image_folder`) as :class:`Splits`:
+    ``train`` is ``train_dir``; ``test``, ``attack`` and ``val`` divide ``test_dir`` (by
+    ``fractions``, along a permutation drawn with ``seed``; each gets at least one image).
+    The number of classes is the number of class folders.
+
+    :raises ConfigError: on a missing or empty folder, different classes in the two trees, or
+        a test folder of fewer than 3 images
+    """
+    from uniad_plugin.benchmark._common import ConfigError
+
+    train, classes = image_folder(train_dir, image_size)
+    test, test_classes = image_folder(test_dir, image_size)
+    if classes != test_classes:
+        raise ConfigError(
+            f"the class folders of {str(train_dir)!r} ({', '.join(classes)}) and "
+            f"{str(test_dir)!r} ({', '.join(test_classes)}) differ"
+        )
+    n = len(test)
+    if n < 3:
+        raise ConfigError(f"expected at least 3 images in {str(test_dir)!r}, got {n}")
+    n_attack = max(1, int(round(fractions[1] * n)))
+    n_val = max(1, int(round(fractions[2] * n)))
+    n_test = max(1, min(n - n_attack - n_val, int(round(fractions[0] * n))))
+    return split_test_set(train, test, (n_test, n_attack, n_val), seed, num_classes=len(classes))

@@ -1,11 +1,15 @@
 """Small reference classifiers and a plain training loop.
 
 These are the models the ``uniad`` command, the examples and the tests use when the user
-does not bring their own: a small CNN for scikit-learn's 8x8 digits and a LeNet-sized CNN
-for 28x28 MNIST-like images. Both are ``nn.Sequential`` so that every layer has a name.
+does not bring their own: a small CNN for scikit-learn's 8x8 digits, a LeNet-sized CNN
+for 28x28 MNIST-like images (both ``nn.Sequential``, so that every layer has a name) and small
+ResNets for 28x28 and 3x32x32 images; and :class:`Normalized`, which puts a model trained on
+normalised inputs behind its normalisation so that it takes images in [0, 1].
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -121,11 +125,11 @@ class _BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """A small ResNet (BatchNorm, residual blocks, a custom ``forward``) for 28x28 images.
+    """A small ResNet (BatchNorm, residual blocks, a custom ``forward``) for small images.
 
     Stem: conv 3x3 with ``widths[0]`` channels, BatchNorm, ReLU; then one
     :class:`_BasicBlock` per stage (``layer1``, ``layer2``, ``layer3``; stride 2 from the second
-    stage on: 28x28, 14x14, 7x7), global average pooling and a linear head ``fc``.
+    stage on: 28x28, 14x14, 7x7 for MNIST), global average pooling and a linear head ``fc``.
     """
 
     def __init__(
@@ -154,3 +158,40 @@ def resnet_mnist(num_classes: int = 10, in_channels: int = 1) -> SmallResNet:
     """The second reference architecture for 28x28 images: :class:`SmallResNet` with stages of
     16, 32 and 64 channels (about 78k parameters)."""
     return SmallResNet(num_classes, in_channels, (16, 32, 64))
+
+
+def resnet_cifar(num_classes: int = 10, in_channels: int = 3) -> SmallResNet:
+    """The reference architecture for 3x32x32 images (CIFAR-10, ``--dataset folder``):
+    :class:`SmallResNet` with stages of 16, 32 and 64 channels on RGB inputs (32x32, 16x16,
+    8x8; about 78k parameters). Inputs in [0, 1], no normalisation."""
+    return SmallResNet(num_classes, in_channels, (16, 32, 64))
+
+
+class Normalized(nn.Module):
+    """``model`` behind a per-channel normalisation ``(x - mean) / std``.
+
+    The benchmark's attacks, noise and OOD sets live in [0, 1] image space, so a model that was
+    trained on normalised inputs has to carry its normalisation; wrap it in this module (e.g.
+    ``Normalized(torchvision.models.resnet18(num_classes=10), (0.49, 0.48, 0.45),
+    (0.25, 0.24, 0.26))``). ``mean`` and ``std`` are non-persistent buffers: they come from the
+    code that builds the wrapper, and the ``state_dict`` holds only ``model.*`` entries.
+
+    :param model: the classifier that expects normalised inputs
+    :param mean: per-channel means (a sequence of length C)
+    :param std: per-channel standard deviations, all > 0
+    :raises ValueError: if ``mean`` and ``std`` differ in length or a ``std`` is not > 0
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or not all(s > 0 for s in std):
+            raise ValueError(f"expected mean and std of one length, std > 0; got {mean}, {std}")
+        self.model = model
+        shape = (1, len(mean), 1, 1)
+        mean_t = torch.tensor(list(mean), dtype=torch.float32).view(shape)
+        self.register_buffer("mean", mean_t, persistent=False)
+        std_t = torch.tensor(list(std), dtype=torch.float32).view(shape)
+        self.register_buffer("std", std_t, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)

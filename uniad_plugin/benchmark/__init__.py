@@ -40,8 +40,12 @@ from uniad_plugin.benchmark.anomaly_sets import (
     parse_attacks,
 )
 from uniad_plugin.benchmark.config import (
+    CIFAR10,
+    CIFAR10_FAST,
     DIGITS,
     DIGITS_FAST,
+    FOLDER,
+    FOLDER_FAST,
     MNIST,
     MNIST_FAST,
     PROFILES,
@@ -142,6 +146,10 @@ __all__ = [
     "DIGITS_FAST",
     "MNIST",
     "MNIST_FAST",
+    "CIFAR10",
+    "CIFAR10_FAST",
+    "FOLDER",
+    "FOLDER_FAST",
     "RunConfig",
     "RunPlan",
     "adversarial_sets",

@@ -1,9 +1,10 @@
 """What one run of the benchmark does, as one frozen value: :class:`RunConfig`.
 
-A run's defaults come from the :class:`Profile` of its data set: :data:`DIGITS` (scikit-learn's
-digits, offline) and :data:`MNIST`, each with a ``fast`` variant (:data:`DIGITS_FAST`,
-:data:`MNIST_FAST`) with small sizes for tests and a quick look. Fields of a
-:class:`RunConfig` left at ``None`` take the profile's value.
+A run's defaults come from the :class:`~uniad_plugin.benchmark.profiles.Profile` of its data
+set (:mod:`uniad_plugin.benchmark.profiles`): :data:`DIGITS` (scikit-learn's digits, offline),
+:data:`MNIST`, :data:`CIFAR10` and :data:`FOLDER` (the user's ``ImageFolder`` trees), each with
+a ``fast`` variant (e.g. :data:`DIGITS_FAST`) with small sizes for tests and a quick look.
+Fields of a :class:`RunConfig` left at ``None`` take the profile's value.
 
 :meth:`RunConfig.resolve` is the one place where a configuration is checked: it raises
 :class:`ConfigError` (unknown names, bad sizes, nothing to evaluate, a bad device) before any
@@ -27,13 +28,24 @@ from uniad_plugin.benchmark._common import ConfigError
 from uniad_plugin.benchmark.anomaly_sets import (
     DEFAULT_ATTACKS,
     NOISE_SETS,
-    OFFLINE_OOD_SETS,
     attack_norms,
     check_choice,
     ood_set_names,
     parse_attacks,
 )
 from uniad_plugin.benchmark.model_cache import default_cache_dir
+from uniad_plugin.benchmark.profiles import (
+    CIFAR10,
+    CIFAR10_FAST,
+    DIGITS,
+    DIGITS_FAST,
+    FOLDER,
+    FOLDER_FAST,
+    MNIST,
+    MNIST_FAST,
+    PROFILES,
+    Profile,
+)
 from uniad_plugin.benchmark.wiring import (
     DEFAULT_DETECTORS,
     SANITY_DETECTORS,
@@ -41,6 +53,10 @@ from uniad_plugin.benchmark.wiring import (
 )
 
 __all__ = [
+    "CIFAR10",
+    "CIFAR10_FAST",
+    "FOLDER",
+    "FOLDER_FAST",
     "DIGITS",
     "DIGITS_FAST",
     "MNIST",
@@ -53,164 +69,11 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Profile:
-    """Defaults of one data set.
-
-    :param name: data set name (``"digits"``, ``"mnist"``)
-    :param arch: ``"module:function"`` of the reference architecture
-    :param epochs: training epochs of the reference model
-    :param train_batch_size: batch size of its training
-    :param eps: default attack budgets by norm (``"linf"``, ``"l2"``) or by attack name
-    :param ood: default OOD sets
-    :param optional_ood: default OOD sets that are left out with a note when their files are
-        missing
-    :param n_noise: images per noise set
-    :param n_ood: images per OOD set
-    :param n_attack: correctly classified sources attacked per attack and budget (``None``: all)
-    :param n_fit: training samples the detectors are fitted on (``None``: all)
-    :param attack_params: foolbox keyword overrides per attack name
-    :param n_test: ID test images (``None``: the data set's fixed split)
-    :param attack_split: images of the attack split (``None``: the data set's fixed split); a
-        full run grows it to ``n_attack`` if that is larger
-    :param grid_levels: the ID data's value grid: values are ``k / grid_levels`` (16 for
-        scikit-learn's digits, 255 for 8-bit images); generated anomaly sets are put on it
-    :param validation_eps: the attack budgets of ``split="validation"``, other than ``eps``
-    :param n_val: held-out ID images for thresholds (``None``: the data set's fixed split)
-    """
-
-    name: str
-    arch: str
-    epochs: int
-    train_batch_size: int
-    eps: Mapping[str, tuple[float, ...]]
-    ood: tuple[str, ...]
-    optional_ood: tuple[str, ...]
-    n_noise: int
-    n_ood: int
-    n_attack: int | None
-    n_fit: int | None
-    attack_params: Mapping[str, Mapping[str, Any]]
-    n_test: int | None = None
-    attack_split: int | None = None
-    grid_levels: int = 255
-    validation_eps: Mapping[str, tuple[float, ...]] | None = None
-    n_val: int | None = None
-
-
-#: C&W settings of the command: 3 binary-search steps of 50 Adam steps from c = 1 (instead
-#: of foolbox's 5 x 100 from c = 0.01): 150 instead of 500 gradient steps per input
-_CW_DEFAULT: dict[str, Any] = {"steps": 50, "binary_search_steps": 3, "initial_const": 1.0}
-_CW_FAST: dict[str, Any] = {**_CW_DEFAULT, "steps": 20, "binary_search_steps": 2}
-
-#: scikit-learn's digits (1x8x8, offline): a small CNN, 30 epochs
-DIGITS = Profile(
-    name="digits",
-    arch="uniad_plugin.models:digits_cnn",
-    epochs=30,
-    train_batch_size=64,
-    eps={
-        "linf": (0.1, 0.2),
-        "l2": (0.5, 1.0),
-        "deepfool": (1.0,),
-        "cw_l2": (1.0,),
-        "pgd_linf_obj": (0.3,),
-        "pgd_l2_obj": (1.5,),
-    },
-    ood=OFFLINE_OOD_SETS,
-    optional_ood=(),
-    n_noise=450,
-    n_ood=450,
-    n_attack=None,
-    n_fit=None,
-    attack_params={"cw_l2": _CW_DEFAULT},
-    grid_levels=16,
-    validation_eps={
-        "linf": (0.15, 0.25),
-        "l2": (0.75, 1.25),
-        "deepfool": (1.25,),
-        "cw_l2": (1.25,),
-        "pgd_linf_obj": (0.25,),
-        "pgd_l2_obj": (1.25,),
-    },
-)
-
-#: :data:`DIGITS` with small sizes: one budget per attack, 50 attack sources, 100 images per
-#: OOD / noise set, C&W 2 x 20 steps
-DIGITS_FAST = dataclasses.replace(
-    DIGITS,
-    eps={**DIGITS.eps, "linf": (0.2,), "l2": (1.0,)},
-    validation_eps={**DIGITS.validation_eps, "linf": (0.25,), "l2": (1.25,)},
-    n_noise=100,
-    n_ood=100,
-    n_attack=50,
-    attack_params={"cw_l2": _CW_FAST},
-)
-
-#: MNIST (1x28x28) through torchvision: LeNet, 3 epochs; 2,000 ID test images and an attack
-#: split of 1,000 images from MNIST's test set
-MNIST = Profile(
-    name="mnist",
-    arch="uniad_plugin.models:lenet",
-    epochs=3,
-    train_batch_size=128,
-    eps={
-        "linf": (0.1, 0.3),
-        "l2": (1.0, 2.0),
-        "deepfool": (2.0,),
-        "cw_l2": (2.0,),
-        "pgd_linf_obj": (0.3,),
-        "pgd_l2_obj": (3.0,),
-    },
-    ood=(*OFFLINE_OOD_SETS, "fashion_mnist", "kmnist"),
-    optional_ood=("fashion_mnist", "kmnist"),
-    n_noise=1000,
-    n_ood=1000,
-    n_attack=500,
-    n_fit=None,
-    attack_params={"cw_l2": _CW_DEFAULT},
-    n_test=2000,
-    attack_split=1000,
-    grid_levels=255,
-    validation_eps={
-        "linf": (0.15, 0.25),
-        "l2": (1.5, 2.5),
-        "deepfool": (2.5,),
-        "cw_l2": (2.5,),
-        "pgd_linf_obj": (0.25,),
-        "pgd_l2_obj": (2.5,),
-    },
-    n_val=1000,
-)
-
-#: :data:`MNIST` with small sizes: 1 epoch, 200 test images, 50 attack sources, detectors
-#: fitted on 2,000 training images
-MNIST_FAST = dataclasses.replace(
-    MNIST,
-    epochs=1,
-    eps={**MNIST.eps, "linf": (0.3,), "l2": (2.0,)},
-    validation_eps={**MNIST.validation_eps, "linf": (0.25,), "l2": (2.5,)},
-    n_noise=100,
-    n_ood=100,
-    n_attack=50,
-    n_fit=2000,
-    attack_params={"cw_l2": _CW_FAST},
-    n_test=200,
-    attack_split=50,
-    n_val=200,
-)
-
-#: data set name -> (profile, fast profile)
-PROFILES: Mapping[str, tuple[Profile, Profile]] = {
-    "digits": (DIGITS, DIGITS_FAST),
-    "mnist": (MNIST, MNIST_FAST),
-}
-
-
-@dataclass(frozen=True)
 class RunConfig:
     """Everything one run of the benchmark does; ``None`` takes the profile's default.
 
-    :param dataset: ID data, a key of :data:`PROFILES` (``"digits"``, ``"mnist"``)
+    :param dataset: ID data, a key of :data:`PROFILES` (``"digits"``, ``"mnist"``,
+        ``"cifar10"``, ``"folder"``)
     :param fast: use the profile's fast variant (small sizes)
     :param detectors: detector names (default :data:`DEFAULT_DETECTORS`)
     :param attacks: attack specs ``"name"`` or ``"name@eps1,eps2"`` (default: all five)
@@ -218,7 +81,7 @@ class RunConfig:
         ``"l2"``) or attack name; a norm replaces the profile's per-attack budgets of that norm
     :param noise: noise set names (default: all four)
     :param ood: OOD set names (default: the profile's; real sets need ``data_root``)
-    :param n_test: ID test images scored (MNIST only)
+    :param n_test: ID test images scored (MNIST and CIFAR-10 only)
     :param n_noise: images per noise set
     :param n_ood: images per OOD set
     :param n_attack: correctly classified sources attacked per attack and budget
@@ -229,9 +92,11 @@ class RunConfig:
     :param model_path: a ``state_dict`` file of the user's classifier (see
         :func:`~uniad_plugin.benchmark.model_cache.load_model`)
     :param arch: ``"module:function"`` (or ``"file.py:function"``, or the function) building
-        the architecture (default: the profile's reference CNN)
+        the architecture, or ``"torchvision:NAME"`` (``torchvision.models.NAME(weights=None,
+        num_classes=...)``, see :func:`~uniad_plugin.benchmark.model_cache.torchvision_architecture`)
+        (default: the profile's reference model)
     :param epochs: training epochs of the reference model
-    :param data_root: folder of torchvision data sets (MNIST, real OOD sets)
+    :param data_root: folder of torchvision data sets (MNIST, CIFAR-10, real OOD sets)
     :param download: let torchvision download missing data sets
     :param seed: seed of every random choice (splits, training, attacks, noise, detectors)
     :param device: ``"cpu"`` or ``"cuda[:i]"``
@@ -245,6 +110,10 @@ class RunConfig:
         ``PixelKNN``) to the detectors
     :param continuous: generate continuous anomaly sets (off the data's value grid, labelled
         ``(continuous)`` in every table) instead of sets on the grid
+    :param train_dir: ``ImageFolder`` tree of the training images (``dataset="folder"``)
+    :param test_dir: ``ImageFolder`` tree of the test images (``dataset="folder"``), divided into
+        the ID test set, the attack split and the held-out set
+    :param image_size: side the images of ``dataset="folder"`` are resized and cropped to
     :param split: ``"report"`` (the reported sets) or ``"validation"``: anomaly sets that share
         nothing with the reported ones (other seeds, fonts, photos, attack budgets and, on
         MNIST, other test images), for tuning and ablations
@@ -279,6 +148,9 @@ class RunConfig:
     sanity: bool = True
     continuous: bool = False
     split: str = "report"
+    train_dir: str | os.PathLike | None = None
+    test_dir: str | os.PathLike | None = None
+    image_size: int = 32
 
     @property
     def profile(self) -> Profile:
@@ -413,8 +285,15 @@ def _check_sizes(c: RunConfig) -> None:
         value = getattr(c, name)
         if value is not None and value < 1:
             raise ConfigError(f"expected {name} >= 1, got {value}")
-    if c.dataset == "mnist" and c.data_root is None:
-        raise ConfigError("expected data_root (a folder with MNIST/raw inside) for MNIST, got None")
+    if c.dataset in _ROOT_LAYOUT and c.data_root is None:
+        raise ConfigError(
+            f"expected data_root (a folder with {_ROOT_LAYOUT[c.dataset]} inside) for "
+            f"{c.dataset!r}, got None"
+        )
+    if c.dataset == "folder" and (c.train_dir is None or c.test_dir is None):
+        raise ConfigError("expected train_dir and test_dir (ImageFolder trees) for 'folder'")
+    if c.image_size < 8:
+        raise ConfigError(f"expected image_size >= 8, got {c.image_size}")
     if c.split not in SPLITS:
         raise ConfigError(f"expected split in {SPLITS}, got {c.split!r}")
     if c.n_test is not None and c.profile.n_test is None:
@@ -422,6 +301,10 @@ def _check_sizes(c: RunConfig) -> None:
             f"expected n_test only for a data set without a fixed split, got n_test={c.n_test} "
             f"for {c.dataset!r}"
         )
+
+
+#: data sets read from ``data_root``, and what they expect inside it
+_ROOT_LAYOUT: Mapping[str, str] = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py"}
 
 
 def _attack_params(profile: Profile, overrides: Mapping[str, Mapping[str, Any]] | None) -> dict:

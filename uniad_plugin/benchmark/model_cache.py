@@ -24,6 +24,7 @@ __all__ = [
     "default_cache_dir",
     "load_model",
     "resolve_architecture",
+    "torchvision_architecture",
     "trained_model",
 ]
 
@@ -34,17 +35,54 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "uniad-plugin"
 
 
-def resolve_architecture(arch: str | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-    """The function named by ``arch`` (``"module:function"`` or ``"file.py:function"``).
+#: prefix of ``--arch torchvision:NAME``
+TORCHVISION_PREFIX = "torchvision:"
 
+
+def torchvision_architecture(name: str, num_classes: int = 10) -> Callable[[], nn.Module]:
+    """A factory of ``torchvision.models.<name>(weights=None, num_classes=num_classes)``:
+    untrained (no download), with a head of ``num_classes`` outputs. Its inputs are the
+    model's raw inputs: wrap a model trained on normalised images in
+    :class:`~uniad_plugin.models.Normalized` (through a ``file.py:function`` factory) instead.
+
+    :param name: a model builder of ``torchvision.models`` (``resnet18``, ``vit_b_16``, ...)
+    :raises ConfigError: if torchvision has no model of that name
+    """
+    from torchvision import models
+
+    available = models.list_models(module=models)
+    if name not in available:
+        close = [n for n in available if n.startswith(name[:4])][:8] or available[:8]
+        raise ConfigError(
+            f"torchvision has no model {name!r} (from --arch {TORCHVISION_PREFIX}{name}); "
+            f"e.g. {', '.join(close)}"
+        )
+
+    def build() -> nn.Module:
+        return models.get_model(name, weights=None, num_classes=num_classes)
+
+    build.__qualname__ = build.__name__ = f"torchvision_{name}"
+    return build
+
+
+def resolve_architecture(
+    arch: str | Callable[[], nn.Module], num_classes: int = 10
+) -> Callable[[], nn.Module]:
+    """The function named by ``arch`` (``"module:function"``, ``"file.py:function"`` or
+    ``"torchvision:NAME"``, see :func:`torchvision_architecture`).
+
+    :param num_classes: classes of a ``torchvision:NAME`` model (the other forms are called
+        without arguments)
     :raises ConfigError: if ``arch`` is malformed or the function cannot be imported
     """
     if callable(arch):
         return arch
+    if str(arch).startswith(TORCHVISION_PREFIX):
+        return torchvision_architecture(str(arch)[len(TORCHVISION_PREFIX) :], num_classes)
     module_name, sep, func_name = str(arch).rpartition(":")
     if not sep or not module_name or not func_name:
         raise ConfigError(
-            f"expected --arch as 'module:function' or 'file.py:function', got {arch!r}"
+            f"expected --arch as 'module:function', 'file.py:function' or 'torchvision:NAME', got {arch!r}"
         )
     try:
         if module_name.endswith(".py"):
@@ -68,7 +106,9 @@ def resolve_architecture(arch: str | Callable[[], nn.Module]) -> Callable[[], nn
     return factory
 
 
-def load_model(path: str | os.PathLike, arch: str | Callable[[], nn.Module]) -> nn.Module:
+def load_model(
+    path: str | os.PathLike, arch: str | Callable[[], nn.Module], num_classes: int = 10
+) -> nn.Module:
     """Load a user's classifier: an architecture factory plus a ``state_dict`` file.
 
     The weights are read with ``torch.load(path, weights_only=True)``, which cannot run code
@@ -77,7 +117,9 @@ def load_model(path: str | os.PathLike, arch: str | Callable[[], nn.Module]) -> 
 
     :param path: the ``state_dict`` file
     :param arch: ``"package.module:function"`` or ``"path/to/file.py:function"``, a function
-        called without arguments that returns the untrained ``nn.Module``; or that function
+        called without arguments that returns the untrained ``nn.Module``; or that function;
+        or ``"torchvision:NAME"``
+    :param num_classes: classes of a ``torchvision:NAME`` model
     :return: the model with the weights loaded, in eval mode
     :raises ConfigError: if the file is missing or not a ``state_dict``, the factory cannot be
         imported or does not return a module, or the weights do not fit the architecture
@@ -85,7 +127,7 @@ def load_model(path: str | os.PathLike, arch: str | Callable[[], nn.Module]) -> 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}")
-    factory = resolve_architecture(arch)
+    factory = resolve_architecture(arch, num_classes)
     try:
         model = factory()
     except Exception as e:  # noqa: BLE001

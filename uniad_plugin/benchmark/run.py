@@ -9,8 +9,9 @@ versions, kept as thin wrappers that build a configuration.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,11 +176,13 @@ def prepare_suite(config: RunConfig) -> Suite:
 
 
 def _splits(plan: RunPlan) -> Splits:
-    from uniad_plugin.data import digits_splits, mnist_splits
+    from uniad_plugin import data
 
     c = plan.config
-    if c.profile.name == "mnist":
-        return mnist_splits(
+    name = c.profile.name
+    if name in ("mnist", "cifar10"):
+        sized = data.mnist_splits if name == "mnist" else data.cifar10_splits
+        return sized(
             c.data_root,
             seed=c.seed,
             n_test=plan.n_test,
@@ -188,7 +191,18 @@ def _splits(plan: RunPlan) -> Splits:
             download=c.download,
             part=c.split,
         )
-    return digits_splits(c.seed)
+    if name == "folder":
+        return data.folder_splits(c.train_dir, c.test_dir, image_size=c.image_size, seed=c.seed)
+    return data.digits_splits(c.seed)
+
+
+def _factory(plan: RunPlan, num_classes: int) -> Callable[[], nn.Module]:
+    """The architecture of the run: ``--arch`` (a ``torchvision:NAME`` model gets
+    ``num_classes`` outputs), else the profile's reference model with ``num_classes`` outputs."""
+    c = plan.config
+    if c.arch is not None:
+        return resolve_architecture(c.arch, num_classes)
+    return functools.partial(resolve_architecture(c.profile.arch), num_classes)
 
 
 def _model(plan: RunPlan, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
@@ -196,8 +210,10 @@ def _model(plan: RunPlan, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
     c = plan.config
     arch = c.arch or c.profile.arch
     if c.model_path is not None:
-        return load_model(c.model_path, arch), {"source": str(c.model_path), "arch": str(arch)}
-    factory = resolve_architecture(arch)
+        named = c.arch if c.arch is not None else _factory(plan, splits.num_classes)
+        model = load_model(c.model_path, named, splits.num_classes)
+        return model, {"source": str(c.model_path), "arch": str(arch)}
+    factory = _factory(plan, splits.num_classes)
     if c.arch is not None:
         arch_name = safe_name(str(c.arch).rpartition(":")[2])
     else:
