@@ -19,6 +19,7 @@ from uniad_plugin.anomalies.adaptive import (
     evasion_rate,
     make_adaptive,
 )
+from uniad_plugin.anomalies.blackbox import SquareOptions, make_square, square_fraction
 from uniad_plugin.detectors.uniform import UniformDetector
 
 
@@ -220,3 +221,102 @@ def test_options_are_checked(detectors, digits, digits_model):
 
 def test_make_adaptive_has_at_most_ten_parameters():
     assert len(inspect.signature(make_adaptive).parameters) <= 10
+
+
+# ----------------------------------------------------------------------------- gradient-free
+
+
+class _NoGradDetector:
+    """A detector that only answers ``predict``, and only with autograd off."""
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.calls = 0
+
+    def predict(self, x):
+        assert not torch.is_grad_enabled() and not x.requires_grad
+        self.calls += 1
+        return self.detector.predict(x)
+
+    def differentiable_score(self, x):
+        raise AssertionError("a gradient-free attack asked for a differentiable score")
+
+
+class _NoGradModel(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        assert not torch.is_grad_enabled() and not x.requires_grad
+        return self.model(x)
+
+
+def _square(detector, model, digits, **kw):
+    kw = {"queries": 100, "max_samples": 40, "seed": 0, **kw}
+    return make_square(model, detector, _attack_data(digits), kw.pop("eps", 0.2), **kw)
+
+
+def test_square_is_deterministic_within_eps_and_on_the_grid(detectors, digits, digits_model):
+    a = _square(detectors["uniform"], digits_model, digits, levels=16, batch_size=16)
+    b = _square(detectors["uniform"], digits_model, digits, levels=16, batch_size=16)
+    c = _square(detectors["uniform"], digits_model, digits, levels=16, batch_size=16, seed=1)
+    assert len(a) > 5 and torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    assert is_on_grid(a.x, 16) and a.name == "square[UniformDetector]@0.2"
+    assert (a.x - a.clean).abs().amax() <= 0.2 + 1e-6
+    assert a.x.min() >= 0 and a.x.max() <= 1
+    with torch.no_grad():
+        assert (digits_model(a.x).argmax(1) != a.source_labels).all()
+    info = a.info
+    assert info["attack"] == "square_linf" and info["queries"] == 100 and info["eps"] == 0.2
+    assert info["lam"] == 1.0 and info["n_attacked"] == 40
+    assert 0 < info["success_rate"] <= info["success_rate_continuous"] <= 1
+
+
+def test_square_uses_forward_passes_only(detectors, digits, digits_model):
+    det = _NoGradDetector(detectors["uniform"])
+    model = _NoGradModel(digits_model)
+    adv = _square(det, model, digits, queries=20, max_samples=16, batch_size=8)
+    # the standardisation on the 16 clean inputs, then 20 queries, both in two batches of 8
+    assert det.calls == 2 + 2 * 20
+    assert adv.info["detector"] == "_NoGradDetector"
+
+
+def test_square_objective_lowers_detector_score(detectors, digits, digits_model):
+    det = detectors["uniform"]
+    ref = digits.test.tensors[0]
+    kw = dict(queries=200, max_samples=60, id_reference=ref)
+    plain = _square(det, digits_model, digits, lam=0.0, **kw)
+    adaptive = _square(det, digits_model, digits, lam=1.0, **kw)
+    assert len(plain) > 20 and len(adaptive) > 5
+    # the detector term of the objective lowers the detector's score on the kept adversarials
+    assert det.predict(adaptive.x).median() < det.predict(plain.x).median() - 1.0
+    s_id = det.predict(ref)
+    assert (
+        evasion_rate(s_id, det.predict(plain.x), 60)["success_at_fpr"]
+        < evasion_rate(s_id, det.predict(adaptive.x), 60)["success_at_fpr"]
+    )
+
+
+def test_square_options_are_checked(detectors, digits, digits_model):
+    data = _attack_data(digits)
+    with pytest.raises(TypeError, match="unknown"):
+        make_square(digits_model, detectors["uniform"], data, 0.2, steps=5)
+    with pytest.raises(TypeError, match="SquareOptions"):
+        make_square(digits_model, detectors["uniform"], data, 0.2, options=AdaptiveOptions())
+    with pytest.raises(ValueError, match="queries"):
+        SquareOptions(queries=0)
+    with pytest.raises(ValueError, match="p_init"):
+        SquareOptions(p_init=0.0)
+    with pytest.raises(ValueError, match="eps"):
+        make_square(digits_model, detectors["uniform"], data, 0.0)
+    a = make_square(
+        digits_model, detectors["uniform"], data, 0.2, options=SquareOptions(queries=5), seed=0
+    )
+    assert a.info["queries"] == 5 and len(inspect.signature(make_square).parameters) <= 10
+
+
+def test_square_schedule_halves_the_window():
+    assert square_fraction(0.8, 0, 1000) == 0.8
+    assert square_fraction(0.8, 2, 1000) == 0.4  # past 10 of 10,000 rescaled iterations
+    assert square_fraction(0.8, 999, 1000) == pytest.approx(0.8 / 512)

@@ -22,6 +22,9 @@ pytorch-ood's ``Mahalanobis`` and ``MultiMahalanobis``, and any detector with a
 budget and only those still misclassified after rounding are kept; the detector's evasion is
 then measured on the rounded inputs (:func:`evasion_rate`). ``levels=None`` keeps continuous
 values (the name ends in ``" (continuous)"``).
+
+:func:`uniad_plugin.anomalies.blackbox.make_square` is a gradient-free counterpart (the Square
+Attack's random search on the same objective), a check against obfuscated gradients.
 """
 
 from __future__ import annotations
@@ -143,18 +146,30 @@ class AdaptiveLinfPGD(_linf_pgd_class()):  # type: ignore[misc]
         def loss_fn(inputs):
             x = inputs.raw
             logits = model(inputs).raw
-            true = logits.gather(1, y[:, None]).squeeze(1)
-            other = logits.masked_fill(
-                nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf")
-            )
-            margin = true - other.max(1).values
-            loss = -margin.clamp_min(-self.kappa)
-            if self.lam:
-                s = (self.score_fn(x) - self.score_mean) / self.score_std
-                loss = loss - self.lam * s.clamp_min(0.0)
-            return ep.astensor(loss.sum())
+            s = (self.score_fn(x) - self.score_mean) / self.score_std if self.lam else None
+            return ep.astensor(adaptive_loss(logits, y, s, lam=self.lam, kappa=self.kappa).sum())
 
         return loss_fn
+
+
+def adaptive_loss(
+    logits: Tensor, y: Tensor, score: Tensor | None, *, lam: float, kappa: float
+) -> Tensor:
+    """The per-sample objective of the adaptive attacks (to maximise; see the module docstring):
+    ``-max(margin, -kappa) - lam * max(score, 0)``.
+
+    :param logits: the model's outputs ``(B, K)``
+    :param y: the true labels ``(B,)``
+    :param score: the detector's standardised scores ``(B,)``; ignored (may be ``None``) when
+        ``lam`` is 0
+    """
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    margin = true - other.max(1).values
+    loss = -margin.clamp_min(-kappa)
+    if lam:
+        loss = loss - lam * score.clamp_min(0.0)
+    return loss
 
 
 @dataclass(frozen=True)
@@ -191,32 +206,47 @@ class AdaptiveOptions:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "bounds", _check_bounds(self.bounds))
-        object.__setattr__(self, "levels", _check_levels(self.levels))
+        _check_common(self)
         _check_n(self.steps, "steps")
-        _check_n(self.batch_size, "batch_size")
-        if self.max_samples is not None:
-            _check_n(self.max_samples, "max_samples")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise TypeError(f"expected seed to be an int, got {type(self.seed).__name__}")
         if not self.rel_stepsize > 0:
             raise ValueError(f"expected rel_stepsize > 0, got {self.rel_stepsize!r}")
-        if self.id_reference is not None and not isinstance(self.id_reference, Tensor):
-            got = type(self.id_reference).__name__
-            raise TypeError(f"expected id_reference to be a Tensor or None, got {got}")
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise ValueError(f"expected name to be a non-empty str or None, got {self.name!r}")
 
 
-def _adaptive_options(options: Any, kwargs: dict[str, Any]) -> AdaptiveOptions:
-    if options is not None and not isinstance(options, AdaptiveOptions):
-        raise TypeError(f"expected options to be an AdaptiveOptions, got {type(options).__name__}")
-    names = {f.name for f in fields(AdaptiveOptions)}
+def _options(cls: type, options: Any, kwargs: dict[str, Any]) -> Any:
+    """``options`` (an instance of the dataclass ``cls``, or its defaults) with ``kwargs``."""
+    if options is not None and not isinstance(options, cls):
+        raise TypeError(f"expected options to be a {cls.__name__}, got {type(options).__name__}")
+    names = {f.name for f in fields(cls)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise TypeError(f"expected keyword arguments among {sorted(names)}, got unknown {unknown}")
-    base = options if options is not None else AdaptiveOptions()
+    base = options if options is not None else cls()
     return replace(base, **kwargs) if kwargs else base
+
+
+def _check_common(opts: Any) -> None:
+    """Checks of the option fields that the adaptive attacks share."""
+    object.__setattr__(opts, "bounds", _check_bounds(opts.bounds))
+    object.__setattr__(opts, "levels", _check_levels(opts.levels))
+    _check_n(opts.batch_size, "batch_size")
+    if opts.max_samples is not None:
+        _check_n(opts.max_samples, "max_samples")
+    if not isinstance(opts.seed, int) or isinstance(opts.seed, bool):
+        raise TypeError(f"expected seed to be an int, got {type(opts.seed).__name__}")
+    if opts.id_reference is not None and not isinstance(opts.id_reference, Tensor):
+        got = type(opts.id_reference).__name__
+        raise TypeError(f"expected id_reference to be a Tensor or None, got {got}")
+    if opts.name is not None and (not isinstance(opts.name, str) or not opts.name):
+        raise ValueError(f"expected name to be a non-empty str or None, got {opts.name!r}")
+
+
+def score_stats(score_fn: Callable[[Tensor], Tensor], x: Tensor, opts: Any) -> tuple[float, float]:
+    """Mean and standard deviation of the detector's scores on ``opts.id_reference`` (default:
+    the clean inputs ``x``), which standardise the detector term of :func:`adaptive_loss`."""
+    ref = x if opts.id_reference is None else opts.id_reference
+    with torch.no_grad():
+        ref_scores = torch.cat([score_fn(c) for c in ref.split(opts.batch_size)])
+    return float(ref_scores.mean()), float(ref_scores.std().clamp_min(1e-12))
 
 
 def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
@@ -235,14 +265,12 @@ def _attack(
     """Seeded adaptive PGD on ``(x, y)``, batch by batch: foolbox's clipped (continuous) output."""
     import foolbox as fb
 
-    ref = x if opts.id_reference is None else opts.id_reference
-    with torch.no_grad():
-        ref_scores = torch.cat([score_fn(c) for c in ref.split(opts.batch_size)])
+    score_mean, score_std = score_stats(score_fn, x, opts)
     attack = AdaptiveLinfPGD(
         score_fn,
         lam=opts.lam,
-        score_mean=float(ref_scores.mean()),
-        score_std=float(ref_scores.std().clamp_min(1e-12)),
+        score_mean=score_mean,
+        score_std=score_std,
         kappa=opts.kappa,
         steps=opts.steps,
         rel_stepsize=opts.rel_stepsize,
@@ -301,7 +329,32 @@ def make_adaptive(
     """
     if not eps > 0:
         raise ValueError(f"expected eps > 0, got {eps!r}")
-    opts = _adaptive_options(options, kwargs)
+    opts = _options(AdaptiveOptions, options, kwargs)
+    score_fn = differentiable_score(detector)
+    x, y, counts = correct_inputs(model, data, opts)
+    with eval_mode(model):
+        raw = _attack(model, score_fn, x, y, eps, opts)
+    settings = {
+        "attack": "adaptive_pgd_linf",
+        "lam": float(opts.lam),
+        "kappa": float(opts.kappa),
+        "steps": opts.steps,
+        "rel_stepsize": float(opts.rel_stepsize),
+    }
+    name = opts.name or f"adaptive_pgd[{type(detector).__name__}]@{eps:g}"
+    return finish_adversarials(
+        model, detector, (x, y, raw), eps, opts, {**settings, **counts}, name
+    )
+
+
+def correct_inputs(
+    model: nn.Module, data: Dataset | DataLoader, opts: Any
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """The first ``opts.max_samples`` inputs of ``data`` that ``model`` classifies correctly,
+    their labels and the counts ``{"n_input", "n_correct", "clean_accuracy"}``.
+
+    :raises ValueError: for data outside ``opts.bounds``
+    """
     lo, hi = opts.bounds
     x, y = collect(data, batch_size=opts.batch_size, max_samples=None, what="data")
     if x.min() < lo or x.max() > hi:
@@ -309,35 +362,46 @@ def make_adaptive(
             f"expected data within bounds {(lo, hi)}, got values in "
             f"[{x.min().item():.4g}, {x.max().item():.4g}]"
         )
-    score_fn = differentiable_score(detector)
-    n_input = len(x)
     with eval_mode(model):
         correct = _predict(model, x, opts.batch_size) == y
-        n_correct = int(correct.sum())
-        x, y = x[correct][: opts.max_samples], y[correct][: opts.max_samples]
-        raw = _attack(model, score_fn, x, y, eps, opts)
+    n_correct = int(correct.sum())
+    counts = {"n_input": len(x), "n_correct": n_correct, "clean_accuracy": n_correct / len(x)}
+    return x[correct][: opts.max_samples], y[correct][: opts.max_samples], counts
+
+
+def finish_adversarials(
+    model: nn.Module,
+    detector: Any,
+    attacked: tuple[Tensor, Tensor, Tensor],
+    eps: float,
+    opts: Any,
+    info: dict[str, Any],
+    name: str,
+) -> AdversarialSet:
+    """Round an L-inf attack's continuous outputs onto the grid and keep the successful ones.
+
+    :param attacked: ``(x, y, raw)``: the clean inputs, their labels and the attack's outputs
+    :param opts: the attack's options (``bounds``, ``levels``, ``batch_size``, ``seed``)
+    :param info: the attack's settings and counts, put first in the set's ``info``
+    :return: the adversarials misclassified before AND after rounding (see :func:`make_adaptive`)
+    """
+    x, y, raw = attacked
+    lo, hi = opts.bounds
+    with eval_mode(model):
         ok_cont = _successful(raw, x, y, _predict(model, raw, opts.batch_size), eps)
         adv = round_adversarial(raw, x, eps=eps, norm="linf", levels=opts.levels, bounds=(lo, hi))
         adv_pred = _predict(model, adv, opts.batch_size)
     ok = ok_cont & _successful(adv, x, y, adv_pred, eps)
-    det_name = type(detector).__name__
     n = len(x)
     delta = (adv - x)[ok].flatten(1)
     info = {
-        "attack": "adaptive_pgd_linf",
-        "detector": det_name,
+        **info,
+        "detector": type(detector).__name__,
         "eps": float(eps),
         "norm": "linf",
         "grid_levels": opts.levels,
-        "lam": float(opts.lam),
-        "kappa": float(opts.kappa),
-        "steps": opts.steps,
-        "rel_stepsize": float(opts.rel_stepsize),
         "seed": opts.seed,
         "bounds": [lo, hi],
-        "n_input": n_input,
-        "n_correct": n_correct,
-        "clean_accuracy": n_correct / n_input,
         "n_attacked": n,
         "n_success_continuous": int(ok_cont.sum()),
         "success_rate_continuous": float(ok_cont.float().mean()) if n else 0.0,
@@ -348,7 +412,6 @@ def make_adaptive(
         "source_labels": y[ok].tolist(),
         "adv_pred": adv_pred[ok].tolist(),
     }
-    name = opts.name or f"adaptive_pgd[{det_name}]@{eps:g}"
     return AdversarialSet(
         adv[ok],
         grid_name(name, opts.levels),
