@@ -62,8 +62,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
     only, no input preprocessing, no knowledge of OOD sets or attacks. Our design choices
     (layers, whitening, encoder, sphere at test time, score, fusion) are listed on the `docs page
     <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_; layers, pooling,
-    whitening, encoder and score are varied in ``benchmarks/uniform_ablation.py``, the sphere at
-    test time and the fusion are not.
+    whitening, encoder and score are varied in ``benchmarks/uniform_ablation.py``, the fusion
+    and the softmax layer in ``benchmarks/uniform_fusion.py``; the sphere at test time is not.
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,
