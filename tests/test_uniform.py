@@ -296,3 +296,6 @@ def test_states_without_fusion_knots_load_as_zsum(detector, digits):
     raw = detector._layer_scores(feats, logits.argmax(1))
     expected = ((raw - detector.fusion_mean) / detector.fusion_std).sum(1)
     assert torch.allclose(old(x), expected, atol=1e-4)
+    old.set_hyperparameters(fusion="fisher")
+    with pytest.raises(ValueError, match="saved before the Fisher fusion"):
+        old(x)

@@ -375,6 +375,11 @@ class UniformDetector(UniadDetector, StructuredDetector):
         (``"zsum"``), both against the held-out ID scores; the detector's score is their sum."""
         raw = self._layer_scores(zs, k)
         if self.fusion == "fisher":
+            if self.fusion_knots is None:
+                raise ValueError(
+                    "fusion 'fisher' needs the held-out scores of a fit; this state was saved "
+                    "before the Fisher fusion (it has none): refit, or use fusion='zsum'"
+                )
             return -log_survival(self.fusion_knots, self.fusion_slope, raw)
         return (raw - self.fusion_mean) / self.fusion_std
 

@@ -88,7 +88,7 @@ class BatchedSVDD(nn.Module):
         until the weights or the normalisation change (in place or by a move).
         """
         tensors = (self.weights[0], self.in_mean, self.in_proj)
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         cached = getattr(self, "_folded", None)
         if cached is None or cached[0] != key:
             with torch.no_grad():
