@@ -205,3 +205,19 @@ def test_deprecated_names_still_work(fitted, digits):
     assert torch.equal(fitted.predict_structured(feats, logits), fitted(x))
     with pytest.warns(DeprecationWarning, match="n_classes"):
         assert fitted.n_classes == 10
+
+
+def test_fit_from_collected_shards_equals_fit(digits, digits_model):
+    """A distributed fit extracts shards and concatenates them: the same state as one fit."""
+    x, y = digits.train.tensors[0][:256], digits.train.tensors[1][:256]
+    whole = ConfoundingGradients(digits_model).fit(DataLoader(TensorDataset(x, y), batch_size=64))
+    det = ConfoundingGradients(digits_model)
+    parts = [
+        det.collect_fit_inputs(DataLoader(TensorDataset(x[s], y[s]), batch_size=64))
+        for s in (slice(0, 128), slice(128, 256))
+    ]
+    joined = {k: torch.cat([p[k] for p in parts]) for k in ("features", "y", "logits")}
+    det.fit_collected({**joined, "num_classes": 10, "input_shape": tuple(x.shape[1:])})
+    assert det.input_shape == whole.input_shape
+    x_test = digits.test.tensors[0][:32]
+    torch.testing.assert_close(det(x_test), whole(x_test))

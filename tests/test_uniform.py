@@ -299,3 +299,27 @@ def test_states_without_fusion_knots_load_as_zsum(detector, digits):
     old.set_hyperparameters(fusion="fisher")
     with pytest.raises(ValueError, match="saved before the Fisher fusion"):
         old(x)
+
+
+def test_fit_from_collected_shards_equals_fit(digits, digits_model):
+    """A distributed fit extracts shards and concatenates them: the same state as one fit."""
+    x, y = digits.train.tensors[0][:512], digits.train.tensors[1][:512]
+    whole = UniformDetector(digits_model, epochs=2, seed=3).fit(
+        DataLoader(TensorDataset(x, y), batch_size=128)
+    )
+    det = UniformDetector(digits_model, epochs=2, seed=3)
+    parts = [
+        det.collect_fit_inputs(DataLoader(TensorDataset(x[s], y[s]), batch_size=128))
+        for s in (slice(0, 256), slice(256, 512))
+    ]
+    joined = {
+        "features": [torch.cat(f) for f in zip(*(p["features"] for p in parts))],
+        "y": torch.cat([p["y"] for p in parts]),
+        "logits": torch.cat([p["logits"] for p in parts]),
+        "num_classes": parts[0]["num_classes"],
+        "input_shape": parts[0]["input_shape"],
+    }
+    det.fit_collected(joined)
+    assert det.input_shape == whole.input_shape == tuple(x.shape[1:])
+    x_test = digits.test.tensors[0][:64]
+    torch.testing.assert_close(det(x_test), whole(x_test))

@@ -251,9 +251,21 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         """
         self._require_model()
         self._check_hyperparameters()
+        return self.fit_collected(self.collect_fit_inputs(data_loader))
+
+    def collect_fit_inputs(self, data_loader: DataLoader) -> dict[str, Any]:
+        """The extraction pass of :meth:`fit`: gradient features, logits and labels of the
+        loader's inputs.
+
+        The tensors' rows can be concatenated across loaders (a distributed fit extracts one
+        shard per process and gathers them) before :meth:`fit_collected`.
+
+        :return: ``{"features": (N, P), "y": (N,), "logits": (N, C), "num_classes": C,
+            "input_shape": shape of one input}``
+        """
+        self._require_model()
         feats, logits, ys = [], [], []
         input_shape = num_classes = None
-        self.input_shape = None
         for x, y, num_classes in self._iter_classified_batches(data_loader):
             if input_shape is None:
                 input_shape = tuple(x.shape[1:])
@@ -266,10 +278,24 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             feats.append(g.cpu())
             logits.append(out.cpu())
             ys.append(y.cpu())
-        self.fit_structured(
-            torch.cat(feats), torch.cat(ys), torch.cat(logits), num_classes=num_classes
-        )
-        self.input_shape = input_shape
+        return {
+            "features": torch.cat(feats),
+            "y": torch.cat(ys),
+            "logits": torch.cat(logits),
+            "num_classes": num_classes,
+            "input_shape": input_shape,
+        }
+
+    def fit_collected(self, inputs: dict[str, Any]) -> Self:
+        """Fit on the output of :meth:`collect_fit_inputs` (possibly gathered over processes).
+
+        :return: self
+        """
+        inputs = dict(inputs)
+        input_shape = inputs.pop("input_shape", None)
+        self.input_shape = None
+        self.fit_structured(**inputs)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         return self
 
     def fit_structured(

@@ -198,6 +198,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
     def fit(self, data_loader: DataLoader) -> Self:
         """Fit the hyperspheres on in-distribution data.
 
+        One extraction pass (:meth:`collect_fit_inputs`), then :meth:`fit_collected`.
+
         :param data_loader: yields ``(x, y)`` batches of ID inputs and class labels
             ``0..K-1`` (every class must occur); samples with labels < 0 are ignored with a
             warning, since this detector is fitted on ID data only
@@ -207,11 +209,25 @@ class UniformDetector(UniadDetector, StructuredDetector):
         """
         self._require_model()
         self._check_hyperparameters()
+        return self.fit_collected(self.collect_fit_inputs(data_loader))
+
+    def collect_fit_inputs(self, data_loader: DataLoader) -> dict[str, Any]:
+        """The extraction pass of :meth:`fit`: every tapped layer's activations, the labels
+        and the predicted classes of the loader's ID samples (labels >= 0).
+
+        The tensors' rows can be concatenated across loaders (a distributed fit extracts one
+        shard per process and gathers them) before :meth:`fit_collected`.
+
+        :return: ``{"features": [(N, D_l), ...], "y": (N,), "logits": (N,) predicted
+            classes, "num_classes": K, "input_shape": shape of one input}``
+        """
+        self._require_model()
         device = self._target_device()
         feats_all: list[list[Tensor]] = []
         ys: list[Tensor] = []
         preds: list[Tensor] = []
         labels: list[Tensor] = []  # every label seen, for the warning about known anomalies
+        num_classes = input_shape = None
         for x, y in self._iter_batches(data_loader):
             labels.append(y.cpu())
             known = y >= 0  # known anomalies are never forwarded: ID batches stay as given
@@ -224,14 +240,28 @@ class UniformDetector(UniadDetector, StructuredDetector):
             ys.append(y.cpu())
             preds.append(logits.argmax(1).cpu())
             num_classes = logits.shape[1]
-            self.input_shape = tuple(x.shape[1:])
+            input_shape = tuple(x.shape[1:])
         _base.split_known([], torch.cat(labels), "UniformDetector")  # warns if any were dropped
         if not feats_all:
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
-        zs = [torch.cat([f[i] for f in feats_all]) for i in range(len(feats_all[0]))]
-        y = torch.cat(ys)
-        pred = torch.cat(preds)
-        return self.fit_structured(zs, y, pred, num_classes=num_classes)
+        return {
+            "features": [torch.cat([f[i] for f in feats_all]) for i in range(len(feats_all[0]))],
+            "y": torch.cat(ys),
+            "logits": torch.cat(preds),
+            "num_classes": num_classes,
+            "input_shape": input_shape,
+        }
+
+    def fit_collected(self, inputs: dict[str, Any]) -> Self:
+        """Fit on the output of :meth:`collect_fit_inputs` (possibly gathered over processes).
+
+        :return: self
+        """
+        inputs = dict(inputs)
+        input_shape = inputs.pop("input_shape", None)
+        self.fit_structured(**inputs)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        return self
 
     def fit_structured(
         self,
