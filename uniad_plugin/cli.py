@@ -15,6 +15,7 @@ Examples::
     uniad --model my_cnn.pt --arch my_package.models:build_cnn
     uniad --dataset cifar10 --data-root ../shared/data --arch torchvision:resnet18
     uniad --dataset folder --train-dir imgs/train --test-dir imgs/test --image-size 32
+    torchrun --standalone --nproc_per_node 2 -m uniad_plugin.cli --out results/two
 """
 
 from __future__ import annotations
@@ -232,6 +233,23 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         help="metric of the printed table (all are saved)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    par = p.add_argument_group(
+        "several processes (under torchrun: torchrun --nproc_per_node N -m uniad_plugin.cli ...)"
+    )
+    par.add_argument(
+        "--dist-backend",
+        choices=("gloo", "nccl"),
+        default=None,
+        help="backend of torch.distributed (default: nccl with --device cuda, else gloo)",
+    )
+    par.add_argument(
+        "--dist-timeout",
+        type=_positive_float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="timeout of every collective: a process that fails ends the others by then "
+        "(default 1800)",
+    )
 
 
 def _list_detectors() -> str:
@@ -324,7 +342,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_detectors:
         print(_list_detectors())
         return 0
-    result = run(config_from_args(args))
+    config = config_from_args(args)
+    from uniad_plugin import distributed
+
+    joined = distributed.init_from_env(config.device, args.dist_backend, args.dist_timeout)
+    try:
+        result = run(config)
+        main_rank = distributed.is_main()
+    finally:
+        if joined:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if not main_rank:  # rank 0 prints and writes
+        return 0
     table = result.table if args.metric == "AUROC" else results_to_table(result.rows, args.metric)
     print(table, end="")
     for note in result.meta.get("notes", []):
@@ -360,7 +391,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, ConfigError):
             print(f"uniad: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
+        _report_rank(e)
         raise
+
+
+def _report_rank(error: BaseException) -> None:
+    """In a distributed run, say which process failed (torchrun then ends the others)."""
+    from uniad_plugin import distributed
+
+    if distributed.launched_distributed():
+        print(
+            f"uniad: error on rank {distributed.rank()} of {distributed.world_size()}: "
+            f"{type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from uniad_plugin import distributed as dist
 from uniad_plugin._utils import atomic_save, eval_mode, hash_tensor, model_device
 from uniad_plugin.anomalies.base import (
     DEFAULT_LEVELS,
@@ -71,8 +72,19 @@ from uniad_plugin.anomalies.base import (
 __all__ = ["ATTACKS", "AttackSpec", "AdversarialOptions", "AdversarialSet", "make_adversarial"]
 
 #: bump when the generation or the cache layout changes, so old cache files are not reused
-#: (2: rounding onto the value grid, grid in the key, object-confined attacks)
-_CACHE_FORMAT = 2
+#: (2: rounding onto the value grid, grid in the key, object-confined attacks; 3: each batch
+#: of the attack seeded on its own, see :func:`batch_seed`)
+_CACHE_FORMAT = 3
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of the attack's ``batch``-th batch: ``seed + 1,000,003 * batch``.
+
+    Seeding each batch on its own makes a set independent of how the batches are shared out:
+    a distributed run (each process attacks a block of batches) crafts the same set as a
+    single process with the same seed.
+    """
+    return seed + 1_000_003 * batch
 
 
 @dataclass(frozen=True)
@@ -332,7 +344,10 @@ def _run_attack(
     """Attack the (correctly classified) inputs ``x`` with labels ``y`` batch by batch, round
     the adversarials onto the grid and re-check them.
 
-    The model must already be in eval mode on ``opts.device``; the caller seeds the RNG.
+    The model must already be in eval mode on ``opts.device``; batch ``b`` is seeded with
+    :func:`batch_seed` (the caller forks the RNG). In a distributed run each process attacks a
+    contiguous block of batches and the blocks are gathered, so every process returns the
+    whole result.
 
     :return: ``x`` (adversarial, clipped to the eps-ball, rounded onto the grid),
         ``keep_continuous`` (successful before rounding), ``keep`` (successful before AND after
@@ -348,11 +363,15 @@ def _run_attack(
     fmodel = foolbox.PyTorchModel(model, bounds=opts.bounds, device=device)
     attack = spec.build(params)
     outs: dict[str, list[Tensor]] = {"x": [], "keep_continuous": [], "keep": [], "pred": []}
-    bar = tqdm(total=len(x), desc=desc, unit="img", disable=not opts.progress, leave=False)
+    n_batches = -(-len(x) // opts.batch_size)
+    first, last = dist.shard_bounds(n_batches)  # this process's block (all of them for one)
+    mine = range(first * opts.batch_size, min(last * opts.batch_size, len(x)))
+    bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not opts.progress, leave=False)
     with bar:
-        for i in range(0, len(x), opts.batch_size):
-            xb = x[i : i + opts.batch_size].to(device)
-            yb = y[i : i + opts.batch_size].to(device)
+        for b in range(first, last):
+            xb = x[b * opts.batch_size : (b + 1) * opts.batch_size].to(device)
+            yb = y[b * opts.batch_size : (b + 1) * opts.batch_size].to(device)
+            torch.manual_seed(batch_seed(opts.seed, b))
             raw, clipped, _ = attack(fmodel, xb, yb, epsilons=eps)
             raw, clipped = raw.detach(), clipped.detach()
             with torch.no_grad():
@@ -368,7 +387,14 @@ def _run_attack(
             outs["keep"].append(keep.cpu())
             outs["pred"].append(pred.cpu())
             bar.update(len(xb))
-    return {k: torch.cat(v) for k, v in outs.items()}
+    empty = {
+        "x": x[:0].cpu(),
+        "keep_continuous": torch.zeros(0, dtype=torch.bool),
+        "keep": torch.zeros(0, dtype=torch.bool),
+        "pred": torch.zeros(0, dtype=torch.long),
+    }
+    mine_out = {k: torch.cat(v) if v else empty[k] for k, v in outs.items()}
+    return dist.gather_tree(mine_out)  # every process's block, in batch order
 
 
 def _validate_params(
@@ -443,7 +469,6 @@ def _attack_correct(
             src, src_y = x[idx], y[idx]
             fork_devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=fork_devices):
-                torch.manual_seed(opts.seed)
                 if len(src):
                     out = _run_attack(
                         model, src, src_y, spec=spec, params=params, eps=eps, opts=opts, desc=desc
@@ -521,8 +546,10 @@ def make_adversarial(
     respect to the input only.
 
     The random start of PGD draws from torch's global generator: the attack runs inside
-    :func:`torch.random.fork_rng` seeded with ``seed``, so results are reproducible and the
-    caller's RNG state is untouched.
+    :func:`torch.random.fork_rng`, each batch seeded from ``seed`` (:func:`batch_seed`), so
+    results are reproducible, the caller's RNG state is untouched, and a distributed run
+    (each process attacks a block of batches, see :mod:`uniad_plugin.distributed`) crafts
+    the same set as a single process.
 
     With ``cache_dir``, the result is stored in ``cache_dir/<sha256>.pt``, the hash covering
     the model's class, structure and ``state_dict``, the data (images and labels, in order),
@@ -580,11 +607,12 @@ def make_adversarial(
         meta |= {k: v for k, v in asdict(opts).items() if k not in ("device", "cache_dir")}
         meta |= {"progress": None, "bounds": [lo, hi]}
         path = Path(opts.cache_dir) / f"{_cache_key(model, x, y, meta)}.pt"
-        if path.is_file():
+        # every process loads, or every process attacks its share (the cache may be local)
+        if dist.all_true(path.is_file()):
             return _from_record(torch.load(path, weights_only=True))
 
     out = _attack_correct(model, x, y, spec, params, eps, opts, f"{attack}@{eps:g}")
     record = _record(out, len(x), attack, eps, spec, params, opts)
-    if path is not None:
+    if path is not None and dist.is_main():
         atomic_save(record, path)
     return _from_record(record)

@@ -20,8 +20,9 @@ from pytorch_ood.api import BenchmarkInfo, Detector, GradientDetector, Task
 from pytorch_ood.benchmark import Benchmark
 from pytorch_ood.metrics import OODMetrics
 from torch import Tensor
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from uniad_plugin import distributed as dist
 from uniad_plugin.benchmark._common import one_line
 from uniad_plugin.benchmark._common import progress as _progress
 from uniad_plugin.benchmark.fitting import (
@@ -30,6 +31,7 @@ from uniad_plugin.benchmark.fitting import (
     move_entries,
     predict_shared,
     producers_of,
+    sync_entries,
 )
 from uniad_plugin.benchmark.wiring import DetectorEntry, as_entries, is_builtin
 from uniad_plugin.detectors.uniform import UniformDetector  # the paper of the framework
@@ -260,6 +262,8 @@ class UnifiedBenchmark(Benchmark):
         if kwargs.get("shuffle"):
             raise ValueError("expected loader_kwargs without shuffle=True; scores are per sample")
         sets = self._sets()
+        if dist.is_active():  # each rank scores its shard of every set
+            sets = {k: Subset(ds, dist.shard_indices(len(ds))) for k, ds in sets.items()}
         loaders = {name: DataLoader(ds, **kwargs) for name, ds in sets.items() if len(ds) > 0}
         move_entries(entries, device, "predict")
         reps = self._shared_representations(entries, loaders, device)
@@ -269,6 +273,8 @@ class UnifiedBenchmark(Benchmark):
                 per_set = _score_sets(e, sets, loaders, reps, device)
                 if e.ok:
                     scores[e.name] = per_set
+        if dist.is_active():
+            scores = _gather_scores(entries, scores)
         self.entries = entries
         self.scores = {
             det: {k: v for k, v in s.items() if isinstance(v, Tensor)} for det, s in scores.items()
@@ -363,6 +369,30 @@ def _score_sets(
                 break
             per_set[name] = f"predict failed: {one_line(err)}"
     return per_set
+
+
+def _gather_scores(
+    entries: Sequence[DetectorEntry], scores: Mapping[str, Mapping[str, Tensor | str]]
+) -> dict[str, dict[str, Tensor | str]]:
+    """Every rank's scores joined in rank order (the shards are contiguous, so this is data
+    order); a set that failed on some rank fails as a whole, an entry that failed on some rank
+    fails on all."""
+    sync_entries(entries)
+    per_rank = dist.gather_objects(dict(scores))
+    joined: dict[str, dict[str, Tensor | str]] = {}
+    for e in entries:
+        if not e.ok:
+            continue
+        parts = [r.get(e.name) for r in per_rank]
+        if any(p is None for p in parts):  # cannot happen once the entries are in sync
+            e.status, e.reason = "failed", "predict failed on another process"
+            continue
+        joined[e.name] = {}
+        for name in parts[0]:
+            values = [p[name] for p in parts]
+            failed = [v for v in values if isinstance(v, str)]
+            joined[e.name][name] = failed[0] if failed else torch.cat(values)
+    return joined
 
 
 def _entry_reason(e: DetectorEntry) -> str:

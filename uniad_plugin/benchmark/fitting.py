@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from pytorch_ood.api import Detector, FeaturesDetector, GradientDetector, LogitsDetector
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from uniad_plugin import distributed as dist
+from uniad_plugin.benchmark._common import one_line
 from uniad_plugin.benchmark._common import progress as _progress
 from uniad_plugin.benchmark.wiring import DetectorEntry, PenultimateEncoder, as_entries
 
@@ -141,6 +143,13 @@ def fit_detectors(
     (``fit_logits`` / ``fit_features``); every other detector gets ``fit(loader)``. A detector
     whose fitting raises is marked ``"failed"`` with the error; the others are still fitted.
 
+    In a distributed run (see :mod:`uniad_plugin.distributed`) with ``data`` a dataset, each
+    rank extracts a contiguous shard: the shared logits and features, and the extraction pass
+    of detectors with ``collect_fit_inputs`` / ``fit_collected`` (UniformDetector,
+    ConfoundingGradients); the shards are gathered in data order and every rank fits on all
+    of them. Other detectors fit on the whole data on every rank. An entry that fails on one
+    rank is marked failed on every rank. A loader is used as given on every rank.
+
     :param detectors: detectors or entries (see :func:`build_detectors`)
     :param data: ID training data, a dataset or loader of ``(x, y)`` with labels ``>= 0``
     :param batch_size: batch size when ``data`` is a dataset
@@ -151,23 +160,33 @@ def fit_detectors(
     entries = as_entries(detectors)
     device = torch.device(device)
     loader = _loader(data, batch_size)
+    sharded = dist.is_active() and not isinstance(data, DataLoader)
+    part = _loader(Subset(data, dist.shard_indices(len(data))), batch_size) if sharded else loader
     to_fit = [e for e in entries if e.ok and getattr(e.detector, "requires_fit", True)]
     move_entries(to_fit, device, "fit")
+    sync_entries(to_fit)
     producers = producers_of([e for e in to_fit if e.ok])
     reps: dict[int, Tensor] = {}
     labels: Tensor | None = None
     if producers:
         try:
-            reps, labels = extract(producers, loader, device, "extracting train", progress)
+            reps, labels = extract(producers, part, device, "extracting train", progress)
         except Exception:  # noqa: BLE001 - fall back to each detector's own fit
             reps = {}
+        if sharded:
+            if dist.all_true(bool(reps)):
+                reps, labels = dist.gather_tree(reps), dist.gather_cat(labels)
+            else:
+                reps = {}
     for e in _progress(to_fit, progress, desc="fitting detectors", unit="detector"):
         if not e.ok:
             continue
         det = e.detector
         try:
             shared = _shared_input(det, reps)
-            if shared is None:
+            if shared is None and sharded and hasattr(det, "collect_fit_inputs"):
+                _fit_collected(e, part)
+            elif shared is None:
                 det.fit(loader)
             elif shared[0] == "logits":
                 det.fit_logits(shared[1].to(device), labels.to(device))
@@ -175,4 +194,31 @@ def fit_detectors(
                 det.fit_features(shared[1].to(device), labels.to(device))
         except Exception as err:  # noqa: BLE001 - shown in the results
             e.fail("fit", err)
+    sync_entries(to_fit)
     return entries
+
+
+def _fit_collected(e: DetectorEntry, part: DataLoader) -> None:
+    """Extract this rank's shard, gather every rank's, fit on all (a distributed fit); an
+    extraction that fails on any rank fails the entry on every rank."""
+    try:
+        collected, error = e.detector.collect_fit_inputs(part), None
+    except Exception as err:  # noqa: BLE001 - shown in the results
+        collected, error = None, f"fit failed: {one_line(err)}"
+    errors = [r for r in dist.gather_objects(error) if r is not None]
+    if errors:
+        e.status, e.reason = "failed", errors[0]
+        return
+    e.detector.fit_collected(dist.gather_tree(collected))
+
+
+def sync_entries(entries: Sequence[DetectorEntry]) -> None:
+    """In a distributed run, an entry skipped or failed on some rank is so on every rank (with
+    the first such rank's reason); nothing for a single process."""
+    if not dist.is_active():
+        return
+    states = dist.gather_objects([(e.status, e.reason) for e in entries])
+    for i, e in enumerate(entries):
+        bad = [s[i] for s in states if s[i][0] != "ok"]
+        if bad and e.status == "ok":
+            e.status, e.reason = bad[0]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from uniad_plugin import distributed as dist
 from uniad_plugin.benchmark._common import safe_name
 from uniad_plugin.benchmark.anomaly_sets import (
     NOISE_SETS,
@@ -126,9 +127,10 @@ def run(config: RunConfig) -> RunResult:
 def _setup(config: RunConfig) -> tuple[RunPlan, Splits, nn.Module, list[Any], list[str], dict]:
     """The checked plan (OOD sets already loaded, so the plan asks for no more), the splits,
     the model on the plan's device, the OOD sets, their notes and the run details so far."""
-    plan = config.resolve()
-    splits = _splits(plan)
-    ood_sets, notes = _ood_sets(plan, tuple(splits.test.tensors[0].shape[1:]))
+    plan = _per_process(config.resolve())
+    with dist.main_first():  # a download happens once
+        splits = _splits(plan)
+        ood_sets, notes = _ood_sets(plan, tuple(splits.test.tensors[0].shape[1:]))
     meta: dict[str, Any] = {
         "dataset": config.profile.name,
         "fast": config.fast,
@@ -175,6 +177,18 @@ def prepare_suite(config: RunConfig) -> Suite:
     return Suite(plan, model, splits, sets, [*notes, *more_notes])
 
 
+def _per_process(plan: RunPlan) -> RunPlan:
+    """The plan as this process runs it: in a distributed run, ``cuda`` means this process's
+    GPU, and only rank 0 shows progress and writes files (see :mod:`uniad_plugin.distributed`)."""
+    device = dist.local_device(plan.device)
+    config = plan.config
+    if not dist.is_main():
+        config = dataclasses.replace(config, out_dir=None, progress=False)
+    if device == plan.device and config is plan.config:
+        return plan
+    return dataclasses.replace(plan, device=device, config=config)
+
+
 def _splits(plan: RunPlan) -> Splits:
     from uniad_plugin import data
 
@@ -219,6 +233,9 @@ def _model(plan: RunPlan, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
     else:
         arch_name = c.profile.arch.rpartition(":")[2]
     check_model_output(factory().eval(), splits.test.tensors[0][:8], splits.num_classes)
+    if not dist.is_main():  # rank 0 trains (or loads) the model; the others receive it
+        model = dist.broadcast_module(factory().to(plan.device).eval())
+        return model, {"source": "trained", "arch": str(arch), "epochs": plan.epochs}
     model, cached = trained_model(
         arch_name,
         factory,
@@ -230,6 +247,7 @@ def _model(plan: RunPlan, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
         device=plan.device,
         progress=c.progress,
     )
+    dist.broadcast_module(model.to(plan.device).eval())
     return model, {"source": "trained", "arch": str(arch), "epochs": plan.epochs, "cached": cached}
 
 
@@ -254,6 +272,7 @@ def evaluate_plan(
     :param meta: run details to start from
     :return: the rows, the printed table, run details and the written files
     """
+    plan = _per_process(plan)
     c = plan.config
     t0 = time.perf_counter()
     model = model.to(plan.device).eval()
@@ -344,6 +363,7 @@ def _run_meta(
     meta.update(
         seed=c.seed,
         device=str(plan.device),
+        processes=dist.world_size(),
         input_shape=list(splits.test.tensors[0].shape[1:]),
         num_classes=splits.num_classes,
         n_train=len(splits.train),

@@ -1,0 +1,101 @@
+"""A user's own distributed script, run by tests/test_distributed.py under torchrun (or alone).
+
+    python tests/distributed_script.py OUT.pt                 # one process
+    torchrun --standalone --nproc_per_node 2 tests/distributed_script.py OUT.pt
+    ... --fail-rank 1      # that rank raises before the first collective
+    ... --hang-rank 1      # that rank sleeps instead of joining the collectives
+    ... --timeout 5        # timeout of the collectives (seconds)
+
+Trains a small digits CNN (rank 0; the others receive it), crafts a PGD set in several seeded
+batches, fits UniformDetector, Mahalanobis and MaxSoftmax through UnifiedBenchmark and scores
+every set. Rank 0 saves the adversarials, the rows, the raw scores and a digest of every
+rank's fitted UniformDetector state to OUT.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from uniad_plugin import distributed
+from uniad_plugin.anomalies import make_adversarial
+from uniad_plugin.benchmark import UnifiedBenchmark, build_detectors
+from uniad_plugin.data import digits_splits
+from uniad_plugin.models import digits_cnn, train_classifier
+
+
+def _digest(state: object) -> str:
+    h = hashlib.sha256()
+
+    def walk(v: object) -> None:
+        if isinstance(v, torch.Tensor):
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(v, dict):
+            for k in sorted(v, key=str):
+                h.update(str(k).encode())
+                walk(v[k])
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        else:
+            h.update(repr(v).encode())
+
+    walk(state)
+    return h.hexdigest()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--fail-rank", type=int, default=None)
+    p.add_argument("--hang-rank", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=60.0)
+    args = p.parse_args()
+    distributed.init_from_env("cpu", timeout_s=args.timeout)
+    rank = distributed.rank()
+    if rank == args.fail_rank:
+        raise ValueError(f"injected failure on rank {rank}")
+    if rank == args.hang_rank:
+        time.sleep(120)
+    splits = digits_splits(seed=0)
+    torch.manual_seed(0)
+    model = digits_cnn()
+    if distributed.is_main():
+        loader = DataLoader(
+            splits.train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
+        train_classifier(model, loader, epochs=8, seed=0)
+    model = distributed.broadcast_module(model).eval()
+    adv = make_adversarial(
+        model, splits.attack, "pgd_linf", 0.1, batch_size=16, max_samples=60, progress=False
+    )
+    bench = UnifiedBenchmark(splits.train, splits.test, [adv], id_val=splits.val, progress=False)
+    entries = build_detectors(
+        ["UniformDetector", "Mahalanobis", "MaxSoftmax"],
+        model,
+        splits.test.tensors[0][:8],
+        detector_kwargs={"UniformDetector": {"epochs": 3}},
+    )
+    bench.fit(entries)
+    rows = bench.evaluate(entries)
+    uniform = next(e.detector for e in entries if e.name == "UniformDetector")
+    digests = distributed.gather_objects(_digest(uniform.state_dict()))
+    if distributed.is_main():
+        torch.save(
+            {
+                "adv_x": adv.x,
+                "rows": rows,
+                "scores": bench.scores,
+                "digests": digests,
+                "world_size": distributed.world_size(),
+            },
+            args.out,
+        )
+
+
+if __name__ == "__main__":
+    main()
