@@ -60,6 +60,12 @@ def test_shards_cover_every_item_once_in_order(n, count):
     assert max(sizes) - min(sizes) <= 1
 
 
+def test_work_goes_to_the_least_loaded_rank_largest_first():
+    assert distributed.assign_work([5, 1, 1, 4, 2], count=2) == [0, 0, 0, 1, 1]  # loads 7, 6
+    assert distributed.assign_work([3, 3, 3], count=1) == [0, 0, 0]
+    assert sorted(distributed.assign_work([1] * 8, count=4)) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
 def test_local_device_is_the_process_gpu_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")

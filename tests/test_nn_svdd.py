@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
+from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores, skip_svdd
 
 
 def _spheres(n_classes: int, dims: list[int], seed: int = 0) -> list[BatchedSVDD]:
@@ -91,3 +91,17 @@ def test_training_config_object_equals_keywords():
     training = SVDDTraining(nu=0.2, epochs=3, warmup_epochs=1)
     fit_svdd(b, z, y, training, generator=torch.Generator().manual_seed(1))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_skip_svdd_draws_what_fit_svdd_draws():
+    """A distributed fit skips the layers another process trains: the generator must end in
+    the same state as after training them."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(90, 5, generator=g)
+    y = torch.arange(90) % 3
+    y[:7] = 0  # unequal classes
+    training = SVDDTraining(epochs=4, warmup_epochs=1, batch_size=8)
+    trained, skipped = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    fit_svdd(BatchedSVDD(3, 5, (6,), 4), z, y, training, generator=trained)
+    skip_svdd(BatchedSVDD(3, 5, (6,), 4), y, training, generator=skipped)
+    assert torch.equal(trained.get_state(), skipped.get_state())

@@ -22,7 +22,7 @@ import contextlib
 import datetime
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from torch import Tensor
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "all_true",
+    "assign_work",
     "barrier",
     "broadcast_module",
     "gather_cat",
@@ -244,8 +245,8 @@ def gather_tree(value: Any) -> Any:
     return value
 
 
-def broadcast_module(module: torch.nn.Module) -> torch.nn.Module:
-    """Rank 0's parameters and buffers copied into ``module`` on every rank (in place)."""
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> torch.nn.Module:
+    """Rank ``src``'s parameters and buffers copied into ``module`` on every rank (in place)."""
     if not is_active():
         return module
     dist = _dist()
@@ -253,9 +254,22 @@ def broadcast_module(module: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             buf = t.detach().to(dev)
-            dist.broadcast(buf, src=0)
+            dist.broadcast(buf, src=src)
             t.copy_(buf.to(t.device))
     return module
+
+
+def assign_work(costs: Sequence[float], count: int | None = None) -> list[int]:
+    """The rank that does each of several independent jobs of the given ``costs``: the
+    largest job first, each to the least loaded rank (the same answer on every rank)."""
+    count = world_size() if count is None else count
+    load = [0.0] * count
+    owner = [0] * len(costs)
+    for job in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        r = min(range(count), key=lambda i: (load[i], i))
+        owner[job] = r
+        load[r] += costs[job]
+    return owner
 
 
 def all_true(flag: bool) -> bool:

@@ -209,7 +209,7 @@ def _fit_collected(e: DetectorEntry, part: DataLoader) -> None:
     if errors:
         e.status, e.reason = "failed", errors[0]
         return
-    e.detector.fit_collected(dist.gather_tree(collected))
+    e.detector.fit_collected(dist.gather_tree(collected), split_work=True)
 
 
 def sync_entries(entries: Sequence[DetectorEntry]) -> None:

@@ -16,11 +16,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
+from uniad_plugin import distributed as dist
 from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
-from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
+from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores, skip_svdd
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -252,14 +253,17 @@ class UniformDetector(UniadDetector, StructuredDetector):
             "input_shape": input_shape,
         }
 
-    def fit_collected(self, inputs: dict[str, Any]) -> Self:
+    def fit_collected(self, inputs: dict[str, Any], *, split_work: bool = False) -> Self:
         """Fit on the output of :meth:`collect_fit_inputs` (possibly gathered over processes).
 
+        :param split_work: the inputs are the same on every process of a distributed run
+            (see :mod:`uniad_plugin.distributed`): each process trains the spheres of a share
+            of the layers and they are exchanged; the state equals a single process's
         :return: self
         """
         inputs = dict(inputs)
         input_shape = inputs.pop("input_shape", None)
-        self.fit_structured(**inputs)
+        self.fit_structured(**inputs, split_work=split_work)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         return self
 
@@ -270,6 +274,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         logits: Tensor | None = None,
         *,
         num_classes: int | None = None,
+        split_work: bool = False,
         **deprecated: Any,
     ) -> Self:
         """Fit on pre-extracted activations (one extraction can serve many detectors).
@@ -282,6 +287,10 @@ class UniformDetector(UniadDetector, StructuredDetector):
             Defaults to ``y``. ``pred=`` is a deprecated alias
         :param num_classes: number of classes :math:`K`; defaults to ``y.max() + 1``.
             ``n_classes=`` is a deprecated alias
+        :param split_work: the inputs are the same on every process of a distributed run:
+            each process trains the spheres of a share of the layers (the generator skips the
+            others' draws) and every sphere is then sent from the process that trained it, so
+            the state equals a single process's. Ignored in a single process
         :return: self
         """
         who = "UniformDetector"
@@ -306,11 +315,23 @@ class UniformDetector(UniadDetector, StructuredDetector):
         training = SVDDTraining(
             warmup_epochs=self._warmup_epochs, **{name: getattr(self, name) for name in shared}
         )
-        spheres = nn.ModuleList()
-        for z in zs:
-            sphere = BatchedSVDD(K, z.shape[1], self.hidden, self.rep_dim).to(device)
-            fit_svdd(sphere, z[fit_idx].to(device), y[fit_idx].to(device), training, generator=gen)
-            spheres.append(sphere.eval().requires_grad_(False))
+        spheres = nn.ModuleList(
+            BatchedSVDD(K, z.shape[1], self.hidden, self.rep_dim).to(device) for z in zs
+        )
+        split = split_work and dist.is_active()
+        owners = [dist.rank()] * len(zs)
+        if split:  # the layers' spheres are independent: a share of them per process
+            owners = dist.assign_work([sum(p.numel() for p in s.parameters()) for s in spheres])
+        for z, sphere, owner in zip(zs, spheres, owners):
+            if owner == dist.rank():
+                z_fit, y_fit = z[fit_idx].to(device), y[fit_idx].to(device)
+                fit_svdd(sphere, z_fit, y_fit, training, generator=gen)
+            else:  # another process trains it; draw what it draws
+                skip_svdd(sphere, y[fit_idx], training, generator=gen)
+        for sphere, owner in zip(spheres, owners):
+            if split:
+                dist.broadcast_module(sphere, src=owner)
+            sphere.eval().requires_grad_(False)
         self.spheres = spheres
         self.num_classes = K
         # standardisation of each layer's score on the held-out ID data

@@ -350,3 +350,26 @@ def fit_svdd(
                 )
                 model.radius2.copy_(_class_quantile(d2_all, y, K, 1 - nu))
     return model
+
+
+def skip_svdd(
+    model: BatchedSVDD,
+    y: Tensor,
+    training: SVDDTraining | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Advance ``generator`` exactly as :func:`fit_svdd` on labels ``y`` would, without
+    training: the same draws (initialisation, then one permutation key table per epoch).
+
+    A distributed fit trains each layer's spheres on one process; the others skip that layer
+    with this function, so the layers that follow draw the same numbers on every process as in
+    a single process. ``model`` is left initialised, untrained.
+    """
+    training = training or SVDDTraining()
+    K = model.n_classes
+    n_max = int(torch.bincount(y.cpu(), minlength=K).max())
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    model.reset_parameters(generator=generator)
+    for _ in range(training.epochs):
+        torch.rand(K, n_max, generator=generator, device=gen_device)
