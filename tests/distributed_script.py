@@ -7,7 +7,7 @@
     ... --timeout 5        # timeout of the collectives (seconds)
 
 Trains a small digits CNN (rank 0; the others receive it), crafts a PGD set in several seeded
-batches, fits UniformDetector, Mahalanobis and MaxSoftmax through UnifiedBenchmark and scores
+batches, fits UniformDetector, Mahalanobis, MultiMahalanobis and MaxSoftmax through UnifiedBenchmark and scores
 every set. Rank 0 saves the adversarials, the rows, the raw scores and a digest of every
 rank's fitted UniformDetector state to OUT.pt.
 """
@@ -75,7 +75,7 @@ def main() -> None:
     )
     bench = UnifiedBenchmark(splits.train, splits.test, [adv], id_val=splits.val, progress=False)
     entries = build_detectors(
-        ["UniformDetector", "Mahalanobis", "MaxSoftmax"],
+        ["UniformDetector", "Mahalanobis", "MultiMahalanobis", "MaxSoftmax"],
         model,
         splits.test.tensors[0][:8],
         detector_kwargs={"UniformDetector": {"epochs": 3}},

@@ -8,10 +8,13 @@ same extraction when it scores.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from pytorch_ood.api import Detector, FeaturesDetector, GradientDetector, LogitsDetector
+from pytorch_ood.detector import MultiMahalanobis
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -146,8 +149,10 @@ def fit_detectors(
     In a distributed run (see :mod:`uniad_plugin.distributed`) with ``data`` a dataset, each
     rank extracts a contiguous shard: the shared logits and features, and the extraction pass
     of detectors with ``collect_fit_inputs`` / ``fit_collected`` (UniformDetector,
-    ConfoundingGradients); the shards are gathered in data order and every rank fits on all
-    of them. Other detectors fit on the whole data on every rank. An entry that fails on one
+    ConfoundingGradients, whose spheres' training is shared out too) and MultiMahalanobis's
+    block features; the shards are gathered in data order and every rank fits on all of them.
+    Other detectors (A3, R2AD2, the model-free sanity rows) fit on the whole data on every
+    rank. An entry that fails on one
     rank is marked failed on every rank. A loader is used as given on every rank.
 
     :param detectors: detectors or entries (see :func:`build_detectors`)
@@ -184,8 +189,9 @@ def fit_detectors(
         det = e.detector
         try:
             shared = _shared_input(det, reps)
-            if shared is None and sharded and hasattr(det, "collect_fit_inputs"):
-                _fit_collected(e, part)
+            parts = _collect_and_fit(det, device) if sharded and shared is None else None
+            if parts is not None:
+                _fit_sharded(e, part, *parts)
             elif shared is None:
                 det.fit(loader)
             elif shared[0] == "logits":
@@ -198,18 +204,62 @@ def fit_detectors(
     return entries
 
 
-def _fit_collected(e: DetectorEntry, part: DataLoader) -> None:
+def _collect_and_fit(
+    det: Detector, device: torch.device
+) -> tuple[Callable[[DataLoader], Any], Callable[[Any], Any]] | None:
+    """How ``det`` fits as an extraction pass and a fit on its output, or ``None``: the
+    detector's own ``collect_fit_inputs`` / ``fit_collected`` (UniformDetector,
+    ConfoundingGradients), or pytorch-ood's MultiMahalanobis (its blocks' outputs averaged
+    over space, then ``fit_structured``)."""
+    if hasattr(det, "collect_fit_inputs") and hasattr(det, "fit_collected"):
+        return det.collect_fit_inputs, lambda c: det.fit_collected(c, split_work=True)
+    if isinstance(det, MultiMahalanobis) and all(isinstance(b, nn.Module) for b in det.model):
+        collect = functools.partial(_block_features, det.model, device=device)
+        return collect, lambda c: det.fit_structured(c["features"], c["y"].to(device))
+    return None
+
+
+@torch.no_grad()
+def _block_features(
+    blocks: Sequence[nn.Module], loader: DataLoader, device: torch.device
+) -> dict[str, Any]:
+    """The output of every consecutive block averaged over space (what pytorch-ood's
+    MultiMahalanobis.fit extracts block prefix by block prefix), in one pass, for the ID
+    samples (labels >= 0) of ``loader``."""
+    zs: list[list[Tensor]] = [[] for _ in blocks]
+    ys: list[Tensor] = []
+    for x, y in loader:
+        y = torch.as_tensor(y)
+        known = y >= 0
+        if not bool(known.any()):
+            continue
+        h = x[known].to(device)
+        for i, block in enumerate(blocks):
+            h = block(h)
+            zs[i].append(h.mean(dim=(2, 3)).reshape(len(h), -1).cpu())
+        ys.append(y[known].cpu())
+    if not ys:
+        raise ValueError("expected ID samples (labels >= 0) in the fit data, got none")
+    return {"features": [torch.cat(z) for z in zs], "y": torch.cat(ys)}
+
+
+def _fit_sharded(
+    e: DetectorEntry,
+    part: DataLoader,
+    collect: Callable[[DataLoader], Any],
+    fit: Callable[[Any], Any],
+) -> None:
     """Extract this rank's shard, gather every rank's, fit on all (a distributed fit); an
     extraction that fails on any rank fails the entry on every rank."""
     try:
-        collected, error = e.detector.collect_fit_inputs(part), None
+        collected, error = collect(part), None
     except Exception as err:  # noqa: BLE001 - shown in the results
         collected, error = None, f"fit failed: {one_line(err)}"
     errors = [r for r in dist.gather_objects(error) if r is not None]
     if errors:
         e.status, e.reason = "failed", errors[0]
         return
-    e.detector.fit_collected(dist.gather_tree(collected), split_work=True)
+    fit(dist.gather_tree(collected))
 
 
 def sync_entries(entries: Sequence[DetectorEntry]) -> None:
