@@ -209,3 +209,17 @@ def test_a_hanging_rank_times_out_the_others(tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dist-timeout", "0"], "--dist-timeout"),
+        (["--dist-backend", "mpi"], "--dist-backend"),
+    ],
+)
+def test_cli_rejects_bad_distributed_options(args, message, capsys):
+    from uniad_plugin.cli import main
+
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
