@@ -424,8 +424,9 @@ class UniformDetector(UniadDetector, StructuredDetector):
             enough = int(torch.clamp(counts, max=need).sum())
             raise ValueError(
                 f"expected max_fit_rows to keep at least {need} ID samples per class (to hold out "
-                f"{self.holdout:.0%} of each), but max_fit_rows={self.max_fit_rows} keeps {cap} "
-                f"of {int(counts.sum())} samples in {K} classes; set max_fit_rows >= {enough}"
+                f"{self.holdout:.0%} of each), but max_fit_rows={self.max_fit_rows} keeps {cap} per "
+                f"class of {int(counts.sum())} samples in {K} classes; set max_fit_rows >= "
+                f"{enough} (or raise holdout)"
             )
         if keys is None:
             keys = position_keys(len(y), self.seed, y.device)
