@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         with fewer samples whole), the largest :math:`c` that keeps at most ``max_fit_rows`` in
         all; the hold-out rows come from that sample. The default, 100,000, keeps all of MNIST,
         CIFAR-10/100 and the digits, and 100 images per class of ImageNet. The extraction pass
-        of :meth:`fit` holds at most about 2.5 times ``max_fit_rows`` rows of activations at
+        of :meth:`fit` holds at most about 1.5 times ``max_fit_rows`` rows of activations at
         once. See :mod:`uniad_plugin.nn.sampling` (our choice; the paper fits on all data)
     :param seed: seed of every random choice (hold-out split, initialisation, minibatches,
         the sample of ``max_fit_rows``)
@@ -251,12 +252,12 @@ class UniformDetector(UniadDetector, StructuredDetector):
         self._check_hyperparameters()
         device = self._target_device()
         sample: BoundedSample | None = None
-        labels: list[Tensor] = []  # every label seen, for the warning about known anomalies
+        unknown = 0  # samples with labels < 0, for the warning about known anomalies
         num_classes = input_shape = None
         for x, y in self._iter_batches(data_loader):
-            labels.append(y.cpu())
             known = y >= 0  # known anomalies are never forwarded: ID batches stay as given
             if not bool(known.all()):
+                unknown += int((~known).sum())
                 x, y = x[known.to(x.device)], y[known]
             if len(x) == 0:
                 continue
@@ -269,7 +270,12 @@ class UniformDetector(UniadDetector, StructuredDetector):
                 sample = BoundedSample(num_classes, self.max_fit_rows)
             keys = content_keys(x, y, self.seed).cpu()
             sample.add(keys, y.cpu(), [logits.argmax(1).cpu(), *(f.cpu() for f in feats)])
-        _base.split_known([], torch.cat(labels), "UniformDetector")  # warns if any were dropped
+        if unknown:
+            warnings.warn(
+                f"UniformDetector is fitted on in-distribution data only; ignoring {unknown} "
+                "samples with labels < 0",
+                stacklevel=3,
+            )
         if sample is None:
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
         keys, y, (preds, *features) = sample.finish()

@@ -15,9 +15,10 @@ so nothing is dropped while :math:`\\sum_k n_k \\le B`, classes smaller than :ma
 whole, and the larger ones get :math:`c` rows each (at most :math:`B` rows in all).
 
 :class:`BoundedSample` draws this sample while the rows stream in, in memory bounded by the
-budget, not by the data: it buffers batches and, once the buffer holds ``budget / 2`` new rows,
-keeps the bottom :math:`c` rows of each class under the counts seen so far (:math:`c` only
-shrinks as counts grow, so no row of the final sample is ever dropped early).
+budget, not by the data (about 1.5 times the budget): it buffers batches and, once the buffer
+holds ``budget / 2`` new rows, keeps the bottom :math:`c` rows of each class under the counts
+seen so far (:math:`c` only shrinks as counts grow, so no row of the final sample is ever
+dropped early).
 
 Keys from :func:`content_keys` are a hash of each input's bytes (and label) under the seed,
 not of its position in the stream, so the sample is the same for any order of the rows and for
@@ -154,7 +155,8 @@ class BoundedSample:
     :param num_classes: number of classes :math:`K`
     :param budget: total row budget :math:`B` (``None``: keep every row)
     :param slack: new rows buffered (as a fraction of ``budget``) before the buffer is reduced;
-        at most about ``(2 + slack) * budget`` rows are held at once, during a reduction
+        at most about ``(1 + slack) * budget`` rows are held at once (plus, during a reduction,
+        one of the row tensors' new ``budget`` rows)
 
     ``add(keys, y, rows)`` appends a batch (``rows``: tensors with one row per sample, e.g. each
     layer's activations); :meth:`finish` returns the sample. Held on the tensors' device.
@@ -192,20 +194,26 @@ class BoundedSample:
         if keep is None:  # the data so far fits the budget
             self._reduced = self._held
             return
-        # scatter each part's kept rows to their place, freeing the part once it is copied
+        # scatter each part's kept rows to their place, one column at a time, freeing each
+        # part's column once it is copied: at most (1 + slack) budget rows plus one column's
+        # new buffer are held at once
         perm = torch.argsort(keep)
         keep_sorted = keep[perm]
         lengths = torch.tensor([len(p[0]) for p in self._parts], device=keep.device)
         offsets = torch.cumsum(lengths, 0) - lengths
         bounds = torch.searchsorted(keep_sorted, offsets).tolist() + [len(keep)]
-        out = [t.new_empty((len(keep), *t.shape[1:])) for t in self._parts[0]]
+        src = [keep_sorted[bounds[i] : bounds[i + 1]] - offsets[i] for i in range(len(lengths))]
+        dst = [perm[bounds[i] : bounds[i + 1]] for i in range(len(lengths))]
         parts, self._parts = self._parts, []
-        for i, part in enumerate(parts):
-            src = keep_sorted[bounds[i] : bounds[i + 1]] - offsets[i]
-            dst = perm[bounds[i] : bounds[i + 1]]
-            for o, t in zip(out, part):
-                o[dst.to(o.device)] = t[src.to(t.device)]
-            parts[i] = None  # type: ignore[call-overload]
+        out = []
+        for c in range(len(parts[0])):
+            first = parts[0][c]
+            col = first.new_empty((len(keep), *first.shape[1:]))
+            for i, part in enumerate(parts):
+                t = part[c]
+                col[dst[i].to(col.device)] = t[src[i].to(t.device)]
+                part[c] = None  # type: ignore[call-overload]
+            out.append(col)
         self._parts = [out]
         self._held = self._reduced = len(keep)
 
