@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tests.tiny_models import TinyResNet, tiny_vit
 from uniad_plugin.detectors.uniform import UniformDetector
 from uniad_plugin.models import lenet
+from uniad_plugin.nn.sampling import bounded_rows, content_keys, position_keys
 
 
 def auroc(s_id: torch.Tensor, s_ood: torch.Tensor) -> float:
@@ -301,6 +302,33 @@ def test_states_without_fusion_knots_load_as_zsum(detector, digits):
         old(x)
 
 
+def _gathered(parts):
+    """The shards' collected dicts joined as a distributed fit joins them: tensors
+    concatenated along dim 0 (lists element-wise), other values equal across shards."""
+    joined = {}
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if isinstance(first, torch.Tensor):
+            joined[key] = torch.cat(values)
+        elif isinstance(first, list):
+            joined[key] = [torch.cat(v) for v in zip(*values)]
+        else:
+            assert all(v == first for v in values)
+            joined[key] = first
+    return joined
+
+
+def _states_equal(a, b):
+    """The fitted tensors are equal (the input shape is known to fit, not to fit_structured)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa["hyperparameters"] == sb["hyperparameters"]
+    assert sa["state"]["layers"] == sb["state"]["layers"]
+    tensors = ("fusion_mean", "fusion_std", "fusion_knots", "fusion_slope", "spheres")
+    torch.testing.assert_close(
+        {k: sa["state"][k] for k in tensors}, {k: sb["state"][k] for k in tensors}, rtol=0, atol=0
+    )
+
+
 def test_fit_from_collected_shards_equals_fit(digits, digits_model):
     """A distributed fit extracts shards and concatenates them: the same state as one fit."""
     x, y = digits.train.tensors[0][:512], digits.train.tensors[1][:512]
@@ -312,14 +340,122 @@ def test_fit_from_collected_shards_equals_fit(digits, digits_model):
         det.collect_fit_inputs(DataLoader(TensorDataset(x[s], y[s]), batch_size=128))
         for s in (slice(0, 256), slice(256, 512))
     ]
-    joined = {
-        "features": [torch.cat(f) for f in zip(*(p["features"] for p in parts))],
-        "y": torch.cat([p["y"] for p in parts]),
-        "logits": torch.cat([p["logits"] for p in parts]),
-        "num_classes": parts[0]["num_classes"],
-        "input_shape": parts[0]["input_shape"],
-    }
+    joined = _gathered(parts)
+    assert joined["class_counts"].shape == (2, 10)
     det.fit_collected(joined)
     assert det.input_shape == whole.input_shape == tuple(x.shape[1:])
     x_test = digits.test.tensors[0][:64]
     torch.testing.assert_close(det(x_test), whole(x_test))
+
+
+# ------------------------------------------------------------------ bounded memory (issue 13)
+def test_the_bound_keeps_a_seeded_class_balanced_sample(digits, digits_model):
+    x, y = digits.train.tensors
+    det = UniformDetector(digits_model, max_fit_rows=500, seed=1)
+    collected = det.collect_fit_inputs(DataLoader(digits.train, batch_size=64))
+    kept = torch.bincount(collected["y"], minlength=10)
+    assert int(kept.sum()) == 500 and (kept == 50).all()  # every class has more than 50
+    assert torch.equal(collected["class_counts"], torch.bincount(y)[None])
+    assert all(len(f) == 500 for f in collected["features"])
+    assert len(collected["logits"]) == len(collected["keys"]) == 500
+    # reproducible, independent of the loader's order and batches, different for another seed
+    shuffled = DataLoader(
+        digits.train, batch_size=100, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    again = det.collect_fit_inputs(shuffled)
+    assert torch.equal(again["keys"], collected["keys"])
+    assert torch.equal(again["y"], collected["y"])
+    other = UniformDetector(digits_model, max_fit_rows=500, seed=2)
+    other_keys = other.collect_fit_inputs(DataLoader(digits.train, batch_size=64))["keys"]
+    assert not torch.equal(other_keys, collected["keys"])
+
+
+def test_bounded_fit_is_the_fit_on_the_sample_of_all_rows(digits, digits_model):
+    """fit(loader) streams, fit_structured sees every row: with the inputs' keys, the same."""
+    x, y = digits.train.tensors
+    loader = DataLoader(digits.train, batch_size=128)
+    det = UniformDetector(digits_model, max_fit_rows=400, epochs=2).fit(loader)
+    other = UniformDetector(digits_model, layers=det.layers, max_fit_rows=400, epochs=2)
+    parts = [other.extract(xb) for xb in x.split(128)]
+    feats = [torch.cat([p[0][i] for p in parts]) for i in range(len(parts[0][0]))]
+    logits = torch.cat([p[1] for p in parts])
+    keys = content_keys(x, y, other.seed)
+    other.fit_structured(feats, y, logits, num_classes=10, keys=keys)
+    _states_equal(det, other)
+
+
+def test_fit_structured_applies_the_bound_with_position_keys(digits, digits_model):
+    x, y = digits.train.tensors
+    bounded = UniformDetector(digits_model, max_fit_rows=400, epochs=2, seed=4)
+    feats, logits = bounded.extract(x)
+    bounded.fit_structured(feats, y, logits)
+    keep = bounded_rows(position_keys(len(y), 4), y, torch.bincount(y), 400)
+    assert len(keep) == 400
+    unbounded = UniformDetector(
+        digits_model, layers=bounded.layers, max_fit_rows=None, epochs=2, seed=4
+    )
+    unbounded.fit_structured([f[keep] for f in feats], y[keep], logits[keep])
+    unbounded.max_fit_rows = 400
+    _states_equal(bounded, unbounded)
+
+
+def test_below_the_bound_the_fit_is_the_unbounded_fit(digits, digits_model):
+    """The default keeps every sample of small data: results fitted before the bound hold."""
+    loader = DataLoader(digits.train, batch_size=128)
+    default = UniformDetector(digits_model, epochs=2).fit(loader)
+    assert default.max_fit_rows == 100_000
+    exact = UniformDetector(digits_model, epochs=2, max_fit_rows=len(digits.train)).fit(loader)
+    unbounded = UniformDetector(digits_model, epochs=2, max_fit_rows=None).fit(loader)
+    x = digits.test.tensors[0][:64]
+    assert torch.equal(default(x), unbounded(x)) and torch.equal(exact(x), unbounded(x))
+    collected = default.collect_fit_inputs(loader)
+    assert torch.equal(collected["y"], digits.train.tensors[1])  # all rows, loader order
+
+
+def test_sharded_bounded_fit_equals_the_one_pass_fit(digits, digits_model):
+    x, y = digits.train.tensors[0][:768], digits.train.tensors[1][:768]
+    whole = UniformDetector(digits_model, epochs=2, max_fit_rows=300, seed=3)
+    whole.fit(DataLoader(TensorDataset(x, y), batch_size=128))
+    det = UniformDetector(digits_model, epochs=2, max_fit_rows=300, seed=3)
+    shards = [slice(0, 256), slice(256, 512), slice(512, 768)]
+    parts = [
+        det.collect_fit_inputs(DataLoader(TensorDataset(x[s], y[s]), batch_size=128))
+        for s in shards
+    ]
+    assert all(len(p["y"]) <= 300 for p in parts)
+    det.fit_collected(_gathered(parts))
+    _states_equal(det, whole)
+    # interleaved shards (a DistributedSampler's split) batch differently: the sample is the
+    # same, the activations may differ in the last bits
+    inter = [
+        det.collect_fit_inputs(DataLoader(TensorDataset(x[r::3], y[r::3]), batch_size=128))
+        for r in range(3)
+    ]
+    joined = _gathered(inter)
+    keep = bounded_rows(joined["keys"], joined["y"], joined["class_counts"].sum(0), 300)
+    one_pass = det.collect_fit_inputs(DataLoader(TensorDataset(x, y), batch_size=128))
+    assert torch.equal(joined["keys"][keep], one_pass["keys"])
+    det.fit_collected(joined)
+    x_test = digits.test.tensors[0][:64]
+    torch.testing.assert_close(det(x_test), whole(x_test), rtol=1e-4, atol=1e-4)
+
+
+def test_max_fit_rows_is_checked_and_old_states_load(digits, digits_model, detector):
+    loader = DataLoader(digits.train, batch_size=256)
+    for bad in (0, -5, 1.5, "all"):
+        with pytest.raises((ValueError, TypeError), match="max_fit_rows"):
+            UniformDetector(digits_model, max_fit_rows=bad)
+    too_few = UniformDetector(digits_model, max_fit_rows=60, epochs=1)
+    with pytest.raises(ValueError, match=r"max_fit_rows=60 keeps 6 per class of 1078 .* >= 100"):
+        too_few.fit(loader)
+    state = detector.state_dict()
+    assert state["hyperparameters"]["max_fit_rows"] == 100_000
+    del state["hyperparameters"]["max_fit_rows"]  # a state saved before the bound
+    old = UniformDetector(digits_model, max_fit_rows=None).load_state_dict(state)
+    x = digits.test.tensors[0][:8]
+    assert old.max_fit_rows is None and torch.equal(old(x), detector(x))
+    feats, logits = detector.extract(digits.train.tensors[0])
+    with pytest.raises(ValueError, match="class_counts"):
+        too_few.fit_structured(feats, digits.train.tensors[1], logits, class_counts=torch.ones(10))
+    with pytest.raises(ValueError, match="int64 keys"):
+        too_few.fit_structured(feats, digits.train.tensors[1], logits, keys=torch.zeros(3))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,13 @@ from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
+from uniad_plugin.nn.sampling import (
+    BoundedSample,
+    bounded_rows,
+    class_cap,
+    content_keys,
+    position_keys,
+)
 from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores, skip_svdd
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
@@ -87,7 +95,15 @@ class UniformDetector(UniadDetector, StructuredDetector):
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
     :param fusion: how the layers' scores are combined: ``"fisher"`` (the sum of
         :math:`-\\log p_l`) or ``"zsum"`` (the sum of z-scores, the default until issue 12)
-    :param seed: seed of every random choice (hold-out split, initialisation, minibatches)
+    :param max_fit_rows: the most ID samples the fit keeps (``None``: all of them). Beyond it, a
+        seeded sample of each class is kept: the same number :math:`c` of each class (classes
+        with fewer samples whole), the largest :math:`c` that keeps at most ``max_fit_rows`` in
+        all; the hold-out rows come from that sample. The default, 100,000, keeps all of MNIST,
+        CIFAR-10/100 and the digits, and 100 images per class of ImageNet. The extraction pass
+        of :meth:`fit` holds at most about 1.5 times ``max_fit_rows`` rows of activations at
+        once. See :mod:`uniad_plugin.nn.sampling` (our choice; the paper fits on all data)
+    :param seed: seed of every random choice (hold-out split, initialisation, minibatches,
+        the sample of ``max_fit_rows``)
     """
 
     requires_fit = True
@@ -118,6 +134,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         "pooling": hp.choice("avg", "avgmax"),
         "whiten": hp.choice("full", "diag"),
         "fusion": hp.choice("fisher", "zsum"),
+        "max_fit_rows": hp.integer(1, optional=True),
         "seed": hp.integer(None),
     }
 
@@ -139,6 +156,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         pooling: str = "avg",
         whiten: str = "full",
         fusion: str = "fisher",
+        max_fit_rows: int | None = 100_000,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -213,48 +231,70 @@ class UniformDetector(UniadDetector, StructuredDetector):
         return self.fit_collected(self.collect_fit_inputs(data_loader))
 
     def collect_fit_inputs(self, data_loader: DataLoader) -> dict[str, Any]:
-        """The extraction pass of :meth:`fit`: every tapped layer's activations, the labels
-        and the predicted classes of the loader's ID samples (labels >= 0).
+        """The extraction pass of :meth:`fit`: the tapped layers' activations, labels and
+        predicted classes of a bounded sample of the loader's ID samples (labels >= 0).
+
+        Memory is bounded by ``max_fit_rows``, not by the data: each sample gets a key hashed
+        from its input bytes and label under ``seed`` (:func:`~uniad_plugin.nn.sampling.content_keys`),
+        and of each class only the samples with the smallest keys are kept while the batches
+        stream in (:class:`~uniad_plugin.nn.sampling.BoundedSample`); every sample is kept, in
+        the loader's order, while there are at most ``max_fit_rows``.
 
         The tensors' rows can be concatenated across loaders (a distributed fit extracts one
-        shard per process and gathers them) before :meth:`fit_collected`.
+        shard per process and gathers them, ``class_counts`` gaining one row per shard) before
+        :meth:`fit_collected`, which takes the sample again from the union: the same rows as
+        one pass over all the shards' samples, in any order.
 
-        :return: ``{"features": [(N, D_l), ...], "y": (N,), "logits": (N,) predicted
-            classes, "num_classes": K, "input_shape": shape of one input}``
+        :return: ``{"features": [(n, D_l), ...], "y": (n,), "logits": (n,) predicted classes,
+            "keys": (n,) int64 sampling keys, "class_counts": (1, K) ID samples per class seen
+            (kept or not), "num_classes": K, "input_shape": shape of one input}``
         """
         self._require_model()
+        self._check_hyperparameters()
         device = self._target_device()
-        feats_all: list[list[Tensor]] = []
-        ys: list[Tensor] = []
-        preds: list[Tensor] = []
-        labels: list[Tensor] = []  # every label seen, for the warning about known anomalies
+        sample: BoundedSample | None = None
+        unknown = 0  # samples with labels < 0, for the warning about known anomalies
         num_classes = input_shape = None
         for x, y in self._iter_batches(data_loader):
-            labels.append(y.cpu())
             known = y >= 0  # known anomalies are never forwarded: ID batches stay as given
             if not bool(known.all()):
+                unknown += int((~known).sum())
                 x, y = x[known.to(x.device)], y[known]
             if len(x) == 0:
                 continue
-            feats, logits = self.extract(x.to(device))
-            feats_all.append([f.cpu() for f in feats])
-            ys.append(y.cpu())
-            preds.append(logits.argmax(1).cpu())
+            x = x.to(device)
+            feats, logits = self.extract(x)
             num_classes = logits.shape[1]
             input_shape = tuple(x.shape[1:])
-        _base.split_known([], torch.cat(labels), "UniformDetector")  # warns if any were dropped
-        if not feats_all:
+            _base.check_label_range(y, num_classes, "UniformDetector")
+            if sample is None:
+                sample = BoundedSample(num_classes, self.max_fit_rows)
+            keys = content_keys(x, y, self.seed).cpu()
+            sample.add(keys, y.cpu(), [logits.argmax(1).cpu(), *(f.cpu() for f in feats)])
+        if unknown:
+            warnings.warn(
+                f"UniformDetector is fitted on in-distribution data only; ignoring {unknown} "
+                "samples with labels < 0",
+                stacklevel=3,
+            )
+        if sample is None:
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
+        keys, y, (preds, *features) = sample.finish()
         return {
-            "features": [torch.cat([f[i] for f in feats_all]) for i in range(len(feats_all[0]))],
-            "y": torch.cat(ys),
-            "logits": torch.cat(preds),
+            "features": features,
+            "y": y,
+            "logits": preds,
+            "keys": keys,
+            "class_counts": sample.counts[None, :].clone(),
             "num_classes": num_classes,
             "input_shape": input_shape,
         }
 
     def fit_collected(self, inputs: dict[str, Any], *, split_work: bool = False) -> Self:
         """Fit on the output of :meth:`collect_fit_inputs` (possibly gathered over processes).
+
+        ``max_fit_rows`` is applied again to the gathered rows, with the class counts summed
+        over the shards.
 
         :param split_work: the inputs are the same on every process of a distributed run
             (see :mod:`uniad_plugin.distributed`): each process trains the spheres of a share
@@ -274,10 +314,15 @@ class UniformDetector(UniadDetector, StructuredDetector):
         logits: Tensor | None = None,
         *,
         num_classes: int | None = None,
+        keys: Tensor | None = None,
+        class_counts: Tensor | None = None,
         split_work: bool = False,
         **deprecated: Any,
     ) -> Self:
         """Fit on pre-extracted activations (one extraction can serve many detectors).
+
+        Beyond ``max_fit_rows`` samples, the fit keeps a seeded sample of each class (see the
+        class's parameters), chosen by ``keys``.
 
         :param features: one tensor per layer, ``(N, D_l)`` or ``(N, C_l, H, W)`` (pooled
             here), as returned by :meth:`extract`
@@ -287,6 +332,12 @@ class UniformDetector(UniadDetector, StructuredDetector):
             Defaults to ``y``. ``pred=`` is a deprecated alias
         :param num_classes: number of classes :math:`K`; defaults to ``y.max() + 1``.
             ``n_classes=`` is a deprecated alias
+        :param keys: ``(N,)`` int64 sampling keys of the rows (the smallest of each class are
+            kept beyond ``max_fit_rows``); ``None``: keys drawn from ``seed`` by position
+            (:func:`~uniad_plugin.nn.sampling.position_keys`). :meth:`fit` hashes them from the
+            inputs instead, so the two pick different samples once the bound applies
+        :param class_counts: ID samples per class of the data the rows were sampled from,
+            ``(K,)`` or ``(shards, K)`` (summed); ``None``: the rows themselves are all the data
         :param split_work: the inputs are the same on every process of a distributed run:
             each process trains the spheres of a share of the layers (the generator skips the
             others' draws) and every sphere is then sent from the process that trained it, so
@@ -303,7 +354,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
         )
         logits = _base.renamed_kwarg(deprecated, "pred", "logits", logits, who)
         self._check_hyperparameters()
-        zs, y, pred, K = self._fit_inputs(features, y, logits, num_classes)
+        zs, y, pred, K, keys = self._fit_inputs(features, y, logits, num_classes, keys)
+        zs, y, pred = self._bounded(zs, y, pred, K, keys, class_counts)
         device = self._target_device()
         gen = seeded_generator(self.seed)
         held = self._holdout(y, K, gen)
@@ -342,8 +394,9 @@ class UniformDetector(UniadDetector, StructuredDetector):
         self.fusion_knots, self.fusion_slope = survival_knots(raw)
         return self
 
-    def _fit_inputs(self, zs, y, pred, num_classes):
-        """Checked, pooled ID activations, labels, predicted classes and the class count."""
+    def _fit_inputs(self, zs, y, pred, num_classes, keys=None):
+        """Checked, pooled ID activations, labels, predicted classes, the class count and the
+        sampling keys (``None`` if not given)."""
         if len(zs) == 0:
             raise ValueError("expected at least one layer of activations, got none")
         y = _base.check_labels(y, len(zs[0]))
@@ -352,14 +405,19 @@ class UniformDetector(UniadDetector, StructuredDetector):
             raise ValueError(
                 f"expected every layer to have {len(y)} rows, got {[len(z) for z in zs]}"
             )
+        if keys is not None:
+            if not isinstance(keys, Tensor) or keys.dtype != torch.int64 or keys.shape != y.shape:
+                got = (keys.dtype, tuple(keys.shape)) if isinstance(keys, Tensor) else type(keys)
+                raise ValueError(f"expected int64 keys of shape ({len(y)},), got {got}")
+            keys = keys.to(y.device)
+        extra = [t for t in (pred, keys) if t is not None]
         if pred is not None:
             pred = pred.argmax(1) if pred.dim() == 2 else pred
-            pred = pred.long()
-            zs, y_pred = _base.split_known([*zs, pred], y, "UniformDetector")
-            zs, pred = zs[:-1], zs[-1]
-            y = y_pred
-        else:
-            zs, y = _base.split_known(zs, y, "UniformDetector")
+            extra[0] = pred.long()
+        split, y = _base.split_known([*zs, *extra], y, "UniformDetector")
+        zs, extra = split[: len(zs)], split[len(zs) :]
+        pred = extra.pop(0) if pred is not None else None
+        keys = extra.pop(0) if keys is not None else None
         if len(y) == 0:
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
         K = int(num_classes) if num_classes is not None else int(y.max()) + 1
@@ -370,7 +428,44 @@ class UniformDetector(UniadDetector, StructuredDetector):
             raise ValueError(
                 f"expected {len(self.layers)} layers of activations ({self.layers}), got {len(zs)}"
             )
-        return zs, y, (y if pred is None else pred), K
+        return zs, y, (y if pred is None else pred), K, keys
+
+    def _bounded(self, zs, y, pred, K, keys, class_counts):
+        """The rows of the ``max_fit_rows`` sample (all of them, in order, below the bound)."""
+        per_class = torch.bincount(y, minlength=K)
+        if class_counts is None:
+            counts = per_class
+        else:
+            counts = torch.as_tensor(class_counts).long().cpu()
+            counts = counts.reshape(-1, counts.shape[-1]).sum(0) if counts.dim() else counts
+            if counts.shape != (K,) or (counts < per_class.cpu()).any():
+                raise ValueError(
+                    f"expected class_counts of shape ({K},) or (shards, {K}), at least the rows "
+                    f"given per class {per_class.tolist()}, got {counts.tolist()}"
+                )
+        cap = class_cap(counts, self.max_fit_rows)
+        if cap is None:
+            return zs, y, pred
+        need = math.ceil(1 / self.holdout)
+        if cap < need:
+            enough = int(torch.clamp(counts, max=need).sum())
+            raise ValueError(
+                f"expected max_fit_rows to keep at least {need} ID samples per class (to hold out "
+                f"{self.holdout:.0%} of each), but max_fit_rows={self.max_fit_rows} keeps {cap} per "
+                f"class of {int(counts.sum())} samples in {K} classes; set max_fit_rows >= "
+                f"{enough} (or raise holdout)"
+            )
+        if keys is None:
+            keys = position_keys(len(y), self.seed, y.device)
+        keep = bounded_rows(keys, y, counts.to(y.device), self.max_fit_rows)
+        log.info(
+            "UniformDetector: fitting on %d of %d ID samples (max_fit_rows=%d, %d per class)",
+            len(keep),
+            int(counts.sum()),
+            self.max_fit_rows,
+            cap,
+        )
+        return [z[keep] for z in zs], y[keep], pred[keep]
 
     def _holdout(self, y: Tensor, K: int, gen: torch.Generator) -> Tensor:
         """Stratified hold-out mask: a random ``holdout`` fraction of each class."""
