@@ -203,14 +203,16 @@ def load_ood_sets(
     if missing:
         kept = [getattr(a, "name", "?") for a in sets]
         synthetic = "" if any(getattr(a, "info", {}).get("root") for a in sets) else " (synthetic)"
-        layout = "torchvision's layout" + (
-            "; OpenOOD's image lists and folders for the OpenOOD sets" if openood_missing else ""
+        layout = (
+            "(torchvision's layout; OpenOOD's image lists and folders for the OpenOOD sets)"
+            if openood_missing
+            else "in torchvision's layout"
         )
         notes.insert(
             0,
             f"real OOD data missing: {', '.join(missing)} not found under "
             f"{str(data_root)!r}, so the OOD class holds only {', '.join(kept) or 'no set'}"
-            f"{synthetic}; put them there ({layout}) or add --download",
+            f"{synthetic}; put them there {layout} or add --download",
         )
     return sets, notes
 
