@@ -24,6 +24,7 @@ from uniad_plugin.benchmark import (
     ConfigError,
     Profile,
     RunConfig,
+    profiles,
     run_default,
 )
 
@@ -33,6 +34,9 @@ def test_profiles_are_frozen_values():
         "digits": (DIGITS, DIGITS_FAST),
         "mnist": (MNIST, MNIST_FAST),
         "cifar10": (CIFAR10, CIFAR10_FAST),
+        "cifar100": (profiles.CIFAR100, profiles.CIFAR100_FAST),
+        "imagenet200": (profiles.IMAGENET200, profiles.IMAGENET200_FAST),
+        "imagenet": (profiles.IMAGENET, profiles.IMAGENET_FAST),
         "folder": (FOLDER, FOLDER_FAST),
     }
     assert all(isinstance(p, Profile) for pair in PROFILES.values() for p in pair)
@@ -120,7 +124,7 @@ def test_validation_split_takes_other_budgets_and_seeds():
     [
         (
             {"dataset": "cifar"},
-            r"expected dataset in \('digits', 'mnist', 'cifar10', 'folder'\), got 'cifar'",
+            r"expected dataset in \('digits', 'mnist', 'cifar10', 'cifar100', .*\), got 'cifar'",
         ),
         ({"device": "toaster"}, "bad device 'toaster'; expected e.g. 'cpu'"),
         ({"detectors": ["Nope"]}, "unknown detector 'Nope'; choose from"),
@@ -136,6 +140,9 @@ def test_validation_split_takes_other_budgets_and_seeds():
         ({"dataset": "cifar10"}, "a folder with cifar-10-batches-py inside"),
         ({"dataset": "folder", "train_dir": "t"}, "expected train_dir and test_dir"),
         ({"image_size": 4}, "expected image_size >= 8"),
+        ({"image_size": 64}, "expected image_size only for a data set whose images are resized"),
+        ({"ood": ["openood"]}, "needs an ID data set with an OpenOOD benchmark"),
+        ({"dataset": "imagenet200"}, "OpenOOD's benchmark_imglist/imagenet200 inside"),
         ({"detectors": []}, "expected at least one detector"),
         ({"attacks": [], "noise": [], "ood": []}, "expected at least one anomaly set"),
         ({"detectors": [], "attacks": [], "noise": [], "ood": []}, "nothing to evaluate"),

@@ -325,10 +325,13 @@ def test_usage_errors_belong_to_the_command():
     parse = cli.build_parser().parse_args
     with pytest.raises(cli.UsageError, match="needs --data-root"):
         cli.config_from_args(parse(["--dataset", "mnist"]))
-    with pytest.raises(cli.UsageError, match="--n-test applies to --dataset mnist and cifar10"):
+    with pytest.raises(cli.UsageError, match="--n-test applies to --dataset mnist, cifar10, "):
         cli.config_from_args(parse(["--n-test", "5"]))
     with pytest.raises(cli.UsageError, match="--dataset cifar10 needs --data-root"):
         cli.config_from_args(parse(["--dataset", "cifar10"]))
+    with pytest.raises(cli.UsageError, match="imagenet needs --data-root DIR .*imagenet/train"):
+        cli.config_from_args(parse(["--dataset", "imagenet"]))
+    assert cli.config_from_args(parse([])).image_size is None  # the data set's own size
     with pytest.raises(cli.UsageError, match="needs --train-dir DIR and --test-dir DIR"):
         cli.config_from_args(parse(["--dataset", "folder", "--train-dir", "a"]))
     with pytest.raises(cli.UsageError, match="apply to --dataset folder only"):

@@ -88,3 +88,18 @@ def tiny_rgb_cnn(num_classes: int = 10) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(8 * 16, num_classes),
     )
+
+
+def tiny_rgb_cnn_3() -> nn.Sequential:
+    """:func:`tiny_rgb_cnn` with 3 classes (for ``--arch``, which passes no arguments)."""
+    return tiny_rgb_cnn(3)
+
+
+def tiny_rgb_cnn_100() -> nn.Sequential:
+    """:func:`tiny_rgb_cnn` with 100 classes (CIFAR-100)."""
+    return tiny_rgb_cnn(100)
+
+
+def tiny_rgb_cnn_200() -> nn.Sequential:
+    """:func:`tiny_rgb_cnn` with 200 classes (ImageNet-200)."""
+    return tiny_rgb_cnn(200)

@@ -14,6 +14,8 @@ Examples::
     uniad --dataset mnist --data-root ../shared/data --out results/mnist
     uniad --model my_cnn.pt --arch my_package.models:build_cnn
     uniad --dataset cifar10 --data-root ../shared/data --arch torchvision:resnet18
+    uniad --dataset cifar100 --data-root data --ood openood_near openood_far
+    uniad --dataset imagenet200 --data-root data --model r18.pt --arch torchvision:resnet18
     uniad --dataset folder --train-dir imgs/train --test-dir imgs/test --image-size 32
     torchrun --standalone --nproc_per_node 2 -m uniad_plugin.cli --out results/two
 """
@@ -37,17 +39,30 @@ attacks: fgsm, pgd_linf, pgd_linf_obj (L-inf budgets) and pgd_l2, pgd_l2_obj, de
   successful (--continuous keeps them, and every generated set, off the grid).
 noise sets: gaussian, uniform, salt_pepper, noisy_id.
 OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifar10, svhn,
-  textures (from --data-root, or with --download). An empty list (e.g. '--attacks') means none.
+  textures (from --data-root, or with --download); for --dataset cifar10, cifar100,
+  imagenet200 and imagenet, OpenOOD v1.5's sets through pytorch-ood: openood (all),
+  openood_near, openood_far, or openood:NAME (e.g. openood:tinyimagenet). They are read from
+  OpenOOD's image lists (DIR/benchmark_imglist/ or pytorch-ood's cache) and image folders
+  (DIR/<set>/...); the tables add a 'near-OOD mean' and a 'far-OOD mean' line. By default the
+  CIFAR and ImageNet runs add them when their files are there (a note says which are missing);
+  named with --ood, missing files stop the run. An empty list (e.g. '--attacks') means none.
 
 your own model (--model PATH): PATH is a state_dict saved with
   torch.save(model.state_dict(), PATH); it is read with torch.load(weights_only=True), which
   runs no code from the file. --arch MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a
   function that returns the untrained nn.Module (default: the reference model of the data set,
-  uniad_plugin.models:digits_cnn, :lenet or :resnet_cifar); --arch torchvision:NAME builds
-  torchvision.models.NAME(weights=None, num_classes=<the data set's classes>). The model must
-  map images in [0, 1] of the data set's shape (1x8x8 digits, 1x28x28 MNIST, 3x32x32 CIFAR-10,
-  3xSxS folder) to logits of its classes; put a model trained on normalised inputs behind
+  uniad_plugin.models:digits_cnn, :lenet, :resnet_cifar or :imagenet_resnet18); --arch
+  torchvision:NAME builds torchvision.models.NAME(weights=None, num_classes=<the data set's
+  classes>). The model must map images in [0, 1] of the data set's shape (1x8x8 digits,
+  1x28x28 MNIST, 3x32x32 CIFAR-10/100, 3x224x224 ImageNet, 3xSxS folder) to logits of its
+  classes; put a model trained on normalised inputs behind
   uniad_plugin.models.Normalized(model, mean, std).
+
+ImageNet: --dataset imagenet200 reads OpenOOD's ImageNet-200 image lists (200 classes) with
+  images in DIR/imagenet_1k/ (train/<wnid>/..., val/ILSVRC2012_val_*.JPEG); --dataset
+  imagenet reads DIR/imagenet/train and DIR/imagenet/val (one folder per class). Images are
+  resized to 256 and center-cropped to 224 (--image-size S: S/0.875, then S). Bring your own
+  trained classifier (--model, --arch): training one here is only for small copies.
 
 your own images (--dataset folder): --train-dir and --test-dir are ImageFolder trees
   (DIR/<class>/<image>); images are read as RGB, resized and center-cropped to --image-size
@@ -118,10 +133,11 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data and model")
     data.add_argument(
         "--dataset",
-        choices=("digits", "mnist", "cifar10", "folder"),
+        choices=("digits", "mnist", "cifar10", "cifar100", "imagenet200", "imagenet", "folder"),
         default="digits",
-        help="ID data: scikit-learn's digits (offline, default), MNIST or CIFAR-10 (need "
-        "--data-root) or your ImageFolder trees (need --train-dir and --test-dir)",
+        help="ID data: scikit-learn's digits (offline, default), MNIST, CIFAR-10, CIFAR-100, "
+        "OpenOOD's ImageNet-200 or ImageNet-1K (need --data-root) or your ImageFolder trees "
+        "(need --train-dir and --test-dir)",
     )
     data.add_argument("--data-root", metavar="DIR", help="folder of torchvision data sets")
     data.add_argument("--train-dir", metavar="DIR", help="ImageFolder tree of training images")
@@ -129,12 +145,14 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--image-size",
         type=_positive_int,
-        default=32,
         metavar="S",
-        help="--dataset folder: images resized and cropped to SxS (default 32)",
+        help="images resized and cropped to SxS (--dataset folder: default 32; imagenet200, "
+        "imagenet: default 224)",
     )
     data.add_argument(
-        "--download", action="store_true", help="let torchvision download missing data sets"
+        "--download",
+        action="store_true",
+        help="let torchvision and pytorch-ood download missing data sets (OpenOOD: needs gdown)",
     )
     data.add_argument(
         "--model", metavar="PATH", help="state_dict of your own classifier (see below)"
@@ -197,7 +215,10 @@ def _size_arguments(p: argparse.ArgumentParser) -> None:
     """Sizes of the sets and of the fit."""
     size = p.add_argument_group("sizes")
     size.add_argument(
-        "--n-test", type=_positive_int, metavar="N", help="ID test images (mnist, cifar10)"
+        "--n-test",
+        type=_positive_int,
+        metavar="N",
+        help="ID test images (the data sets read from --data-root)",
     )
     size.add_argument(
         "--n-attack", type=_positive_int, metavar="N", help="attacked sources per attack and budget"
@@ -311,7 +332,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 #: data sets read from --data-root, and what --data-root must hold
-_ROOT_LAYOUT = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py"}
+_ROOT_LAYOUT = {
+    "mnist": "MNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "imagenet200": "imagenet_1k and OpenOOD's benchmark_imglist/imagenet200",
+    "imagenet": "imagenet/train and imagenet/val",
+}
 
 
 def _check_data_args(args: argparse.Namespace) -> None:
@@ -323,7 +350,8 @@ def _check_data_args(args: argparse.Namespace) -> None:
         )
     if name not in _ROOT_LAYOUT and args.n_test is not None:
         raise UsageError(
-            "--n-test applies to --dataset mnist and cifar10 only (the others have a fixed split)"
+            "--n-test applies to --dataset mnist, cifar10, cifar100, imagenet200 and imagenet "
+            "only (the others have a fixed split)"
         )
     if name == "folder" and (args.train_dir is None or args.test_dir is None):
         raise UsageError("--dataset folder needs --train-dir DIR and --test-dir DIR")

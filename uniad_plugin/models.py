@@ -3,7 +3,7 @@
 These are the models the ``uniad`` command, the examples and the tests use when the user
 does not bring their own: a small CNN for scikit-learn's 8x8 digits, a LeNet-sized CNN
 for 28x28 MNIST-like images (both ``nn.Sequential``, so that every layer has a name) and small
-ResNets for 28x28 and 3x32x32 images; and :class:`Normalized`, which puts a model trained on
+ResNets for 28x28 and 3x32x32 images, torchvision's ResNet-18 for ImageNet-scale images; and :class:`Normalized`, which puts a model trained on
 normalised inputs behind its normalisation so that it takes images in [0, 1].
 """
 
@@ -165,6 +165,15 @@ def resnet_cifar(num_classes: int = 10, in_channels: int = 3) -> SmallResNet:
     :class:`SmallResNet` with stages of 16, 32 and 64 channels on RGB inputs (32x32, 16x16,
     8x8; about 78k parameters). Inputs in [0, 1], no normalisation."""
     return SmallResNet(num_classes, in_channels, (16, 32, 64))
+
+
+def imagenet_resnet18(num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-18 (``weights=None``, no download) with ``num_classes`` outputs: the
+    reference architecture of the ImageNet-scale data sets (3x224x224). Train it on images in
+    [0, 1], or wrap a model trained on normalised inputs in :class:`Normalized`."""
+    from torchvision.models import resnet18
+
+    return resnet18(weights=None, num_classes=num_classes)
 
 
 class Normalized(nn.Module):

@@ -1,6 +1,7 @@
 """The three classes of anomalous inputs as torch datasets labelled ``-1``.
 
-- OOD (``kind="OOD"``): natural data from another distribution, :mod:`.ood`
+- OOD (``kind="OOD"``): natural data from another distribution, :mod:`.ood`, :mod:`.real`
+  and :mod:`.openood` (OpenOOD v1.5's near- and far-OOD sets)
 - AD (``kind="AD"``): adversarial examples crafted with foolbox 3, :mod:`.adversarial`
 - NS (``kind="NS"``): images generated from meaningless data, :mod:`.noise`
 
@@ -36,6 +37,7 @@ from uniad_plugin.anomalies.ood import (
     font_letters,
     photo_patches,
 )
+from uniad_plugin.anomalies.openood import OpenOODSet, load_openood
 from uniad_plugin.anomalies.real import OOD_DATASETS, load_ood
 
 __all__ = [
@@ -61,4 +63,6 @@ __all__ = [
     "font_letters",
     "photo_patches",
     "load_ood",
+    "OpenOODSet",
+    "load_openood",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "attack_norms",
     "build_anomaly_sets",
     "check_choice",
+    "check_ood_names",
     "load_ood_sets",
     "noise_sets",
     "ood_set_names",
@@ -97,9 +98,32 @@ def parse_attacks(
 
 
 def ood_set_names() -> list[str]:
+    """The OOD set names of the command: offline, torchvision / pytorch-ood sets, and the
+    OpenOOD names (``openood``, ``openood_near``, ``openood_far``, ``openood:<set>``)."""
     from uniad_plugin.anomalies import OOD_DATASETS
+    from uniad_plugin.anomalies.openood import short_names
 
-    return [*OFFLINE_OOD_SETS, *(n for n in OOD_DATASETS if n not in OFFLINE_OOD_SETS)]
+    real = [n for n in OOD_DATASETS if n not in OFFLINE_OOD_SETS]
+    return [*OFFLINE_OOD_SETS, *real, *short_names()]
+
+
+def check_ood_names(names: Sequence[str], dataset: str) -> list[str]:
+    """OOD set names checked and with the OpenOOD names made keys of ``dataset``'s OpenOOD
+    benchmark (``openood`` -> ``openood:cifar10:cifar100``, ...; see
+    :func:`~uniad_plugin.anomalies.openood.expand_openood_names`); keys
+    ``openood:<data set>:<set>`` are accepted as they are.
+
+    :raises ConfigError: on an unknown name, or an OpenOOD name that ``dataset`` has no set of
+    """
+    from uniad_plugin.anomalies.openood import expand_openood_names
+
+    keys = [n.strip().lower() for n in names]
+    plain = [n for n in names if n.strip().lower().count(":") < 2]
+    check_choice("OOD set", plain, ood_set_names())
+    try:
+        return expand_openood_names(keys, dataset)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_choice(kind: str, names: Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -125,22 +149,27 @@ def load_ood_sets(
     levels: int | None = 255,
     split: str = "report",
 ) -> tuple[list[Any], list[str]]:
-    """Load OOD sets by name: ``letters`` and ``photos`` offline, real sets from ``data_root``.
+    """Load OOD sets by name: ``letters`` and ``photos`` offline, real sets from ``data_root``
+    (torchvision's, pytorch-ood's and OpenOOD's: keys ``openood:<ID data set>:<set>``, see
+    :func:`check_ood_names`).
 
     :param names: set names
     :param shape: image shape ``(C, H, W)`` the sets are converted to
     :param optional: names that are left out with a note when they cannot be loaded
     :param n: images per set
     :param levels: the ID data's value grid the sets are put on (``None``: continuous)
-    :param split: fonts and photos of the ``"report"`` or the ``"validation"`` sources
-    :return: the sets and notes about optional sets left out
+    :param split: fonts and photos of the ``"report"`` or the ``"validation"`` sources (and
+        the disjoint halves of the OpenOOD sets)
+    :return: the sets and notes about optional sets left out (one note for all OpenOOD sets)
     :raises ConfigError: if a set that is not optional cannot be loaded
     """
     from uniad_plugin import anomalies as an
+    from uniad_plugin.anomalies.openood import display_name, is_openood
 
     sets: list[Any] = []
     notes: list[str] = []
     missing: list[str] = []
+    openood_missing: list[str] = []
     for name in names:
         if name == "letters":
             sets.append(an.font_letters(n, shape, seed=seed, split=split, levels=levels))
@@ -150,26 +179,40 @@ def load_ood_sets(
             try:
                 if data_root is None:
                     raise ConfigError(f"the OOD set {name!r} needs --data-root (or --download)")
-                sets.append(
-                    an.load_ood(
-                        name, data_root, shape, download=download, n=n, seed=seed, levels=levels
-                    )
-                )
+                grid = {"download": download, "n": n, "seed": seed, "levels": levels}
+                if is_openood(name):
+                    sets.append(an.load_openood(name, data_root, shape, split=split, **grid))
+                else:
+                    sets.append(an.load_ood(name, data_root, shape, **grid))
             except Exception as e:  # noqa: BLE001
+                # the OpenOOD loader's messages are one line of bounded length: keep all of it
+                reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                reason = reason if is_openood(name) else one_line(e)
                 if name in optional:
-                    missing.append(name)
-                    notes.append(f"OOD set {name!r} left out: {one_line(e)}")
+                    missing.append(display_name(name))
+                    if not is_openood(name):
+                        notes.append(f"OOD set {name!r} left out: {reason}")
+                    elif not openood_missing:  # one note for all of them: the first reason
+                        notes.append(f"OpenOOD sets left out: {reason}")
+                    if is_openood(name):
+                        openood_missing.append(name)
                     continue
                 if isinstance(e, ConfigError):
                     raise
-                raise ConfigError(f"cannot load the OOD set {name!r}: {one_line(e)}") from e
+                raise ConfigError(f"cannot load the OOD set {name!r}: {reason}") from e
     if missing:
         kept = [getattr(a, "name", "?") for a in sets]
+        synthetic = "" if any(getattr(a, "info", {}).get("root") for a in sets) else " (synthetic)"
+        layout = (
+            "(torchvision's layout; OpenOOD's image lists and folders for the OpenOOD sets)"
+            if openood_missing
+            else "in torchvision's layout"
+        )
         notes.insert(
             0,
             f"real OOD data missing: {', '.join(missing)} not found under "
             f"{str(data_root)!r}, so the OOD class holds only {', '.join(kept) or 'no set'}"
-            " (synthetic); put them there in torchvision's layout or add --download",
+            f"{synthetic}; put them there {layout} or add --download",
         )
     return sets, notes
 

@@ -30,7 +30,7 @@ from uniad_plugin.benchmark.anomaly_sets import (
     NOISE_SETS,
     attack_norms,
     check_choice,
-    ood_set_names,
+    check_ood_names,
     parse_attacks,
 )
 from uniad_plugin.benchmark.model_cache import default_cache_dir
@@ -73,15 +73,17 @@ class RunConfig:
     """Everything one run of the benchmark does; ``None`` takes the profile's default.
 
     :param dataset: ID data, a key of :data:`PROFILES` (``"digits"``, ``"mnist"``,
-        ``"cifar10"``, ``"folder"``)
+        ``"cifar10"``, ``"cifar100"``, ``"imagenet200"``, ``"imagenet"``, ``"folder"``)
     :param fast: use the profile's fast variant (small sizes)
     :param detectors: detector names (default :data:`DEFAULT_DETECTORS`)
     :param attacks: attack specs ``"name"`` or ``"name@eps1,eps2"`` (default: all five)
     :param eps: default budgets of attacks given without ``@``, by norm (``"linf"``,
         ``"l2"``) or attack name; a norm replaces the profile's per-attack budgets of that norm
     :param noise: noise set names (default: all four)
-    :param ood: OOD set names (default: the profile's; real sets need ``data_root``)
-    :param n_test: ID test images scored (MNIST and CIFAR-10 only)
+    :param ood: OOD set names (default: the profile's; real sets need ``data_root``);
+        ``openood``, ``openood_near``, ``openood_far`` and ``openood:<set>`` name the sets of
+        the data set's OpenOOD v1.5 benchmark
+    :param n_test: ID test images scored (the data sets read from ``data_root`` only)
     :param n_noise: images per noise set
     :param n_ood: images per OOD set
     :param n_attack: correctly classified sources attacked per attack and budget
@@ -113,7 +115,8 @@ class RunConfig:
     :param train_dir: ``ImageFolder`` tree of the training images (``dataset="folder"``)
     :param test_dir: ``ImageFolder`` tree of the test images (``dataset="folder"``), divided into
         the ID test set, the attack split and the held-out set
-    :param image_size: side the images of ``dataset="folder"`` are resized and cropped to
+    :param image_size: side the images of ``dataset="folder"`` (default 32), ``"imagenet200"``
+        and ``"imagenet"`` (default 224) are resized and cropped to (``None``: the profile's)
     :param split: ``"report"`` (the reported sets) or ``"validation"``: anomaly sets that share
         nothing with the reported ones (other seeds, fonts, photos, attack budgets and, on
         MNIST, other test images), for tuning and ablations
@@ -150,7 +153,7 @@ class RunConfig:
     split: str = "report"
     train_dir: str | os.PathLike | None = None
     test_dir: str | os.PathLike | None = None
-    image_size: int = 32
+    image_size: int | None = None
 
     @property
     def profile(self) -> Profile:
@@ -230,6 +233,12 @@ class RunPlan:
         return None if self.config.continuous else self.id_levels
 
     @property
+    def image_size(self) -> int | None:
+        """Side the ID images are resized and cropped to (``None``: the data set's own)."""
+        c = self.config
+        return c.image_size if c.image_size is not None else c.profile.image_size
+
+    @property
     def anomaly_seed(self) -> int:
         """Seed of the generated anomaly sets: another one for the validation split."""
         return self.config.seed + (VALIDATION_SEED_OFFSET if self.validation else 0)
@@ -292,8 +301,14 @@ def _check_sizes(c: RunConfig) -> None:
         )
     if c.dataset == "folder" and (c.train_dir is None or c.test_dir is None):
         raise ConfigError("expected train_dir and test_dir (ImageFolder trees) for 'folder'")
-    if c.image_size < 8:
+    if c.image_size is not None and c.image_size < 8:
         raise ConfigError(f"expected image_size >= 8, got {c.image_size}")
+    if c.image_size is not None and c.profile.image_size is None:
+        sized = ", ".join(repr(k) for k, (p, _) in PROFILES.items() if p.image_size is not None)
+        raise ConfigError(
+            f"expected image_size only for a data set whose images are resized ({sized}), got "
+            f"image_size={c.image_size} for {c.dataset!r}"
+        )
     if c.split not in SPLITS:
         raise ConfigError(f"expected split in {SPLITS}, got {c.split!r}")
     if c.n_test is not None and c.profile.n_test is None:
@@ -304,7 +319,13 @@ def _check_sizes(c: RunConfig) -> None:
 
 
 #: data sets read from ``data_root``, and what they expect inside it
-_ROOT_LAYOUT: Mapping[str, str] = {"mnist": "MNIST/raw", "cifar10": "cifar-10-batches-py"}
+_ROOT_LAYOUT: Mapping[str, str] = {
+    "mnist": "MNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "imagenet200": "imagenet_1k and OpenOOD's benchmark_imglist/imagenet200",
+    "imagenet": "imagenet/train and imagenet/val",
+}
 
 
 def _attack_params(profile: Profile, overrides: Mapping[str, Mapping[str, Any]] | None) -> dict:
@@ -346,7 +367,7 @@ def _resolve(c: RunConfig) -> RunPlan:
     eps = _eps_defaults(profile, c.eps, c.split)
     attacks = parse_attacks(_default(c.attacks, DEFAULT_ATTACKS), eps)
     noise = check_choice("noise set", _default(c.noise, NOISE_SETS), NOISE_SETS)
-    ood = check_choice("OOD set", _default(c.ood, profile.ood), ood_set_names())
+    ood = check_ood_names(_default(c.ood, profile.ood), c.dataset)
     _check_sizes(c)
     if not (detectors or attacks or noise or ood):
         raise ConfigError("nothing to evaluate")
@@ -361,7 +382,9 @@ def _resolve(c: RunConfig) -> RunPlan:
         attacks=attacks,
         noise=tuple(noise),
         ood=tuple(ood),
-        optional_ood=profile.optional_ood if c.ood is None else (),
+        optional_ood=tuple(check_ood_names(profile.optional_ood, c.dataset))
+        if c.ood is None
+        else (),
         n_noise=_default(c.n_noise, profile.n_noise),
         n_ood=_default(c.n_ood, profile.n_ood),
         n_attack=_default(c.n_attack, profile.n_attack),

@@ -40,6 +40,7 @@ __all__ = [
     "ALL",
     "DETECTION_FPR",
     "DR_METRIC",
+    "GROUPS",
     "ID_NAME",
     "KINDS",
     "LOWER_IS_BETTER",
@@ -52,6 +53,7 @@ __all__ = [
     "UnifiedBenchmark",
     "detection_rate",
     "flag_separable",
+    "group_mean",
     "summarise",
     "threshold_at_fpr",
 ]
@@ -77,8 +79,20 @@ MEAN = "mean"
 ALL = "all"
 #: ``Dataset`` value of the worst-set rows (the set an attacker would pick)
 WORST = "worst"
+#: groups of sets that are averaged apart within their class (an anomaly set's optional
+#: ``group`` attribute): OpenOOD's near- and far-OOD sets
+GROUPS: tuple[str, ...] = ("near", "far")
+
+
+def group_mean(group: str, kind: str) -> str:
+    """``Dataset`` value of the mean row of a group of a class, e.g. ``"near-OOD mean"``."""
+    return f"{group}-{kind} mean"
+
+
 #: ``Dataset`` values of the summary rows
-SUMMARY_SETS: frozenset[str] = frozenset({MEAN, WORST})
+SUMMARY_SETS: frozenset[str] = frozenset(
+    {MEAN, WORST, *(group_mean(g, k) for g in GROUPS for k in KINDS)}
+)
 
 
 def _check_scores(scores: Any, n: int) -> Tensor:
@@ -134,14 +148,16 @@ class UnifiedBenchmark(Benchmark):
 
     :param train: ID training data ``(x, y)`` (labels ``>= 0``), used by :meth:`fit`
     :param test: ID test data ``(x, y)``, disjoint from ``train`` and from the attack sources
-    :param anomalies: anomaly sets, each with ``kind``, ``name`` and images labelled ``-1``
+    :param anomalies: anomaly sets, each with ``kind``, ``name`` and images labelled ``-1``,
+        optionally a ``group`` (one of :data:`GROUPS`) whose sets get a mean row of their own
     :param id_val: held-out ID data ``(x, y)``, disjoint from ``train`` and ``test``: the
         threshold of the detection rate at :data:`DETECTION_FPR` is chosen on it (``None``:
         that metric is not computed)
     :param batch_size: batch size of the loaders
     :param device: device to score on
     :param progress: show progress bars
-    :raises ValueError: on duplicate set names, an unknown kind or an empty ID test set
+    :raises ValueError: on duplicate set names, an unknown kind or group, or an empty ID test
+        set
     """
 
     info = BenchmarkInfo(
@@ -169,13 +185,18 @@ class UnifiedBenchmark(Benchmark):
                     f"expected anomaly sets with kind in {KINDS} and a str name, got "
                     f"{type(a).__name__} with kind={kind!r}, name={name!r}"
                 )
+            if getattr(a, "group", None) not in (None, *GROUPS):
+                raise ValueError(
+                    f"expected the group of anomaly set {name!r} in {GROUPS} or None, got "
+                    f"{a.group!r}"
+                )
             names.append(name)
         dupes = sorted({n for n in names if names.count(n) > 1})
         reserved = sorted({ID_NAME, VAL_NAME, *SUMMARY_SETS} & set(names))
         if dupes or reserved:
             raise ValueError(
                 f"expected distinct anomaly set names other than {ID_NAME!r}, {VAL_NAME!r}, "
-                f"{MEAN!r} and {WORST!r}, got {dupes + reserved}"
+                f"{MEAN!r}, {WORST!r} and the group means, got {dupes + reserved}"
             )
         if id_val is not None and len(id_val) == 0:
             raise ValueError("expected a non-empty held-out ID set (id_val), got 0 samples")
@@ -187,6 +208,10 @@ class UnifiedBenchmark(Benchmark):
         self.anomalies: list[Dataset] = list(anomalies)
         self.ood_names: list[str] = names
         self.kinds: dict[str, str] = {a.name: a.kind for a in self.anomalies}
+        #: set name -> group, for the sets that have one
+        self.groups: dict[str, str] = {
+            a.name: a.group for a in self.anomalies if getattr(a, "group", None) is not None
+        }
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.progress = progress
@@ -325,7 +350,7 @@ class UnifiedBenchmark(Benchmark):
                     det_rows.append(
                         _row(e.name, a.kind, a.name, None, len(s), f"metrics: {one_line(err)}")
                     )
-        return [*det_rows, *summarise(det_rows, e.name)]
+        return [*det_rows, *summarise(det_rows, e.name, self.groups)]
 
     def _threshold(self, name: str, scores: Mapping[str, Tensor | str]) -> float | None:
         """The detector's threshold at :data:`DETECTION_FPR` on the held-out ID scores."""
@@ -463,15 +488,24 @@ def _worst(metric: str, values: Sequence[float]) -> float:
     return max(finite) if metric in LOWER_IS_BETTER else min(finite)
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], detector: str) -> list[dict[str, Any]]:
+def summarise(
+    rows: Sequence[Mapping[str, Any]],
+    detector: str,
+    groups: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Per-class mean and worst rows and the overall mean and worst rows of one detector's
-    per-set rows.
+    per-set rows; with ``groups``, a mean row per group of a class before the class mean.
 
     The class mean is the unweighted mean over the class's sets without error; the overall
     mean is the mean over the class means (each anomaly class weighs the same). The worst row
     holds, per metric, the worst value over the sets (of the class, or of all classes): the
-    set an attacker would pick.
+    set an attacker would pick. A group mean (``Dataset`` :func:`group_mean`, e.g.
+    ``"near-OOD mean"``) is the unweighted mean over the group's sets without error, as
+    OpenOOD reports near- and far-OOD apart; the class mean still averages all of its sets.
+
+    :param groups: set name -> group (one of :data:`GROUPS`); sets without one are in no group
     """
+    groups = groups or {}
     out = []
     class_means: list[dict[str, float]] = []
     scored: list[Mapping[str, Any]] = []
@@ -484,6 +518,16 @@ def summarise(rows: Sequence[Mapping[str, Any]], detector: str) -> list[dict[str
         if not valid:
             out.append(_row(detector, kind, MEAN, None, 0, "no set of this class was scored"))
             continue
+        for g in GROUPS:
+            members = [r for r in sets if groups.get(r["Dataset"]) == g]
+            scored_members = [r for r in members if r["Error"] is None]
+            if scored_members:
+                gm = {k: _mean([r[k] for r in scored_members]) for k in METRICS}
+                n_group = sum(r["N"] for r in scored_members)
+                out.append(_row(detector, kind, group_mean(g, kind), gm, n_group, None))
+            elif members:
+                error = "no set of this group was scored"
+                out.append(_row(detector, kind, group_mean(g, kind), None, 0, error))
         m = {k: _mean([r[k] for r in valid]) for k in METRICS}
         class_means.append(m)
         scored.extend(valid)

@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,20 @@ def check_model_output(model: nn.Module, example: Tensor, num_classes: int) -> N
 
 
 def _hash_dataset(h: Any, data: Dataset) -> None:
-    """Feed the shapes and bytes of the tensors of ``data`` into the hashlib object ``h``."""
+    """Feed the shapes and bytes of the tensors of ``data`` into the hashlib object ``h``; for
+    a dataset of image files (torchvision's ``ImageFolder``: ``samples``, pytorch-ood's
+    ``ImageListDataset``: ``files`` and ``labels``), its transform, paths and labels instead
+    (reading every image of an ImageNet-scale set to hash it would take long)."""
+    samples = getattr(data, "samples", None)
+    if samples is None and hasattr(data, "files") and hasattr(data, "labels"):
+        samples = list(zip(data.files, data.labels, strict=True))
+    if samples is not None and not isinstance(data, TensorDataset):
+        # the transform's repr, without the addresses of objects that have no repr of their own
+        transform = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(getattr(data, "transform", None)))
+        h.update(f"files|{transform}|{len(samples)}|".encode())
+        for path, label in samples:
+            h.update(f"{path}|{label}\n".encode())
+        return
     if isinstance(data, TensorDataset):
         tensors = data.tensors
     else:  # pragma: no cover - run_* always pass tensor datasets

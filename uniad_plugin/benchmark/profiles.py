@@ -1,6 +1,8 @@
 """The defaults of each data set: one :class:`Profile` per data set and its fast variant, in
 :data:`PROFILES`: scikit-learn's digits (:data:`DIGITS`, offline), MNIST (:data:`MNIST`),
-CIFAR-10 (:data:`CIFAR10`) and the user's own ``ImageFolder`` trees (:data:`FOLDER`).
+CIFAR-10 (:data:`CIFAR10`), CIFAR-100 (:data:`CIFAR100`), OpenOOD's ImageNet-200
+(:data:`IMAGENET200`), ImageNet-1K (:data:`IMAGENET`) and the user's own ``ImageFolder`` trees
+(:data:`FOLDER`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ from uniad_plugin.benchmark.anomaly_sets import OFFLINE_OOD_SETS
 
 __all__ = [
     "CIFAR10",
+    "CIFAR100",
+    "CIFAR100_FAST",
     "CIFAR10_FAST",
     "DIGITS",
     "DIGITS_FAST",
     "FOLDER",
     "FOLDER_FAST",
+    "IMAGENET",
+    "IMAGENET200",
+    "IMAGENET200_FAST",
+    "IMAGENET_FAST",
     "MNIST",
     "MNIST_FAST",
     "PROFILES",
@@ -30,12 +38,14 @@ __all__ = [
 class Profile:
     """Defaults of one data set.
 
-    :param name: data set name (``"digits"``, ``"mnist"``, ``"cifar10"``, ``"folder"``)
+    :param name: data set name (``"digits"``, ``"mnist"``, ``"cifar10"``, ``"cifar100"``,
+        ``"imagenet200"``, ``"imagenet"``, ``"folder"``)
     :param arch: ``"module:function"`` of the reference architecture
     :param epochs: training epochs of the reference model
     :param train_batch_size: batch size of its training
     :param eps: default attack budgets by norm (``"linf"``, ``"l2"``) or by attack name
-    :param ood: default OOD sets
+    :param ood: default OOD sets (``"openood"``: the near- and far-OOD sets of the data set's
+        OpenOOD v1.5 benchmark)
     :param optional_ood: default OOD sets that are left out with a note when their files are
         missing
     :param n_noise: images per noise set
@@ -50,6 +60,8 @@ class Profile:
         scikit-learn's digits, 255 for 8-bit images); generated anomaly sets are put on it
     :param validation_eps: the attack budgets of ``split="validation"``, other than ``eps``
     :param n_val: held-out ID images for thresholds (``None``: the data set's fixed split)
+    :param image_size: side the images are resized and cropped to (``None``: the data set's
+        own size, which cannot be changed)
     """
 
     name: str
@@ -69,6 +81,7 @@ class Profile:
     grid_levels: int = 255
     validation_eps: Mapping[str, tuple[float, ...]] | None = None
     n_val: int | None = None
+    image_size: int | None = None
 
 
 #: C&W settings of the command: 3 binary-search steps of 50 Adam steps from c = 1 (instead
@@ -193,18 +206,23 @@ _RGB32_VALIDATION_EPS: dict[str, tuple[float, ...]] = {
     "pgd_l2_obj": (0.6,),
 }
 
+#: the OpenOOD v1.5 sets of a data set (near- and far-OOD), left out with a note when their
+#: files are missing (as MNIST's fashion_mnist and kmnist)
+_OPENOOD = ("openood",)
+
 #: CIFAR-10 (3x32x32) through torchvision: a small ResNet
 #: (:func:`~uniad_plugin.models.resnet_cifar`), 10 epochs; 2,000 ID test images and an attack
-#: split of 1,000 images from CIFAR-10's test set; the offline OOD sets rendered in RGB. These
-#: defaults are not yet measured on the real data set.
+#: split of 1,000 images from CIFAR-10's test set; the offline OOD sets rendered in RGB and
+#: OpenOOD's near-OOD (CIFAR-100, TinyImageNet) and far-OOD (MNIST, SVHN, Textures, Places365)
+#: sets when their files are there. These defaults are not yet measured on the real data set.
 CIFAR10 = dataclasses.replace(
     MNIST,
     name="cifar10",
     arch="uniad_plugin.models:resnet_cifar",
     epochs=10,
     eps=_RGB32_EPS,
-    ood=OFFLINE_OOD_SETS,
-    optional_ood=(),
+    ood=(*OFFLINE_OOD_SETS, *_OPENOOD),
+    optional_ood=_OPENOOD,
     validation_eps=_RGB32_VALIDATION_EPS,
 )
 
@@ -215,24 +233,118 @@ CIFAR10_FAST = dataclasses.replace(
     arch=CIFAR10.arch,
     eps={**_RGB32_EPS, "linf": (8 / 255,), "l2": (0.5,)},
     validation_eps={**_RGB32_VALIDATION_EPS, "linf": (6 / 255,), "l2": (0.6,)},
-    ood=OFFLINE_OOD_SETS,
-    optional_ood=(),
+    ood=CIFAR10.ood,
+    optional_ood=_OPENOOD,
 )
 
+#: CIFAR-100 (3x32x32, 100 classes) through torchvision: the :data:`CIFAR10` defaults, with
+#: OpenOOD's near-OOD (CIFAR-10, TinyImageNet) and far-OOD sets
+CIFAR100 = dataclasses.replace(CIFAR10, name="cifar100")
+#: :data:`CIFAR100` with the small sizes of :data:`CIFAR10_FAST`
+CIFAR100_FAST = dataclasses.replace(CIFAR10_FAST, name="cifar100")
+
 #: the user's ``ImageFolder`` trees (``--train-dir``, ``--test-dir``; RGB, resized to
-#: ``--image-size``): the CIFAR-10 defaults, with the test folder split by fixed fractions
-#: (half test, a quarter attack split, a quarter held out; see
-#: :func:`~uniad_plugin.data.folder_splits`)
-FOLDER = dataclasses.replace(CIFAR10, name="folder", n_test=None, attack_split=None, n_val=None)
+#: ``--image-size``, default 32): the CIFAR-10 defaults with the offline OOD sets only, the
+#: test folder split by fixed fractions (half test, a quarter attack split, a quarter held
+#: out; see :func:`~uniad_plugin.data.folder_splits`)
+FOLDER = dataclasses.replace(
+    CIFAR10,
+    name="folder",
+    n_test=None,
+    attack_split=None,
+    n_val=None,
+    ood=OFFLINE_OOD_SETS,
+    optional_ood=(),
+    image_size=32,
+)
 #: :data:`FOLDER` with the small sizes of :data:`CIFAR10_FAST`
 FOLDER_FAST = dataclasses.replace(
-    CIFAR10_FAST, name="folder", n_test=None, attack_split=None, n_val=None
+    CIFAR10_FAST,
+    name="folder",
+    n_test=None,
+    attack_split=None,
+    n_val=None,
+    ood=OFFLINE_OOD_SETS,
+    optional_ood=(),
+    image_size=32,
 )
+
+#: attack budgets for 3x224x224 images in [0, 1]: L-inf 1/255 and 4/255 (the usual ImageNet
+#: robustness budget), L2 1 and 3
+_RGB224_EPS: dict[str, tuple[float, ...]] = {
+    "linf": (1 / 255, 4 / 255),
+    "l2": (1.0, 3.0),
+    "deepfool": (3.0,),
+    "cw_l2": (3.0,),
+    "pgd_linf_obj": (4 / 255,),
+    "pgd_l2_obj": (3.0,),
+}
+#: other budgets of the validation split
+_RGB224_VALIDATION_EPS: dict[str, tuple[float, ...]] = {
+    "linf": (2 / 255, 3 / 255),
+    "l2": (1.5, 2.5),
+    "deepfool": (2.5,),
+    "cw_l2": (2.5,),
+    "pgd_linf_obj": (3 / 255,),
+    "pgd_l2_obj": (2.5,),
+}
+
+#: OpenOOD's ImageNet-200 (3x224x224, 200 classes; its image lists through pytorch-ood):
+#: torchvision's ResNet-18 (:func:`~uniad_plugin.models.imagenet_resnet18`; bring your own
+#: trained model with ``--model``: training it here is for small copies only); 1,000 ID test
+#: images, an attack split of 500 and 500 held-out images from the test list; detectors fitted
+#: on 10,000 training images; 500 images per OOD and noise set, 200 attacked sources; the
+#: offline OOD sets and OpenOOD's near-OOD (SSB-hard, NINCO) and far-OOD (iNaturalist,
+#: Textures, OpenImage-O) sets. Not yet measured on the real data set.
+IMAGENET200 = Profile(
+    name="imagenet200",
+    arch="uniad_plugin.models:imagenet_resnet18",
+    epochs=10,
+    train_batch_size=64,
+    eps=_RGB224_EPS,
+    ood=(*OFFLINE_OOD_SETS, *_OPENOOD),
+    optional_ood=_OPENOOD,
+    n_noise=500,
+    n_ood=500,
+    n_attack=200,
+    n_fit=10000,
+    attack_params={"cw_l2": _CW_DEFAULT},
+    n_test=1000,
+    attack_split=500,
+    grid_levels=255,
+    validation_eps=_RGB224_VALIDATION_EPS,
+    n_val=500,
+    image_size=224,
+)
+#: :data:`IMAGENET200` with small sizes: 1 epoch, one budget per norm, 100 test and 100
+#: held-out images, 50 attack sources, 50 images per OOD / noise set, fit on 1,000 images
+IMAGENET200_FAST = dataclasses.replace(
+    IMAGENET200,
+    epochs=1,
+    eps={**_RGB224_EPS, "linf": (4 / 255,), "l2": (3.0,)},
+    validation_eps={**_RGB224_VALIDATION_EPS, "linf": (3 / 255,), "l2": (2.5,)},
+    n_noise=50,
+    n_ood=50,
+    n_attack=50,
+    n_fit=1000,
+    attack_params={"cw_l2": _CW_FAST},
+    n_test=100,
+    attack_split=50,
+    n_val=100,
+)
+#: ImageNet-1K in torchvision's folder layout (3x224x224, one class per folder): the
+#: :data:`IMAGENET200` defaults, with the OpenOOD sets of ImageNet-1K
+IMAGENET = dataclasses.replace(IMAGENET200, name="imagenet")
+#: :data:`IMAGENET` with the small sizes of :data:`IMAGENET200_FAST`
+IMAGENET_FAST = dataclasses.replace(IMAGENET200_FAST, name="imagenet")
 
 #: data set name -> (profile, fast profile)
 PROFILES: Mapping[str, tuple[Profile, Profile]] = {
     "digits": (DIGITS, DIGITS_FAST),
     "mnist": (MNIST, MNIST_FAST),
     "cifar10": (CIFAR10, CIFAR10_FAST),
+    "cifar100": (CIFAR100, CIFAR100_FAST),
+    "imagenet200": (IMAGENET200, IMAGENET200_FAST),
+    "imagenet": (IMAGENET, IMAGENET_FAST),
     "folder": (FOLDER, FOLDER_FAST),
 }

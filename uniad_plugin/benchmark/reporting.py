@@ -16,12 +16,14 @@ from torch import Tensor
 from uniad_plugin.benchmark.evaluation import (
     ALL,
     DR_METRIC,
+    GROUPS,
     KINDS,
     LOWER_IS_BETTER,
     MEAN,
     METRICS,
     SUMMARY_SETS,
     WORST,
+    group_mean,
 )
 
 __all__ = [
@@ -95,8 +97,9 @@ def _title(metric: str) -> str:
 def _table_keys(
     rows: Sequence[Mapping[str, Any]], evaluated: Sequence[str]
 ) -> list[tuple[str, str]]:
-    """``(class, set)`` of every table line: the sets, mean and worst set of each class, then
-    overall."""
+    """``(class, set)`` of every table line: the sets, the group means (near-/far-OOD, where
+    there are), mean and worst set of each class, then overall."""
+    present = {(r["Class"], r["Dataset"]) for r in rows}
     keys: list[tuple[str, str]] = []
     for kind in KINDS:
         sets = list(
@@ -107,12 +110,12 @@ def _table_keys(
             )
         )
         keys.extend((kind, s) for s in sets)
+        keys.extend(k for k in ((kind, group_mean(g, kind)) for g in GROUPS) if k in present)
         if sets:
             keys.extend([(kind, MEAN), (kind, WORST)])
     if evaluated:
         keys.extend([(ALL, MEAN), (ALL, WORST)])
     # rows summarised before worst rows existed have none: show a worst line only where it is
-    present = {(r["Class"], r["Dataset"]) for r in rows}
     return [k for k in keys if k[1] != WORST or k in present]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from uniad_plugin import distributed as dist
 from uniad_plugin.benchmark._common import safe_name
@@ -194,19 +194,17 @@ def _splits(plan: RunPlan) -> Splits:
 
     c = plan.config
     name = c.profile.name
-    if name in ("mnist", "cifar10"):
-        sized = data.mnist_splits if name == "mnist" else data.cifar10_splits
-        return sized(
-            c.data_root,
-            seed=c.seed,
-            n_test=plan.n_test,
-            n_attack=plan.attack_split,
-            n_val=plan.n_val,
-            download=c.download,
-            part=c.split,
+    sizes = {"n_test": plan.n_test, "n_attack": plan.attack_split, "n_val": plan.n_val}
+    if name in ("mnist", "cifar10", "cifar100", "imagenet200"):
+        sized = getattr(data, f"{name}_splits")
+        size = {"image_size": plan.image_size} if name == "imagenet200" else {}
+        return sized(c.data_root, seed=c.seed, download=c.download, part=c.split, **sizes, **size)
+    if name == "imagenet":
+        return data.imagenet_splits(
+            c.data_root, seed=c.seed, part=c.split, image_size=plan.image_size, **sizes
         )
     if name == "folder":
-        return data.folder_splits(c.train_dir, c.test_dir, image_size=c.image_size, seed=c.seed)
+        return data.folder_splits(c.train_dir, c.test_dir, image_size=plan.image_size, seed=c.seed)
     return data.digits_splits(c.seed)
 
 
@@ -350,6 +348,8 @@ def _fit_subset(train: Dataset, n_fit: int | None, seed: int) -> Dataset:
     if n_fit is None or n_fit >= len(train):
         return train
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n_fit]
+    if not isinstance(train, TensorDataset):  # an on-disk training set (ImageNet-scale)
+        return Subset(train, idx.tolist())
     return TensorDataset(*(t[idx] for t in train.tensors))
 
 
