@@ -399,29 +399,14 @@ def test_cifar10_end_to_end_on_a_tiny_copy(tmp_path, capsys):
 
 
 def test_image_folder_end_to_end_with_a_torchvision_model(tmp_path, capsys):
-    from torch.utils.data import DataLoader, TensorDataset
-    from torchvision.models import resnet18
-
     from tests.image_data import write_image_folder
+    from tests.tiny_models import fitted_resnet18
     from uniad_plugin.data import folder_splits
-    from uniad_plugin.models import train_classifier
 
     train_dir = write_image_folder(tmp_path / "train", n_per_class=10)
     test_dir = write_image_folder(tmp_path / "test", n_per_class=8, seed=1)
-    # a resnet18 with random features and a linear head fitted on them (seconds, not minutes)
     x, y = folder_splits(train_dir, test_dir, image_size=16).train.tensors
-    torch.manual_seed(0)
-    net = resnet18(weights=None, num_classes=2).eval()
-    head, net.fc = net.fc, torch.nn.Identity()
-    with torch.no_grad():
-        features = net(x)
-        scale = features.std()
-    loader = DataLoader(TensorDataset(features / scale, y), batch_size=20)
-    train_classifier(head, loader, epochs=200, lr=1e-2, seed=0)
-    with torch.no_grad():
-        head.weight /= scale
-    net.fc = head
-    torch.save(net.state_dict(), tmp_path / "r18.pt")
+    fitted_resnet18(x, y, 2, tmp_path / "r18.pt")
     args = ["--dataset", "folder", "--train-dir", train_dir, "--test-dir", test_dir, *_TINY]
     args += ["--image-size", "16", "--arch", "torchvision:resnet18", "--model", tmp_path / "r18.pt"]
     code, out, err = _run([*args, "--out", tmp_path / "o", "--cache-dir", tmp_path / "c"], capsys)

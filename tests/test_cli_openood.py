@@ -93,6 +93,25 @@ def test_cifar10_with_openood_near_and_far_sets(tmp_path, capsys):
     assert not [n for n in meta["notes"] if "OpenOOD" in n]
 
 
+def test_cifar10_with_a_torchvision_resnet18_and_openood_sets(tmp_path, capsys):
+    """The issue's command: uniad --dataset cifar10 --data-root DIR --arch torchvision:resnet18
+    --model W.pt, with near-OOD, far-OOD, AD and NS in the report."""
+    from tests.tiny_models import fitted_resnet18
+    from uniad_plugin.data import cifar10_dataset
+
+    root = write_tiny_cifar10(tmp_path / "data", n_per_batch=20, n_test=300)
+    write_openood_sets(root, "cifar10", n_per_set=12)
+    fitted_resnet18(*cifar10_dataset(root, train=True).tensors, 10, tmp_path / "w.pt")
+    args = ["--dataset", "cifar10", "--data-root", root, *_TINY, "--detectors", *_DETECTORS]
+    args += ["--arch", "torchvision:resnet18", "--model", tmp_path / "w.pt"]
+    code, out, err = _run(args, tmp_path, capsys)
+    assert code == 0, err
+    rows, meta = _results(tmp_path)
+    assert meta["model"] == {"source": str(tmp_path / "w.pt"), "arch": "torchvision:resnet18"}
+    near, far = ["CIFAR100", "TinyImageNet"], ["MNIST", "SVHN", "Textures", "Places365"]
+    _check_report(rows, meta, near, far, out)
+
+
 def test_missing_openood_files_a_note_by_default_an_error_when_named(tmp_path, capsys):
     root = write_tiny_cifar10(tmp_path / "data", n_per_batch=20, n_test=300)
     args = ["--dataset", "cifar10", "--data-root", root, *_TINY, "--attacks", "--noise"]
