@@ -5,6 +5,7 @@
     ... --fail-rank 1      # that rank raises before the first collective
     ... --hang-rank 1      # that rank sleeps instead of joining the collectives
     ... --timeout 5        # timeout of the collectives (seconds)
+    ... --sphere-fail-rank 1   # UniformDetector's sphere training fails on that rank only
 
 Trains a small digits CNN (rank 0; the others receive it), crafts a PGD set in several seeded
 batches, fits UniformDetector, Mahalanobis, MultiMahalanobis and MaxSoftmax through UnifiedBenchmark and scores
@@ -54,6 +55,7 @@ def main() -> None:
     p.add_argument("--fail-rank", type=int, default=None)
     p.add_argument("--hang-rank", type=int, default=None)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--sphere-fail-rank", type=int, default=None)
     args = p.parse_args()
     distributed.init_from_env("cpu", timeout_s=args.timeout)
     rank = distributed.rank()
@@ -61,6 +63,13 @@ def main() -> None:
         raise ValueError(f"injected failure on rank {rank}")
     if rank == args.hang_rank:
         time.sleep(120)
+    if rank == args.sphere_fail_rank:  # this rank's share of UniformDetector's spheres fails
+        import uniad_plugin.detectors.uniform as uniform_module
+
+        def boom(*_args, **_kwargs):
+            raise MemoryError(f"injected sphere failure on rank {rank}")
+
+        uniform_module.fit_svdd = boom
     splits = digits_splits(seed=0)
     torch.manual_seed(0)
     model = digits_cnn()
@@ -78,12 +87,15 @@ def main() -> None:
         ["UniformDetector", "Mahalanobis", "MultiMahalanobis", "MaxSoftmax"],
         model,
         splits.test.tensors[0][:8],
-        detector_kwargs={"UniformDetector": {"epochs": 3}},
+        # a bound below the training set's size: only the kept rows travel between ranks
+        detector_kwargs={"UniformDetector": {"epochs": 3, "max_fit_rows": 500}},
     )
     bench.fit(entries)
     rows = bench.evaluate(entries)
-    uniform = next(e.detector for e in entries if e.name == "UniformDetector")
-    digests = distributed.gather_objects(_digest(uniform.state_dict()))
+    uniform = next(e for e in entries if e.name == "UniformDetector")
+    state = uniform.detector.state_dict() if uniform.ok else uniform.reason
+    digests = distributed.gather_objects(_digest(state))
+    reasons = distributed.gather_objects(uniform.reason)
     if distributed.is_main():
         torch.save(
             {
@@ -92,6 +104,7 @@ def main() -> None:
                 "scores": bench.scores,
                 "digests": digests,
                 "world_size": distributed.world_size(),
+                "uniform_reasons": reasons,
             },
             args.out,
         )

@@ -69,9 +69,16 @@ def test_work_goes_to_the_least_loaded_rank_largest_first():
 def test_local_device_is_the_process_gpu_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     assert distributed.local_device("cuda") == torch.device("cuda", 3)
-    assert distributed.local_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # CUDA_VISIBLE_DEVICES
+    assert distributed.local_device("cuda") == torch.device("cuda", 1)
+    assert distributed.local_device("cuda:1") == torch.device("cuda", 1)  # one per machine
     assert distributed.local_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match="expected --device cuda .* got 'cuda:1'"):
+        distributed.local_device("cuda:1")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.local_device("cuda") == torch.device("cuda")
 
@@ -164,6 +171,21 @@ def test_user_script_shards_attacks_fit_and_scores(tmp_path):
     for det, sets in a["scores"].items():
         for name, s in sets.items():
             torch.testing.assert_close(b["scores"][det][name], s, rtol=1e-4, atol=1e-4)
+
+
+def test_a_detector_failing_on_one_rank_fails_on_every_rank_without_a_hang(tmp_path):
+    """UniformDetector's spheres are shared out by layer; one rank's failure must reach the
+    others before they wait for its spheres."""
+    t = time.monotonic()
+    run = _torchrun(str(SCRIPT), str(tmp_path / "x.pt"), "--sphere-fail-rank", "1", timeout=200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert time.monotonic() - t < 150, "the ranks waited for a timeout"
+    out = torch.load(tmp_path / "x.pt", weights_only=False)
+    reasons = out["uniform_reasons"]
+    assert len(reasons) == 2 and all(r and r.startswith("fit failed") for r in reasons), reasons
+    assert "injected sphere failure on rank 1" in reasons[1]
+    assert "failed on another process" in reasons[0]
+    assert "UniformDetector" not in out["scores"] and "Mahalanobis" in out["scores"]
 
 
 def test_a_failing_rank_ends_every_rank_with_its_error(tmp_path):

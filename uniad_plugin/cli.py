@@ -23,6 +23,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -268,7 +269,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=1800.0,
         metavar="SECONDS",
-        help="timeout of every collective: a process that fails ends the others by then "
+        help="timeout of every collective: a process that fails ends the others by then; a "
+        "download or the reference model's training by one process must end within it "
         "(default 1800)",
     )
 
@@ -373,15 +375,17 @@ def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     from uniad_plugin import distributed
 
-    joined = distributed.init_from_env(config.device, args.dist_backend, args.dist_timeout)
+    config.resolve()  # bad arguments end every process with one line, before any collective
     try:
-        result = run(config)
-        main_rank = distributed.is_main()
-    finally:
-        if joined:
-            import torch.distributed
+        joined = distributed.init_from_env(config.device, args.dist_backend, args.dist_timeout)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    result = run(config)
+    main_rank = distributed.is_main()
+    if joined:  # on an error the process just ends: torchrun stops the others
+        import torch.distributed
 
-            torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()
     if not main_rank:  # rank 0 prints and writes
         return 0
     table = result.table if args.metric == "AUROC" else results_to_table(result.rows, args.metric)
@@ -428,9 +432,9 @@ def _report_rank(error: BaseException) -> None:
     from uniad_plugin import distributed
 
     if distributed.launched_distributed():
+        rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
         print(
-            f"uniad: error on rank {distributed.rank()} of {distributed.world_size()}: "
-            f"{type(error).__name__}: {error}",
+            f"uniad: error on rank {rank} of {size}: {type(error).__name__}: {error}",
             file=sys.stderr,
         )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -34,14 +35,17 @@ __all__ = [
     "assign_work",
     "barrier",
     "broadcast_module",
+    "broadcast_object",
     "gather_cat",
     "gather_objects",
     "gather_tree",
     "init_from_env",
     "is_active",
+    "is_local_main",
     "is_main",
     "launched_distributed",
     "local_device",
+    "local_rank",
     "main_first",
     "rank",
     "shard_bounds",
@@ -53,6 +57,9 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 1800.0
 
 _ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+#: elements per transport buffer of :func:`gather_cat` (64 Mi: 256 MB of float32)
+_CHUNK_ELEMENTS = 1 << 26
 
 
 def _dist() -> Any | None:
@@ -86,18 +93,42 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_rank() -> int:
+    """This process's rank on its machine (``LOCAL_RANK``, set by ``torchrun``; else
+    :func:`rank`)."""
+    return int(os.environ.get("LOCAL_RANK", rank()))
+
+
+def is_local_main() -> bool:
+    """Whether this process is the first on its machine (it downloads and writes caches)."""
+    return local_rank() == 0
+
+
 def launched_distributed() -> bool:
     """Whether the environment describes several processes (``torchrun`` sets it)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def local_device(device: str | torch.device) -> torch.device:
-    """The device this rank works on: ``cuda`` without an index becomes
-    ``cuda:LOCAL_RANK`` in a distributed run (one GPU per process); anything else is kept."""
+    """The device this rank works on: ``cuda`` without an index becomes this process's GPU in
+    a distributed run (``cuda:LOCAL_RANK``, modulo the GPUs it can see); anything else is
+    kept.
+
+    :raises ValueError: for ``cuda:N`` with several processes on one machine (they would all
+        share one GPU)
+    """
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None and launched_distributed():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
+    if device.type != "cuda" or not launched_distributed():
+        return device
+    if device.index is not None:
+        if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                f"expected --device cuda (each process takes its own GPU) with several "
+                f"processes per machine, got {str(device)!r}"
+            )
+        return device
+    count = torch.cuda.device_count()
+    return torch.device("cuda", local_rank() % count if count else local_rank())
 
 
 def init_from_env(
@@ -154,15 +185,25 @@ def barrier() -> None:
 
 @contextlib.contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. a download or a cache write), the others after it."""
+    """The first process of each machine runs the block first (e.g. a download into a local
+    folder), the others after it."""
     if not is_active():
         yield
         return
-    if not is_main():
+    if not is_local_main():
         barrier()
     yield
-    if is_main():
+    if is_local_main():
         barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` for a single process."""
+    if not is_active():
+        return obj
+    box = [obj]
+    _dist().broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def shard_bounds(n: int, index: int | None = None, count: int | None = None) -> tuple[int, int]:
@@ -217,13 +258,22 @@ def gather_cat(t: Tensor) -> Tensor:
         )
     width = max(rows)
     dev = _transport_device()
-    local = t.to(dev, dtype).reshape(-1, *tail) if t.numel() else t.new_zeros((0, *tail))
-    local = local.to(dev, dtype)
-    padded = torch.zeros((width, *tail), dtype=dtype, device=dev)
-    padded[: len(local)] = local
-    bufs = [torch.empty_like(padded) for _ in rows]
-    dist.all_gather(bufs, padded)
-    return torch.cat([b[:r] for b, r in zip(bufs, rows)]).to(t.device)
+    local = t.reshape(-1, *tail) if t.numel() else t.new_zeros((0, *tail))
+    # in chunks, so the transport buffers (on the GPU for nccl) stay small whatever the size
+    step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(tail)))
+    parts: list[list[Tensor]] = [[] for _ in rows]
+    for start in range(0, width, step):
+        stop = min(start + step, width)
+        buf = torch.zeros((stop - start, *tail), dtype=dtype, device=dev)
+        piece = local[start:stop]
+        buf[: len(piece)] = piece.to(dev, dtype)
+        bufs = [torch.empty_like(buf) for _ in rows]
+        dist.all_gather(bufs, buf)
+        for r, b in enumerate(bufs):
+            n = min(rows[r], stop) - start
+            if n > 0:
+                parts[r].append(b[:n].to(t.device))
+    return torch.cat([p for rank_parts in parts for p in rank_parts])
 
 
 def gather_tree(value: Any) -> Any:

@@ -463,7 +463,8 @@ def _attack_correct(
     try:
         with eval_mode(model):
             model.to(device)
-            pred_clean = _predict(model, x, opts.batch_size, device)
+            # one process's predictions, so that every process attacks the same sources
+            pred_clean = dist.broadcast_object(_predict(model, x, opts.batch_size, device))
             correct = torch.nonzero(pred_clean == y).flatten()
             idx = correct if opts.max_samples is None else correct[: opts.max_samples]
             src, src_y = x[idx], y[idx]
@@ -613,6 +614,6 @@ def make_adversarial(
 
     out = _attack_correct(model, x, y, spec, params, eps, opts, f"{attack}@{eps:g}")
     record = _record(out, len(x), attack, eps, spec, params, opts)
-    if path is not None and dist.is_main():
+    if path is not None and dist.is_local_main():  # one writer per machine
         atomic_save(record, path)
     return _from_record(record)

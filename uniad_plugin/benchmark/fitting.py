@@ -259,7 +259,26 @@ def _fit_sharded(
     if errors:
         e.status, e.reason = "failed", errors[0]
         return
-    fit(dist.gather_tree(collected))
+    fit(dist.gather_tree(_pruned(e.detector, collected)))
+
+
+def _pruned(det: Detector, collected: Any) -> Any:
+    """This rank's collected rows that the detector keeps of all ranks' rows (a detector with
+    ``rows_kept`` / ``select_collected``, e.g. UniformDetector's ``max_fit_rows`` sample), so
+    that only those travel; ``collected`` itself otherwise."""
+    rows_kept = getattr(det, "rows_kept", None)
+    if rows_kept is None or not isinstance(collected, dict) or "keys" not in collected:
+        return collected
+    y, keys = collected["y"], collected["keys"]
+    kept = rows_kept(
+        dist.gather_cat(keys), dist.gather_cat(y), dist.gather_cat(collected["class_counts"])
+    )
+    if kept is None:
+        return collected
+    sizes = dist.gather_objects(len(y))
+    first = sum(sizes[: dist.rank()])
+    mine = kept[(kept >= first) & (kept < first + len(y))] - first
+    return det.select_collected(collected, torch.sort(mine).values)
 
 
 def sync_entries(entries: Sequence[DetectorEntry]) -> None:

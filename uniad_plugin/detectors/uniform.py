@@ -374,12 +374,26 @@ class UniformDetector(UniadDetector, StructuredDetector):
         owners = [dist.rank()] * len(zs)
         if split:  # the layers' spheres are independent: a share of them per process
             owners = dist.assign_work([sum(p.numel() for p in s.parameters()) for s in spheres])
+        failed: BaseException | None = None
         for z, sphere, owner in zip(zs, spheres, owners):
             if owner == dist.rank():
                 z_fit, y_fit = z[fit_idx].to(device), y[fit_idx].to(device)
-                fit_svdd(sphere, z_fit, y_fit, training, generator=gen)
+                try:
+                    fit_svdd(sphere, z_fit, y_fit, training, generator=gen)
+                except Exception as err:
+                    if not split:
+                        raise
+                    failed = err  # the others must hear of it before any exchange
+                    break
             else:  # another process trains it; draw what it draws
                 skip_svdd(sphere, y[fit_idx], training, generator=gen)
+        if split:
+            reports = dist.gather_objects(None if failed is None else repr(failed))
+            if failed is not None:
+                raise failed
+            if any(reports):
+                first = next(r for r in reports if r)
+                raise RuntimeError(f"training the spheres failed on another process: {first}")
         for sphere, owner in zip(spheres, owners):
             if split:
                 dist.broadcast_module(sphere, src=owner)
@@ -429,6 +443,30 @@ class UniformDetector(UniadDetector, StructuredDetector):
                 f"expected {len(self.layers)} layers of activations ({self.layers}), got {len(zs)}"
             )
         return zs, y, (y if pred is None else pred), K, keys
+
+    def rows_kept(self, keys: Tensor, y: Tensor, class_counts: Tensor) -> Tensor | None:
+        """The rows the ``max_fit_rows`` bound keeps of collected rows (gathered from several
+        processes before the rows themselves travel): indices into ``keys`` / ``y``, or
+        ``None`` where the bound keeps everything.
+
+        :param class_counts: ``(K,)`` or ``(shards, K)`` ID samples per class (summed)
+        """
+        counts = torch.as_tensor(class_counts).long().cpu()
+        counts = counts.reshape(-1, counts.shape[-1]).sum(0)
+        if class_cap(counts, self.max_fit_rows) is None:
+            return None
+        return bounded_rows(keys, y, counts.to(y.device), self.max_fit_rows)
+
+    @staticmethod
+    def select_collected(inputs: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+        """The output of :meth:`collect_fit_inputs` restricted to ``rows`` (in that order);
+        the class counts stay those of all the data."""
+        out = dict(inputs)
+        out["features"] = [f[rows] for f in inputs["features"]]
+        for name in ("y", "logits", "keys"):
+            if inputs.get(name) is not None:
+                out[name] = inputs[name][rows]
+        return out
 
     def _bounded(self, zs, y, pred, K, keys, class_counts):
         """The rows of the ``max_fit_rows`` sample (all of them, in order, below the bound)."""
