@@ -27,6 +27,17 @@ def _env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+def _python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     return subprocess.run(
@@ -111,14 +122,8 @@ def _rows(path: Path) -> dict[tuple[str, str], dict]:
 def test_cli_under_torchrun_gives_the_single_process_table(tmp_path):
     """The issue's check: torchrun --nproc_per_node 2 -m uniad_plugin.cli == uniad (fast)."""
     common = ["--fast", "--quiet", "--no-plots", "--cache-dir"]
-    one = subprocess.run(
-        [sys.executable, "-m", "uniad_plugin.cli", *common, str(tmp_path / "c1")]
-        + ["--out", str(tmp_path / "one")],
-        env=_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    one = _python(
+        "-m", "uniad_plugin.cli", *common, str(tmp_path / "c1"), "--out", str(tmp_path / "one")
     )
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun(
@@ -149,14 +154,7 @@ def test_cli_under_torchrun_gives_the_single_process_table(tmp_path):
 def test_user_script_shards_attacks_fit_and_scores(tmp_path):
     """UnifiedBenchmark in a user's own distributed script: the attack's batches, the fit's
     extraction and the scoring are split over the ranks; the results equal one process's."""
-    one = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path / "one.pt")],
-        env=_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    one = _python(str(SCRIPT), str(tmp_path / "one.pt"))
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun(str(SCRIPT), str(tmp_path / "two.pt"))
     assert two.returncode == 0, two.stderr[-3000:]
