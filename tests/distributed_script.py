@@ -108,6 +108,10 @@ def main() -> None:
             },
             args.out,
         )
+    if distributed.is_active():  # a process that leaves the group running may abort at exit
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
