@@ -27,11 +27,7 @@ The norm of ``eps`` depends on the attack (see :data:`ATTACKS`): :math:`L_\\inft
 (foolbox's ``L2DeepFoolAttack``; DeepFool minimises the perturbation, which is then held to the
 :math:`L_2` budget like C&W's) and ``cw_l2``.
 
-Defaults that differ from foolbox's (override any of them with ``attack_params``): PGD takes
-steps of :math:`2.5 \\varepsilon / \\mathrm{steps}` (Madry et al.'s rule; foolbox's
-``rel_stepsize`` defaults are smaller and left PGD weaker than FGSM on the digits CNN); C&W runs
-5 binary-search steps of 100 Adam steps with step size 0.05 from ``initial_const=0.01``
-(foolbox: 9 x 10,000 steps of 0.01 from 0.001, far too slow for a benchmark).
+The attacks and their defaults (which differ from foolbox's) are in :mod:`.attacks`.
 
 Object-confined attacks (``pgd_linf_obj``, ``pgd_l2_obj``, :mod:`.confined`): PGD that
 perturbs only the source's non-background pixels (those not at ``bounds[0]``): the background
@@ -42,11 +38,10 @@ non-zero pixels of an MNIST adversarial equals its source's and a pixel count ca
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -57,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from uniad_plugin import distributed as dist
 from uniad_plugin._utils import atomic_save, eval_mode, hash_tensor, model_device
+from uniad_plugin.anomalies.attacks import ATTACKS, AttackSpec
 from uniad_plugin.anomalies.base import (
     DEFAULT_LEVELS,
     AnomalySet,
@@ -85,92 +81,6 @@ def batch_seed(seed: int, batch: int) -> int:
     single process with the same seed.
     """
     return seed + 1_000_003 * batch
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """How one named attack maps onto foolbox 3.
-
-    :param foolbox_name: class name in :mod:`foolbox.attacks`, or ``"module:Class"`` for a
-        foolbox attack subclass defined elsewhere (e.g. :mod:`.confined`)
-    :param norm: norm of the budget ``eps``: ``"linf"`` or ``"l2"``
-    :param defaults: keyword arguments of the foolbox attack; every key may be overridden
-        through ``make_adversarial(..., attack_params=...)``
-    :param description: one line for docs and error messages
-    """
-
-    foolbox_name: str
-    norm: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-    def build(self, params: dict[str, Any]) -> Any:
-        """The foolbox attack object with ``params`` (already merged with the defaults)."""
-        with warnings.catch_warnings():  # foolbox imports scipy.ndimage.filters (deprecated)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import foolbox
-
-            if ":" in self.foolbox_name:
-                module, name = self.foolbox_name.split(":")
-                return getattr(importlib.import_module(module), name)(**params)
-        return getattr(foolbox.attacks, self.foolbox_name)(**params)
-
-
-#: the attacks :func:`make_adversarial` knows, by name
-ATTACKS: dict[str, AttackSpec] = {
-    "fgsm": AttackSpec(
-        "FGSM",
-        "linf",
-        {"random_start": False},
-        "fast gradient sign method, one step of size eps (L-inf)",
-    ),
-    "pgd_linf": AttackSpec(
-        "LinfPGD",
-        "linf",
-        {"steps": 40, "rel_stepsize": 2.5 / 40, "random_start": True},
-        "projected gradient descent with random start, step 2.5 eps / steps, L-inf budget eps",
-    ),
-    "pgd_l2": AttackSpec(
-        "L2PGD",
-        "l2",
-        {"steps": 50, "rel_stepsize": 2.5 / 50, "random_start": True},
-        "projected gradient descent with random start, step 2.5 eps / steps, L2 budget eps",
-    ),
-    "pgd_linf_obj": AttackSpec(
-        "uniad_plugin.anomalies.confined:ObjectLinfPGD",
-        "linf",
-        {"steps": 40, "rel_stepsize": 2.5 / 40, "random_start": True, "floor_step": None},
-        "PGD as pgd_linf, confined to the source's non-background pixels (L-inf budget eps); "
-        "floor_step None = one grid step",
-    ),
-    "pgd_l2_obj": AttackSpec(
-        "uniad_plugin.anomalies.confined:ObjectL2PGD",
-        "l2",
-        {"steps": 50, "rel_stepsize": 2.5 / 50, "random_start": True, "floor_step": None},
-        "PGD as pgd_l2, confined to the source's non-background pixels (L2 budget eps); "
-        "floor_step None = one grid step",
-    ),
-    "deepfool": AttackSpec(
-        "L2DeepFoolAttack",
-        "l2",
-        {"steps": 50, "candidates": 10, "overshoot": 0.02},
-        "DeepFool (L2 variant); the minimal perturbation is projected onto the L2 ball eps",
-    ),
-    "cw_l2": AttackSpec(
-        "L2CarliniWagnerAttack",
-        "l2",
-        {
-            "steps": 100,
-            "binary_search_steps": 5,
-            "stepsize": 0.05,
-            "confidence": 0.0,
-            "initial_const": 1e-2,
-            "abort_early": True,
-        },
-        "Carlini-Wagner L2 (100 Adam steps x 5 binary-search steps by default), "
-        "projected onto the L2 ball eps",
-    ),
-}
 
 
 class AdversarialSet(AnomalySet):

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from uniad_plugin import distributed as dist
 from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
+from uniad_plugin.detectors._uniform_state import UniformState
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
 from uniad_plugin.nn.sampling import (
     BoundedSample,
@@ -28,8 +28,9 @@ from uniad_plugin.nn.sampling import (
     class_cap,
     content_keys,
     position_keys,
+    stratified_holdout,
 )
-from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores, skip_svdd
+from uniad_plugin.nn.svdd import SVDDTraining, fit_layer_spheres, layer_scores
 from uniad_plugin.nn.taps import LayerTaps, default_layers, pool, resolve_layers
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ PAPER = Paper(
 )
 
 
-class UniformDetector(UniadDetector, StructuredDetector):
+class UniformDetector(UniformState, UniadDetector, StructuredDetector):
     """One detector for out-of-distribution, adversarial and noise inputs.
 
     Implements *A Uniform Framework for Anomaly Detection in Deep Neural Networks* (Zhao et al.,
@@ -358,7 +359,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         zs, y, pred = self._bounded(zs, y, pred, K, keys, class_counts)
         device = self._target_device()
         gen = seeded_generator(self.seed)
-        held = self._holdout(y, K, gen)
+        held = stratified_holdout(y, K, self.holdout, gen)
         fit_idx = torch.nonzero(~held).flatten()
         if (torch.bincount(y[fit_idx], minlength=K) == 0).any():
             fit_idx = torch.arange(len(y))  # tiny classes: use all data for the spheres
@@ -367,37 +368,17 @@ class UniformDetector(UniadDetector, StructuredDetector):
         training = SVDDTraining(
             warmup_epochs=self._warmup_epochs, **{name: getattr(self, name) for name in shared}
         )
-        spheres = nn.ModuleList(
-            BatchedSVDD(K, z.shape[1], self.hidden, self.rep_dim).to(device) for z in zs
+        fit_rows = [z[fit_idx].to(device) for z in zs]
+        spheres = fit_layer_spheres(
+            fit_rows,
+            y[fit_idx].to(device),
+            K,
+            self.hidden,
+            self.rep_dim,
+            training,
+            generator=gen,
+            split=split_work,
         )
-        split = split_work and dist.is_active()
-        owners = [dist.rank()] * len(zs)
-        if split:  # the layers' spheres are independent: a share of them per process
-            owners = dist.assign_work([sum(p.numel() for p in s.parameters()) for s in spheres])
-        failed: BaseException | None = None
-        for z, sphere, owner in zip(zs, spheres, owners):
-            if owner == dist.rank():
-                z_fit, y_fit = z[fit_idx].to(device), y[fit_idx].to(device)
-                try:
-                    fit_svdd(sphere, z_fit, y_fit, training, generator=gen)
-                except Exception as err:
-                    if not split:
-                        raise
-                    failed = err  # the others must hear of it before any exchange
-                    break
-            else:  # another process trains it; draw what it draws
-                skip_svdd(sphere, y[fit_idx], training, generator=gen)
-        if split:
-            reports = dist.gather_objects(None if failed is None else repr(failed))
-            if failed is not None:
-                raise failed
-            if any(reports):
-                first = next(r for r in reports if r)
-                raise RuntimeError(f"training the spheres failed on another process: {first}")
-        for sphere, owner in zip(spheres, owners):
-            if split:
-                dist.broadcast_module(sphere, src=owner)
-            sphere.eval().requires_grad_(False)
         self.spheres = spheres
         self.num_classes = K
         # standardisation of each layer's score on the held-out ID data
@@ -505,26 +486,6 @@ class UniformDetector(UniadDetector, StructuredDetector):
         )
         return [z[keep] for z in zs], y[keep], pred[keep]
 
-    def _holdout(self, y: Tensor, K: int, gen: torch.Generator) -> Tensor:
-        """Stratified hold-out mask: a random ``holdout`` fraction of each class."""
-        keys = torch.rand(len(y), generator=gen)
-        ranks = torch.empty(len(y))
-        order = torch.argsort(y * 2.0 + keys)  # class-major, random within class
-        counts = torch.bincount(y, minlength=K)
-        starts = torch.cumsum(counts, 0) - counts
-        ranks[order] = (torch.arange(len(y)) - starts[y[order]]).float()
-        n_hold = (counts.float() * self.holdout).floor()
-        held = ranks < n_hold[y]
-        if int((~held).sum()) == 0 or int(held.sum()) < 2:
-            need = math.ceil(1 / self.holdout)
-            raise ValueError(
-                f"expected at least {need} ID samples per class to hold out {self.holdout:.0%} "
-                f"of each class for score standardisation (and 2 held out in all), got "
-                f"{int(counts.min())} in the smallest class ({len(y)} samples, {K} classes); "
-                f"fit on more samples per class, or raise holdout (it is per class)"
-            )
-        return held
-
     # ------------------------------------------------------------------ scoring
     def _layer_scores(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
         k = k.clamp(0, self.num_classes - 1)
@@ -617,99 +578,6 @@ class UniformDetector(UniadDetector, StructuredDetector):
         return self._fused(zs, k.long().to(device)).sum(dim=1)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Fitted state as tensors and primitives only (``torch.load(weights_only=True)`` safe)."""
-        self._require_fitted()
-        return self._pack_state(
-            {
-                "layers": list(self.layers),
-                "input_shape": list(self.input_shape) if self.input_shape is not None else None,
-                "num_classes": self.num_classes,
-                "in_dims": [s.in_dim for s in self.spheres],
-                "fusion_mean": self.fusion_mean.detach().cpu(),
-                "fusion_std": self.fusion_std.detach().cpu(),
-                "fusion_knots": self.fusion_knots.detach().cpu(),
-                "fusion_slope": self.fusion_slope.detach().cpu(),
-                "spheres": [
-                    {k: v.detach().cpu() for k, v in s.state_dict().items()} for s in self.spheres
-                ],
-            }
-        )
-
-    def load_state_dict(self, state: dict[str, Any]) -> Self:
-        """Restore a state from :meth:`state_dict`, checked against this detector's model.
-
-        :raises ValueError: if the state is malformed, from another version, or was fitted for a
-            model with other layers, layer sizes or class count
-        """
-        hyper, state = self._unpack_state(state)
-        try:
-            layers = list(state["layers"])
-            in_dims = [int(d) for d in state["in_dims"]]
-            num_classes = int(state["num_classes"])
-            input_shape = tuple(state["input_shape"]) if state["input_shape"] else None
-            sphere_states = list(state["spheres"])
-            fusion_mean, fusion_std = state["fusion_mean"], state["fusion_std"]
-            # states written before the Fisher fusion hold no knots; they fuse by z-scores
-            knots, slope = state.get("fusion_knots"), state.get("fusion_slope")
-            pooling, hidden, rep_dim = (
-                hyper.get("pooling", "avg"),
-                hyper["hidden"],
-                hyper["rep_dim"],
-            )
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"expected a complete UniformDetector state dict, missing {e}") from e
-        if len(sphere_states) != len(layers) or len(in_dims) != len(layers):
-            raise ValueError("corrupted UniformDetector state: layer counts disagree")
-        device = self._target_device()
-        if self.model is not None:
-            resolve_layers(self.model, layers)  # raises ValueError for unknown layers
-            if input_shape is not None:
-                self._check_model(layers, pooling, input_shape, in_dims, num_classes)
-        spheres = nn.ModuleList()
-        for d, s in zip(in_dims, sphere_states):
-            sphere = BatchedSVDD(num_classes, d, hidden, rep_dim)
-            try:
-                sphere.load_state_dict(s)
-            except RuntimeError as e:
-                raise ValueError(f"corrupted UniformDetector state: {e}") from e
-            spheres.append(sphere.to(device).eval().requires_grad_(False))
-        self._restore_hyperparameters(
-            {"pooling": "avg", "whiten": "full", "fusion": "zsum", **hyper}
-        )
-        if self.fusion == "fisher" and (knots is None or slope is None):
-            raise ValueError("corrupted UniformDetector state: fusion 'fisher' without knots")
-        self.layers = layers
-        self.spheres = spheres
-        self.num_classes = num_classes
-        self.input_shape = input_shape
-        self.fusion_mean = fusion_mean.to(device)
-        self.fusion_std = fusion_std.to(device)
-        self.fusion_knots = None if knots is None else knots.to(device)
-        self.fusion_slope = None if slope is None else slope.to(device)
-        return self
-
-    def _check_model(self, layers, pooling, input_shape, in_dims, num_classes) -> None:
-        """Refuse a state whose layers this model lacks or has with other sizes."""
-        saved = self.layers, self.pooling
-        self.layers, self.pooling = layers, pooling
-        probe = torch.zeros((1, *input_shape), device=self._target_device())
-        try:
-            feats, logits = self.extract(probe.to(self._model_dtype()))
-        except Exception as e:
-            self.layers, self.pooling = saved
-            raise ValueError(
-                f"the state was fitted for inputs of shape {input_shape}, which this "
-                f"model cannot process: {e}"
-            ) from e
-        got = [f.shape[1] for f in feats]
-        if got != in_dims or logits.shape[1] != num_classes:
-            self.layers, self.pooling = saved
-            raise ValueError(
-                f"the state was fitted for a model with layer sizes {in_dims} and "
-                f"{num_classes} classes, this model has {got} and {logits.shape[1]}"
-            )
-
     def __repr__(self) -> str:
         fitted = f", fitted on {self.num_classes} classes" if self.spheres is not None else ""
         return f"UniformDetector(layers={self.layers}, nu={self.nu}, score={self.score!r}{fitted})"

@@ -30,12 +30,20 @@ again given the summed class counts.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["BoundedSample", "bounded_rows", "class_cap", "content_keys", "position_keys"]
+__all__ = [
+    "BoundedSample",
+    "bounded_rows",
+    "class_cap",
+    "content_keys",
+    "position_keys",
+    "stratified_holdout",
+]
 
 # splitmix64 constants (as signed int64)
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
@@ -228,3 +236,27 @@ class BoundedSample:
         cols = [torch.cat(c) if len(c) > 1 else c[0] for c in zip(*self._parts)]
         self._parts = [cols]
         return cols[0], cols[1], cols[2:]
+
+
+def stratified_holdout(y: Tensor, num_classes: int, fraction: float, generator) -> Tensor:
+    """A hold-out mask: a random ``fraction`` (rounded down) of each class's rows.
+
+    :raises ValueError: if a class would keep no row or fewer than 2 rows are held out in all
+    """
+    keys = torch.rand(len(y), generator=generator)
+    ranks = torch.empty(len(y))
+    order = torch.argsort(y * 2.0 + keys)  # class-major, random within class
+    counts = torch.bincount(y, minlength=num_classes)
+    starts = torch.cumsum(counts, 0) - counts
+    ranks[order] = (torch.arange(len(y)) - starts[y[order]]).float()
+    n_hold = (counts.float() * fraction).floor()
+    held = ranks < n_hold[y]
+    if int((~held).sum()) == 0 or int(held.sum()) < 2:
+        need = math.ceil(1 / fraction)
+        raise ValueError(
+            f"expected at least {need} ID samples per class to hold out {fraction:.0%} "
+            f"of each class for score standardisation (and 2 held out in all), got "
+            f"{int(counts.min())} in the smallest class ({len(y)} samples, {num_classes} "
+            f"classes); fit on more samples per class, or raise holdout (it is per class)"
+        )
+    return held

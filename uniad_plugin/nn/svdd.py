@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from uniad_plugin import distributed as dist
+
 
 class BatchedSVDD(nn.Module):
     """``K`` bias-free MLP encoders with centres and radii, evaluated as one module.
@@ -373,3 +375,55 @@ def skip_svdd(
     model.reset_parameters(generator=generator)
     for _ in range(training.epochs):
         torch.rand(K, n_max, generator=generator, device=gen_device)
+
+
+def fit_layer_spheres(
+    zs: Sequence[Tensor],
+    y: Tensor,
+    n_classes: int,
+    hidden: Sequence[int],
+    rep_dim: int,
+    training: SVDDTraining,
+    *,
+    generator: torch.Generator | None = None,
+    split: bool = False,
+) -> nn.ModuleList:
+    """One :class:`BatchedSVDD` per layer of features ``zs`` (rows labelled ``y``), trained in
+    layer order from one ``generator``, in eval mode and frozen.
+
+    :param split: the inputs are the same on every process of a distributed run (see
+        :mod:`uniad_plugin.distributed`): each process trains the layers
+        :func:`~uniad_plugin.distributed.assign_work` gives it, skips the others' draws
+        (:func:`skip_svdd`) and then every layer is sent from the process that trained it, so
+        the result equals a single process's. A failure on one process is raised on all
+        before any exchange. Ignored in a single process
+    """
+    device = y.device
+    spheres = nn.ModuleList(BatchedSVDD(n_classes, z.shape[1], hidden, rep_dim) for z in zs)
+    spheres.to(device)
+    split = split and dist.is_active()
+    owners = [dist.rank()] * len(zs)
+    if split:  # the layers' spheres are independent: a share of them per process
+        owners = dist.assign_work([sum(p.numel() for p in s.parameters()) for s in spheres])
+    failed: BaseException | None = None
+    for z, sphere, owner in zip(zs, spheres, owners):
+        if owner != dist.rank():  # another process trains it; draw what it draws
+            skip_svdd(sphere, y, training, generator=generator)
+            continue
+        try:
+            fit_svdd(sphere, z, y, training, generator=generator)
+        except Exception as err:
+            if not split:
+                raise
+            failed = err  # the others must hear of it before any exchange
+            break
+    if split:
+        reports = dist.gather_objects(None if failed is None else repr(failed))
+        if failed is not None:
+            raise failed
+        if any(reports):
+            first = next(r for r in reports if r)
+            raise RuntimeError(f"training the spheres failed on another process: {first}")
+        for sphere, owner in zip(spheres, owners):
+            dist.broadcast_module(sphere, src=owner)
+    return spheres.eval().requires_grad_(False)
