@@ -64,12 +64,12 @@ def main() -> None:
     if rank == args.hang_rank:
         time.sleep(120)
     if rank == args.sphere_fail_rank:  # this rank's share of UniformDetector's spheres fails
-        import uniad_plugin.detectors.uniform as uniform_module
+        import uniad_plugin.nn.svdd as svdd_module
 
         def boom(*_args, **_kwargs):
             raise MemoryError(f"injected sphere failure on rank {rank}")
 
-        uniform_module.fit_svdd = boom
+        svdd_module.fit_svdd = boom
     splits = digits_splits(seed=0)
     torch.manual_seed(0)
     model = digits_cnn()
