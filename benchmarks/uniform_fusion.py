@@ -5,7 +5,10 @@ One ``UniformDetector(model)`` with the defaults is fitted (its layers: the mode
 head's input, ``log_softmax`` and ``softmax``). Every row is computed from that one fit, from
 its per-layer scores: the fusion rules (Fisher's combination of empirical p-values, the sum of
 z-scores, the smallest p-value) over all default layers and over the defaults before issue 12
-(without ``softmax``), and every layer alone. The built-in detectors the gap is measured
+(without ``softmax``), and every layer alone. Four more fits per seed vary the spheres: the
+feature maps pooled by a global average (``avg``, the default before ``grid``) or by average
+and max (``avgmax``), and the softmax layer's spheres with a trained encoder like the other
+layers' (the default before ``encoder_free``), alone and with ``avg``. The built-in detectors the gap is measured
 against (MaxSoftmax, EnergyBased, KNN and Mahalanobis on the head's input) and the model-free
 sanity rows are scored on the same sets.
 
@@ -88,17 +91,24 @@ def _uniform_rows(
     for label, idx, how in variants:
         rows.append(_row(label, {n: _fuse(det, r, idx, how) for n, r in raw.items()}, kinds, fit_s))
         print(seed, rows[-1]["variant"], round(rows[-1]["mean"], 3), rows[-1]["min"], flush=True)
-    # the other pooling of feature maps (a second fit)
-    other = "avgmax" if det.pooling == "avg" else "avg"
-    t = time.perf_counter()
-    det2 = UniformDetector(model, seed=seed, pooling=other).fit(loader)
-    fit2_s = time.perf_counter() - t
-    raw2 = {n: _scores(det2, x) for n, x in sets.items()}
-    for label, idx, how in variants[:3:2]:
-        label = f"{label.split(' (')[0]}, {other} pooling"
-        rows.append(
-            _row(label, {n: _fuse(det2, r, idx, how) for n, r in raw2.items()}, kinds, fit2_s)
-        )
+    # one more fit per variant of the spheres: other poolings of the feature maps, and the
+    # softmax layer's spheres with an encoder (the default before issue 12's last step)
+    refits = [
+        ("avg pooling", {"pooling": "avg"}),
+        ("avgmax pooling", {"pooling": "avgmax"}),
+        ("softmax spheres with an encoder", {"encoder_free": ()}),
+        ("avg pooling, softmax spheres with an encoder", {"pooling": "avg", "encoder_free": ()}),
+    ]
+    for what, kwargs in refits:
+        t = time.perf_counter()
+        det2 = UniformDetector(model, seed=seed, **kwargs).fit(loader)
+        fit2_s = time.perf_counter() - t
+        raw2 = {n: _scores(det2, x) for n, x in sets.items()}
+        for label, idx, how in variants[:3:2]:
+            label = f"{label.split(' (')[0]}, {what}"
+            rows.append(
+                _row(label, {n: _fuse(det2, r, idx, how) for n, r in raw2.items()}, kinds, fit2_s)
+            )
     for i, name in enumerate(layers):
         rows.append(_row(f"layer {name} alone", {n: r[:, i] for n, r in raw.items()}, kinds, fit_s))
     with torch.no_grad():  # the default row is what predict gives (same batches)

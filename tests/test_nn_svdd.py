@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -105,3 +107,36 @@ def test_skip_svdd_draws_what_fit_svdd_draws():
     fit_svdd(BatchedSVDD(3, 5, (6,), 4), z, y, training, generator=trained)
     skip_svdd(BatchedSVDD(3, 5, (6,), 4), y, training, generator=skipped)
     assert torch.equal(trained.get_state(), skipped.get_state())
+
+
+def test_encoder_free_spheres_sit_on_the_raw_inputs():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    z = torch.randn(300, 4, generator=g) + 2 * y[:, None].float()
+    sphere = BatchedSVDD(3, 4, (16,), 8, encoder=False)
+    assert not sphere.has_encoder and len(list(sphere.parameters())) == 0
+    assert (sphere.n_classes, sphere.in_dim, sphere.center.shape) == (3, 4, (3, 4))
+    before = g.get_state()
+    fit_svdd(sphere, z, y, nu=0.1, generator=g)
+    assert torch.equal(g.get_state(), before)  # nothing drawn, nothing trained
+    means = torch.stack([z[y == k].mean(0) for k in range(3)])
+    assert torch.allclose(sphere.center, means, atol=1e-6)
+    d2 = ((z - means[y]) ** 2).sum(1)
+    for k in range(3):  # R^2: the (1 - nu)-quantile (nearest rank) of the class's distances
+        dk = d2[y == k].sort().values
+        assert torch.isclose(sphere.radius2[k], dk[int(math.ceil(0.9 * len(dk))) - 1])
+    assert torch.allclose(sphere.score(z, y), d2 / sphere.radius2[y], rtol=1e-5)
+    # scored with spheres that have encoders, in one grouping, with gradients
+    other = _spheres(3, [5])[0].requires_grad_(False)
+    zs = [z[:20].clone().requires_grad_(True), torch.randn(20, 5, generator=g)]
+    got = layer_scores([sphere, other], zs, y[:20])
+    expected = torch.stack([sphere.score(zs[0], y[:20]), other.score(zs[1], y[:20])], 1)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    got[:, 0].sum().backward()
+    assert zs[0].grad.abs().sum() > 0
+    # a skipped encoder-free layer draws nothing either
+    before = g.get_state()
+    skip_svdd(BatchedSVDD(3, 4, encoder=False), y, generator=g)
+    assert torch.equal(g.get_state(), before)
+    with pytest.raises(ValueError, match="encoder-free"):
+        sphere.folded_input_layer()

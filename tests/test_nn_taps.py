@@ -9,7 +9,14 @@ from torch import nn
 
 from tests.tiny_models import TinyResNet, tiny_mlp, tiny_vit
 from uniad_plugin.models import digits_cnn, lenet
-from uniad_plugin.nn.taps import LayerTaps, activation_taps, default_layers, pool, resolve_layers
+from uniad_plugin.nn.taps import (
+    LayerTaps,
+    activation_taps,
+    default_layers,
+    grid_side,
+    pool,
+    resolve_layers,
+)
 
 
 class Counting(nn.Module):
@@ -31,6 +38,25 @@ def test_pool_shapes():
     assert pool(torch.ones(2, 1, 2, 3, 4)).shape == (2, 24)
     with pytest.raises(ValueError, match="pooling"):
         pool(torch.ones(2, 3, 4, 4), "max")
+
+
+def test_grid_pooling_keeps_the_layout_within_the_feature_bound():
+    # LeNet's maps (6@28x28, 16@10x10, 16@5x5): a 4x4 grid each
+    assert [grid_side(*s) for s in [(6, 28, 28), (16, 10, 10), (16, 5, 5)]] == [4, 4, 4]
+    # wide maps step down to 2x2, then to the global average; small maps to what fits
+    assert [grid_side(*s) for s in [(64, 56, 56), (256, 14, 14), (512, 7, 7)]] == [4, 2, 1]
+    assert [grid_side(*s) for s in [(8, 3, 3), (8, 1, 5), (2000, 8, 8)]] == [2, 1, 1]
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    got = pool(x, "grid")
+    assert got.shape == (2, 3 * 16)
+    # each feature is the mean of one 2x2 block, channel by channel, rows first
+    assert torch.equal(got[0, :2], torch.stack([x[0, 0, :2, :2].mean(), x[0, 0, :2, 2:4].mean()]))
+    assert torch.equal(got[:, 16], x[:, 1, :2, :2].mean(dim=(1, 2)))
+    # a map where only the global average fits equals "avg"
+    wide = torch.randn(2, 2048, 4, 4)
+    assert torch.equal(pool(wide, "grid"), pool(wide, "avg"))
+    # tokens and vectors are unaffected by the mode
+    assert torch.equal(pool(torch.ones(2, 5, 7), "grid"), pool(torch.ones(2, 5, 7)))
 
 
 def test_resolve_layers_names_modules_and_errors():

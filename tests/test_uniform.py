@@ -459,3 +459,45 @@ def test_max_fit_rows_is_checked_and_old_states_load(digits, digits_model, detec
         too_few.fit_structured(feats, digits.train.tensors[1], logits, class_counts=torch.ones(10))
     with pytest.raises(ValueError, match="int64 keys"):
         too_few.fit_structured(feats, digits.train.tensors[1], logits, keys=torch.zeros(3))
+
+
+def test_softmax_spheres_are_encoder_free_by_default(detector, digits, digits_model):
+    assert "softmax" in detector.layers and detector.pooling == "grid"
+    free = [not s.has_encoder for s in detector.spheres]
+    assert free == [name == "softmax" for name in detector.layers]
+    i = detector.layers.index("softmax")
+    x, y = digits.train.tensors
+    with torch.no_grad():
+        probs = digits_model(x).softmax(1)
+    # the centre of each class: the class's mean softmax (over the rows the spheres were fitted
+    # on, which leave out the hold-out: close to the mean over all training rows)
+    means = torch.stack([probs[y == k].mean(0) for k in range(10)])
+    assert (detector.spheres[i].center - means).abs().max() < 0.02
+    loaded = UniformDetector(digits_model).load_state_dict(detector.state_dict())
+    assert [s.has_encoder for s in loaded.spheres] == [s.has_encoder for s in detector.spheres]
+    x_test = digits.test.tensors[0][:16]
+    assert torch.equal(loaded(x_test), detector(x_test))
+
+
+def test_encoder_free_names_are_checked(digits, digits_model):
+    loader = DataLoader(digits.train, batch_size=256)
+    every = UniformDetector(digits_model, encoder_free=(), epochs=2).fit(loader)
+    assert all(s.has_encoder for s in every.spheres)
+    layers = ["8:input", "logits"]
+    chosen = UniformDetector(digits_model, layers, encoder_free=["logits"], epochs=2).fit(loader)
+    assert [s.has_encoder for s in chosen.spheres] == [True, False]
+    with pytest.raises(ValueError, match=r"encoder_free to name tapped layers .*\['nope'\]"):
+        UniformDetector(digits_model, encoder_free=["nope"], epochs=1).fit(loader)
+    with pytest.raises(TypeError, match="encoder_free"):
+        UniformDetector(digits_model, encoder_free="softmax")
+
+
+def test_states_before_grid_pooling_load_with_their_pooling(digits, digits_model):
+    loader = DataLoader(digits.train, batch_size=256)
+    old = UniformDetector(digits_model, pooling="avg", encoder_free=(), epochs=2).fit(loader)
+    state = old.state_dict()
+    del state["hyperparameters"]["pooling"], state["hyperparameters"]["encoder_free"]
+    loaded = UniformDetector(digits_model).load_state_dict(state)
+    assert loaded.pooling == "avg" and loaded.encoder_free == ()
+    x = digits.test.tensors[0][:16]
+    assert torch.equal(loaded(x), old(x))

@@ -162,9 +162,25 @@ def positive_ints(min_len: int = 1, optional: bool = False) -> Check:
     return check
 
 
+def names(optional: bool = False) -> Check:
+    """A sequence of strings (possibly empty), returned as a tuple."""
+
+    def check(name: str, value: Any) -> tuple[str, ...] | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise TypeError(f"expected {name} to be a sequence of names, got {value!r}")
+        out = tuple(value)
+        if not all(isinstance(v, str) for v in out):
+            raise TypeError(f"expected {name} to be a sequence of names, got {list(out)}")
+        return out
+
+    return check
+
+
 #: the hyperparameter checks as one namespace, for the detectors' ``hyperparameters`` tables
 hp = SimpleNamespace(
-    choice=choice, flag=flag, integer=integer, positive_ints=positive_ints, real=real
+    choice=choice, flag=flag, integer=integer, names=names, positive_ints=positive_ints, real=real
 )
 
 

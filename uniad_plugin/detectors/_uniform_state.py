@@ -70,14 +70,15 @@ class UniformState:
                 self._check_model(layers, pooling, input_shape, in_dims, num_classes)
         spheres = nn.ModuleList()
         for d, s in zip(in_dims, sphere_states):
-            sphere = BatchedSVDD(num_classes, d, hidden, rep_dim)
+            encoder = any(str(k).startswith("weights.") for k in s)
+            sphere = BatchedSVDD(num_classes, d, hidden, rep_dim, encoder=encoder)
             try:
                 sphere.load_state_dict(s)
             except RuntimeError as e:
                 raise ValueError(f"corrupted UniformDetector state: {e}") from e
             spheres.append(sphere.to(device).eval().requires_grad_(False))
         self._restore_hyperparameters(
-            {"pooling": "avg", "whiten": "full", "fusion": "zsum", **hyper}
+            {"pooling": "avg", "whiten": "full", "fusion": "zsum", "encoder_free": (), **hyper}
         )
         if self.fusion == "fisher" and (knots is None or slope is None):
             raise ValueError("corrupted UniformDetector state: fusion 'fisher' without knots")

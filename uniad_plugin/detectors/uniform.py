@@ -67,13 +67,18 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
     :math:`(s_l - \\mu_l) / \\sigma_l` on the same held-out inputs instead). Larger is more
     anomalous.
 
+    The softmax layer's spheres (``encoder_free``) have no encoder: :math:`\phi` is the
+    identity there, the centre is the class's mean probability vector. Feature maps are
+    averaged over a grid of up to 4 x 4 regions (``pooling="grid"``).
+
     Stated by the paper: per-class one-class hyperspheres with a soft boundary and
     :math:`\nu = 0.1` on representations from inside the frozen network, fitted on ID data
     only, no input preprocessing, no knowledge of OOD sets or attacks. Our design choices
-    (layers, whitening, encoder, sphere at test time, score, fusion) are listed on the `docs page
+    (layers, pooling, whitening, encoder, sphere at test time, score, fusion) are listed on the `docs page
     <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_; layers, pooling,
-    whitening, encoder and score are varied in ``benchmarks/uniform_ablation.py``, the fusion
-    and the softmax layer in ``benchmarks/uniform_fusion.py``; the sphere at test time is not.
+    whitening, encoder and score are varied in ``benchmarks/uniform_ablation.py``, the fusion,
+    the pooling and the softmax layer's spheres in ``benchmarks/uniform_fusion.py``; the sphere
+    at test time is not.
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,
@@ -91,7 +96,13 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
     :param batch_size: samples per class in each batched training step
     :param score: ``"ratio"`` (:math:`d^2/R^2`) or ``"difference"`` (:math:`d^2-R^2`)
     :param holdout: fraction of ID fit data held out to standardise the per-layer scores
-    :param pooling: ``"avg"`` (global average) or ``"avgmax"`` (average and max) for feature maps
+    :param pooling: how feature maps become vectors: ``"grid"`` (averages over a grid of up
+        to 4 x 4 regions, at most 1,024 features, see :func:`~uniad_plugin.nn.taps.grid_side`;
+        the default since issue 12), ``"avg"`` (global average) or ``"avgmax"`` (average and max)
+    :param encoder_free: names of layers whose spheres sit on the raw activations: no encoder
+        and no whitening, each class's centre is its mean activation and :math:`R^2` the
+        :math:`(1-\nu)`-quantile of its squared distances. ``None`` (the default): the
+        ``"softmax"`` layer if it is tapped; a sequence must name tapped layers
     :param whiten: normalisation of each layer before the encoders: ``"full"`` (whitening with
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
     :param fusion: how the layers' scores are combined: ``"fisher"`` (the sum of
@@ -117,6 +128,7 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
         "epochs": [10, 30, 60],
         "score": ["ratio", "difference"],
         "fusion": ["fisher", "zsum"],
+        "pooling": ["grid", "avg", "avgmax"],
     }
 
     fitted_attribute = "spheres"
@@ -132,7 +144,8 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
         "batch_size": hp.integer(1),
         "score": hp.choice("ratio", "difference"),
         "holdout": hp.real(0.0, 1.0),
-        "pooling": hp.choice("avg", "avgmax"),
+        "pooling": hp.choice("grid", "avg", "avgmax"),
+        "encoder_free": hp.names(optional=True),
         "whiten": hp.choice("full", "diag"),
         "fusion": hp.choice("fisher", "zsum"),
         "max_fit_rows": hp.integer(1, optional=True),
@@ -154,7 +167,8 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
         batch_size: int = 128,
         score: str = "ratio",
         holdout: float = 0.1,
-        pooling: str = "avg",
+        pooling: str = "grid",
+        encoder_free: Sequence[str] | None = None,
         whiten: str = "full",
         fusion: str = "fisher",
         max_fit_rows: int | None = 100_000,
@@ -369,6 +383,7 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
             warmup_epochs=self._warmup_epochs, **{name: getattr(self, name) for name in shared}
         )
         fit_rows = [z[fit_idx].to(device) for z in zs]
+        free = set(self._encoder_free())
         spheres = fit_layer_spheres(
             fit_rows,
             y[fit_idx].to(device),
@@ -378,6 +393,7 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
             training,
             generator=gen,
             split=split_work,
+            encoders=[name not in free for name in self.layers],
         )
         self.spheres = spheres
         self.num_classes = K
@@ -388,6 +404,18 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
         self.fusion_std = raw.std(0).clamp_min(1e-12)
         self.fusion_knots, self.fusion_slope = survival_knots(raw)
         return self
+
+    def _encoder_free(self) -> tuple[str, ...]:
+        """The names of the layers whose spheres have no encoder (see ``encoder_free``)."""
+        layers = list(self.layers or ())
+        if self.encoder_free is None:
+            return tuple(name for name in layers if name == "softmax")
+        unknown = [name for name in self.encoder_free if name not in layers]
+        if unknown:
+            raise ValueError(
+                f"expected encoder_free to name tapped layers ({layers}), got {unknown}"
+            )
+        return tuple(self.encoder_free)
 
     def _fit_inputs(self, zs, y, pred, num_classes, keys=None):
         """Checked, pooled ID activations, labels, predicted classes, the class count and the

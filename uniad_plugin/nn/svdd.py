@@ -43,33 +43,53 @@ class BatchedSVDD(nn.Module):
 
     Inputs are normalised before the encoders with ``(z - in_mean) @ in_proj``; :func:`fit_svdd`
     sets ``in_proj`` to a diagonal standardisation or to a full whitening matrix.
+
+    With ``encoder=False`` the spheres sit on the raw inputs: no encoder, no normalisation
+    (``hidden`` and ``rep_dim`` are ignored, the representation is the input itself), the
+    centres are the class means and the radii the soft boundary's optimum for them
+    (:func:`fit_svdd`, nothing trained).
     """
 
     def __init__(
-        self, n_classes: int, in_dim: int, hidden: Sequence[int] = (64,), rep_dim: int = 32
+        self,
+        n_classes: int,
+        in_dim: int,
+        hidden: Sequence[int] = (64,),
+        rep_dim: int = 32,
+        *,
+        encoder: bool = True,
     ) -> None:
         super().__init__()
+        if not encoder:
+            hidden, rep_dim = (), in_dim
         if n_classes < 1 or in_dim < 1 or rep_dim < 1:
             raise ValueError(
                 f"expected positive n_classes, in_dim and rep_dim, got {n_classes}, {in_dim}, "
                 f"{rep_dim}"
             )
-        dims = [in_dim, *hidden, rep_dim]
+        self._n_classes, self._in_dim = n_classes, in_dim
+        dims = [in_dim, *hidden, rep_dim] if encoder else [in_dim]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(n_classes, d_in, d_out)) for d_in, d_out in zip(dims, dims[1:])
         )
-        self.register_buffer("in_mean", torch.zeros(in_dim))
-        self.register_buffer("in_proj", torch.eye(in_dim))
+        # an encoder-free sphere is never normalised: no (D, D) matrix to store
+        self.register_buffer("in_mean", torch.zeros(in_dim if encoder else 0))
+        self.register_buffer("in_proj", torch.eye(in_dim if encoder else 0))
         self.register_buffer("center", torch.zeros(n_classes, rep_dim))
         self.register_buffer("radius2", torch.zeros(n_classes))
 
     @property
     def n_classes(self) -> int:
-        return self.weights[0].shape[0]
+        return self._n_classes
 
     @property
     def in_dim(self) -> int:
-        return self.weights[0].shape[1]
+        return self._in_dim
+
+    @property
+    def has_encoder(self) -> bool:
+        """False for spheres on the raw inputs (``encoder=False``)."""
+        return len(self.weights) > 0
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Kaiming-uniform initialisation (as ``nn.Linear``), drawn from ``generator``."""
@@ -79,6 +99,8 @@ class BatchedSVDD(nn.Module):
                 w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
 
     def _standardise(self, z: Tensor) -> Tensor:
+        if not self.has_encoder:
+            return z
         return (z - self.in_mean) @ self.in_proj
 
     def folded_input_layer(self) -> tuple[Tensor, Tensor]:
@@ -89,6 +111,8 @@ class BatchedSVDD(nn.Module):
         subtraction, a ``(D, D)`` product and a ``bmm``. Computed without gradients and cached
         until the weights or the normalisation change (in place or by a move).
         """
+        if not self.has_encoder:
+            raise ValueError("an encoder-free sphere has no input layer to fold")
         tensors = (self.weights[0], self.in_mean, self.in_proj)
         key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         cached = getattr(self, "_folded", None)
@@ -188,7 +212,9 @@ def layer_scores(
 
     scores = []
     for sphere, g in zip(spheres, grouped.split(dims, dim=2)):
-        if torch.is_grad_enabled() and sphere.weights[0].requires_grad:
+        if not sphere.has_encoder:
+            h = g
+        elif torch.is_grad_enabled() and sphere.weights[0].requires_grad:
             h = torch.bmm(sphere._standardise(g), rows(sphere.weights[0]))
         else:  # scoring a fitted sphere: the normalisation folded into the first layer
             w0, b0 = sphere.folded_input_layer()
@@ -292,7 +318,7 @@ def fit_svdd(
         raise ValueError(f"expected nu in (0, 1], got {nu}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
-    device = model.weights[0].device
+    device = model.center.device
     K = model.n_classes
     z = z.to(device=device, dtype=torch.float32)
     y = y.to(device)
@@ -303,6 +329,8 @@ def fit_svdd(
             f"expected training samples for every class 0..{K - 1}, none for {missing}"
         )
 
+    if not model.has_encoder:
+        return _fit_raw_spheres(model, z, y, nu)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     model.reset_parameters(generator=generator)
     model.to(device)
@@ -354,6 +382,26 @@ def fit_svdd(
     return model
 
 
+@torch.no_grad()
+def _fit_raw_spheres(model: BatchedSVDD, z: Tensor, y: Tensor, nu: float) -> BatchedSVDD:
+    """The spheres of an encoder-free :class:`BatchedSVDD`: each class's centre is its mean
+    input and :math:`R_k^2` the :math:`(1-\\nu)`-quantile of its squared distances (the
+    soft-boundary optimum for that centre). Deterministic: draws nothing."""
+    K = model.n_classes
+    center = torch.zeros(K, z.shape[1], dtype=torch.float64, device=z.device)
+    center.index_add_(0, y, z.double())
+    center /= torch.bincount(y, minlength=K)[:, None].double()
+    model.center.copy_(center.float())
+    d2 = torch.cat(
+        [
+            model.dist2(z[c], y[c])
+            for c in torch.split(torch.arange(len(z), device=z.device), 8192)
+        ]
+    )
+    model.radius2.copy_(_class_quantile(d2, y, K, 1 - nu))
+    return model
+
+
 def skip_svdd(
     model: BatchedSVDD,
     y: Tensor,
@@ -369,6 +417,8 @@ def skip_svdd(
     a single process. ``model`` is left initialised, untrained.
     """
     training = training or SVDDTraining()
+    if not model.has_encoder:
+        return  # fitted without draws
     K = model.n_classes
     n_max = int(torch.bincount(y.cpu(), minlength=K).max())
     gen_device = generator.device if generator is not None else torch.device("cpu")
@@ -387,6 +437,7 @@ def fit_layer_spheres(
     *,
     generator: torch.Generator | None = None,
     split: bool = False,
+    encoders: Sequence[bool] | None = None,
 ) -> nn.ModuleList:
     """One :class:`BatchedSVDD` per layer of features ``zs`` (rows labelled ``y``), trained in
     layer order from one ``generator``, in eval mode and frozen.
@@ -397,9 +448,17 @@ def fit_layer_spheres(
         (:func:`skip_svdd`) and then every layer is sent from the process that trained it, so
         the result equals a single process's. A failure on one process is raised on all
         before any exchange. Ignored in a single process
+    :param encoders: per layer, whether its spheres have an encoder (``False``: on the raw
+        features, see :class:`BatchedSVDD`); ``None``: all of them
     """
     device = y.device
-    spheres = nn.ModuleList(BatchedSVDD(n_classes, z.shape[1], hidden, rep_dim) for z in zs)
+    encoders = [True] * len(zs) if encoders is None else list(encoders)
+    if len(encoders) != len(zs):
+        raise ValueError(f"expected one encoder flag per layer ({len(zs)}), got {len(encoders)}")
+    spheres = nn.ModuleList(
+        BatchedSVDD(n_classes, z.shape[1], hidden, rep_dim, encoder=e)
+        for z, e in zip(zs, encoders)
+    )
     spheres.to(device)
     split = split and dist.is_active()
     owners = [dist.rank()] * len(zs)

@@ -56,11 +56,36 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+#: the grid sides :func:`grid_side` tries, largest first
+GRID_SIDES = (4, 2, 1)
+#: the most features a feature map keeps under ``"grid"`` pooling (channels x grid cells)
+GRID_MAX_FEATURES = 1024
+
+
+def grid_side(channels: int, height: int, width: int) -> int:
+    """The side ``s`` of the ``s x s`` grid that ``"grid"`` pooling averages a
+    ``(C, H, W)`` feature map over: the largest of :data:`GRID_SIDES` that fits the map
+    (``s <= min(H, W)``) and keeps ``C * s * s <= GRID_MAX_FEATURES`` (1 at the least, the
+    global average).
+
+    A grid keeps where in the image a feature fired, which a global average discards: a
+    digit altered just enough to change the predicted class keeps the strokes of its true
+    class in the early layers, and only their layout tells them from the predicted class's
+    (measured in ``benchmarks/uniform_fusion.py``). The bound keeps wide maps (ResNet-18's
+    512 channels) at the global average, so the encoders' first layers stay small.
+    """
+    for side in GRID_SIDES:
+        if side <= min(height, width) and channels * side * side <= GRID_MAX_FEATURES:
+            return side
+    return 1
+
+
 def pool(t: Tensor, mode: str = "avg") -> Tensor:
     """Reduce an activation to a ``(B, D)`` matrix.
 
     ``(B, C, H, W)`` feature maps are pooled over space (``"avg"``: mean; ``"avgmax"``: mean
-    and max concatenated), ``(B, T, D)`` token sequences are averaged over tokens, ``(B, D)``
+    and max concatenated; ``"grid"``: means over an ``s x s`` grid of regions, see
+    :func:`grid_side`), ``(B, T, D)`` token sequences are averaged over tokens, ``(B, D)``
     is kept and anything else is flattened.
 
     Tokens are averaged (the class token, where a model has one, counts as one token among
@@ -76,7 +101,12 @@ def pool(t: Tensor, mode: str = "avg") -> Tensor:
             return t.mean(dim=(2, 3))
         if mode == "avgmax":
             return torch.cat([t.mean(dim=(2, 3)), t.amax(dim=(2, 3))], dim=1)
-        raise ValueError(f"expected pooling mode 'avg' or 'avgmax', got {mode!r}")
+        if mode == "grid":
+            side = grid_side(*t.shape[1:])
+            if side == 1:
+                return t.mean(dim=(2, 3))
+            return nn.functional.adaptive_avg_pool2d(t, side).flatten(1)
+        raise ValueError(f"expected pooling mode 'avg', 'avgmax' or 'grid', got {mode!r}")
     if t.dim() == 3:
         return t.mean(dim=1)
     if t.dim() == 2:
