@@ -67,7 +67,7 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
     :math:`(s_l - \\mu_l) / \\sigma_l` on the same held-out inputs instead). Larger is more
     anomalous.
 
-    The softmax layer's spheres (``encoder_free``) have no encoder: :math:`\phi` is the
+    The softmax layer's spheres (``encoder_free``) have no encoder: :math:`\\phi` is the
     identity there, the centre is the class's mean probability vector. Feature maps are
     averaged over a grid of up to 4 x 4 regions (``pooling="grid"``).
 

@@ -372,13 +372,7 @@ def fit_svdd(
             opt.step()
         if epoch + 1 >= warmup_epochs:
             with torch.no_grad():
-                d2_all = torch.cat(
-                    [
-                        model.dist2(z[c], y[c])
-                        for c in torch.split(torch.arange(len(z), device=device), 8192)
-                    ]
-                )
-                model.radius2.copy_(_class_quantile(d2_all, y, K, 1 - nu))
+                model.radius2.copy_(_class_quantile(_dist2_chunked(model, z, y), y, K, 1 - nu))
     return model
 
 
@@ -392,14 +386,14 @@ def _fit_raw_spheres(model: BatchedSVDD, z: Tensor, y: Tensor, nu: float) -> Bat
     center.index_add_(0, y, z.double())
     center /= torch.bincount(y, minlength=K)[:, None].double()
     model.center.copy_(center.float())
-    d2 = torch.cat(
-        [
-            model.dist2(z[c], y[c])
-            for c in torch.split(torch.arange(len(z), device=z.device), 8192)
-        ]
-    )
-    model.radius2.copy_(_class_quantile(d2, y, K, 1 - nu))
+    model.radius2.copy_(_class_quantile(_dist2_chunked(model, z, y), y, K, 1 - nu))
     return model
+
+
+def _dist2_chunked(model: BatchedSVDD, z: Tensor, y: Tensor) -> Tensor:
+    """:meth:`BatchedSVDD.dist2` of every row, in chunks of 8,192 rows."""
+    chunks = torch.split(torch.arange(len(z), device=z.device), 8192)
+    return torch.cat([model.dist2(z[c], y[c]) for c in chunks])
 
 
 def skip_svdd(
@@ -456,8 +450,7 @@ def fit_layer_spheres(
     if len(encoders) != len(zs):
         raise ValueError(f"expected one encoder flag per layer ({len(zs)}), got {len(encoders)}")
     spheres = nn.ModuleList(
-        BatchedSVDD(n_classes, z.shape[1], hidden, rep_dim, encoder=e)
-        for z, e in zip(zs, encoders)
+        BatchedSVDD(n_classes, z.shape[1], hidden, rep_dim, encoder=e) for z, e in zip(zs, encoders)
     )
     spheres.to(device)
     split = split and dist.is_active()
