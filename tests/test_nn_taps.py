@@ -50,8 +50,17 @@ def test_grid_pooling_keeps_the_layout_within_the_feature_bound():
     got = pool(x, "grid")
     assert got.shape == (2, 3 * 16)
     # each feature is the mean of one 2x2 block, channel by channel, rows first
-    assert torch.equal(got[0, :2], torch.stack([x[0, 0, :2, :2].mean(), x[0, 0, :2, 2:4].mean()]))
-    assert torch.equal(got[:, 16], x[:, 1, :2, :2].mean(dim=(1, 2)))
+    expected = torch.stack([x[0, 0, :2, :2].mean(), x[0, 0, :2, 2:4].mean()])
+    torch.testing.assert_close(got[0, :2], expected)
+    torch.testing.assert_close(got[:, 16], x[:, 1, :2, :2].mean(dim=(1, 2)))
+    # uneven maps: the overlapping windows of adaptive average pooling, and gradients flow
+    for shape in [(2, 16, 10, 10), (2, 16, 5, 5), (2, 6, 28, 28), (2, 4, 7, 9), (2, 8, 3, 3)]:
+        t = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        side = grid_side(*shape[1:])
+        want = nn.functional.adaptive_avg_pool2d(t, side).flatten(1)
+        torch.testing.assert_close(pool(t, "grid"), want)
+        pool(t, "grid").sum().backward()
+        assert t.grad is not None and t.grad.abs().sum() > 0
     # a map where only the global average fits equals "avg"
     wide = torch.randn(2, 2048, 4, 4)
     assert torch.equal(pool(wide, "grid"), pool(wide, "avg"))

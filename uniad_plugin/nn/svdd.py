@@ -124,21 +124,25 @@ class BatchedSVDD(nn.Module):
             self._folded = cached
         return cached[1], cached[2]
 
-    def embed_grouped(self, z: Tensor) -> Tensor:
-        """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``."""
-        h = self._standardise(z)
+    def embed_grouped(self, z: Tensor, *, standardised: bool = False) -> Tensor:
+        """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``.
+
+        :param standardised: ``z`` is already normalised (``(z - in_mean) @ in_proj``)
+        """
+        h = z if standardised else self._standardise(z)
         for i, w in enumerate(self.weights):
             h = torch.bmm(h, w)
             if i < len(self.weights) - 1:
                 h = nn.functional.leaky_relu(h)
         return h
 
-    def embed(self, z: Tensor, k: Tensor) -> Tensor:
+    def embed(self, z: Tensor, k: Tensor, *, standardised: bool = False) -> Tensor:
         """Embed ``(B, D)`` inputs with the encoder of class ``k[i]`` for row ``i`` -> ``(B, R)``.
 
         Rows are grouped by class into a zero-padded ``(K, m, D)`` tensor (``m`` = the largest
         class count in the batch) so that one ``bmm`` per layer serves every class, then
         scattered back to the input order. No per-sample weight copies, no Python loop.
+        ``standardised``: as in :meth:`embed_grouped`.
         """
         if len(z) == 0:
             return z.new_zeros(0, self.center.shape[1])
@@ -149,14 +153,16 @@ class BatchedSVDD(nn.Module):
         pos = torch.arange(len(k), device=k.device) - starts[k_sorted]
         grouped = z.new_zeros(self.n_classes, int(counts.max()), z.shape[1])
         grouped[k_sorted, pos] = z[order]
-        emb = self.embed_grouped(grouped)
+        emb = self.embed_grouped(grouped, standardised=standardised)
         out = emb.new_empty(len(z), emb.shape[2])
         out[order] = emb[k_sorted, pos]
         return out
 
-    def dist2(self, z: Tensor, k: Tensor) -> Tensor:
-        """Squared distance of ``phi_k(z)`` to ``c_k`` for each row, shape ``(B,)``."""
-        return (self.embed(z, k) - self.center[k]).pow(2).sum(dim=1)
+    def dist2(self, z: Tensor, k: Tensor, *, standardised: bool = False) -> Tensor:
+        """Squared distance of ``phi_k(z)`` to ``c_k`` for each row, shape ``(B,)``
+        (``standardised``: as in :meth:`embed_grouped`)."""
+        emb = self.embed(z, k, standardised=standardised)
+        return (emb - self.center[k]).pow(2).sum(dim=1)
 
     def score(self, z: Tensor, k: Tensor, kind: str = "ratio") -> Tensor:
         """Outlier score w.r.t. the hypersphere of class ``k``.
@@ -337,6 +343,9 @@ def fit_svdd(
     with torch.no_grad():
         model.in_mean.copy_(z.mean(0))
         model.in_proj.copy_(input_projection(z, y, K, whiten, shrinkage))
+        # normalised once, not in every step: the (D, D) product dominated wide layers' fits
+        chunks = torch.split(torch.arange(len(z), device=device), 8192)
+        z = torch.cat([model._standardise(z[c]) for c in chunks])
         # class-sorted index lists, padded by cycling to a (K, n_max) table
         order = torch.argsort(y, stable=True)
         starts = torch.cumsum(counts, 0) - counts
@@ -345,8 +354,8 @@ def fit_svdd(
         table = order[starts[:, None] + ar[None, :] % counts[:, None]]  # (K, n_max)
         # centres: mean initial embedding per class
         center = torch.zeros(K, model.center.shape[1], device=device)
-        for chunk in torch.split(torch.arange(len(z), device=device), 8192):
-            center.index_add_(0, y[chunk], model.embed(z[chunk], y[chunk]))
+        for chunk in chunks:
+            center.index_add_(0, y[chunk], model.embed(z[chunk], y[chunk], standardised=True))
         center /= counts[:, None].to(center.dtype)
         center = torch.where(center.abs() < eps, torch.where(center < 0, -eps, eps), center)
         model.center.copy_(center)
@@ -360,7 +369,7 @@ def fit_svdd(
         perm = torch.gather(table, 1, torch.argsort(keys, dim=1))
         for s in range(steps):
             idx = perm[:, s * batch_size : (s + 1) * batch_size]  # (K, m)
-            emb = model.embed_grouped(z[idx])
+            emb = model.embed_grouped(z[idx], standardised=True)
             d2 = (emb - model.center[:, None, :]).pow(2).sum(-1)  # (K, m)
             if epoch < warmup_epochs:
                 loss = d2.mean(1).sum()
@@ -372,7 +381,8 @@ def fit_svdd(
             opt.step()
         if epoch + 1 >= warmup_epochs:
             with torch.no_grad():
-                model.radius2.copy_(_class_quantile(_dist2_chunked(model, z, y), y, K, 1 - nu))
+                d2 = _dist2_chunked(model, z, y, standardised=True)
+                model.radius2.copy_(_class_quantile(d2, y, K, 1 - nu))
     return model
 
 
@@ -390,10 +400,12 @@ def _fit_raw_spheres(model: BatchedSVDD, z: Tensor, y: Tensor, nu: float) -> Bat
     return model
 
 
-def _dist2_chunked(model: BatchedSVDD, z: Tensor, y: Tensor) -> Tensor:
+def _dist2_chunked(
+    model: BatchedSVDD, z: Tensor, y: Tensor, *, standardised: bool = False
+) -> Tensor:
     """:meth:`BatchedSVDD.dist2` of every row, in chunks of 8,192 rows."""
     chunks = torch.split(torch.arange(len(z), device=z.device), 8192)
-    return torch.cat([model.dist2(z[c], y[c]) for c in chunks])
+    return torch.cat([model.dist2(z[c], y[c], standardised=standardised) for c in chunks])
 
 
 def skip_svdd(

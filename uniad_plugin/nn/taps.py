@@ -14,6 +14,7 @@ A module object may be given instead of ``"name"``. Activations are reduced by
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,22 @@ def grid_side(channels: int, height: int, width: int) -> int:
     return 1
 
 
+@functools.lru_cache(maxsize=64)
+def _grid_matrix(h: int, w: int, side: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The ``(h * w, side * side)`` matrix whose product with a flattened ``h x w`` map is
+    ``adaptive_avg_pool2d(map, side)``, cells in row-major order: one GEMM per feature map,
+    several times faster than the pooling kernel on the small maps of a classifier."""
+
+    def weights(n: int) -> Tensor:  # (side, n): row i averages adaptive window i
+        m = torch.zeros(side, n, dtype=torch.float64)
+        for i in range(side):
+            lo, hi = (i * n) // side, -(-((i + 1) * n) // side)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
+
+    return torch.kron(weights(h), weights(w)).T.to(device=device, dtype=dtype).contiguous()
+
+
 def pool(t: Tensor, mode: str = "avg") -> Tensor:
     """Reduce an activation to a ``(B, D)`` matrix.
 
@@ -102,10 +119,12 @@ def pool(t: Tensor, mode: str = "avg") -> Tensor:
         if mode == "avgmax":
             return torch.cat([t.mean(dim=(2, 3)), t.amax(dim=(2, 3))], dim=1)
         if mode == "grid":
-            side = grid_side(*t.shape[1:])
+            b, c, h, w = t.shape
+            side = grid_side(c, h, w)
             if side == 1:
                 return t.mean(dim=(2, 3))
-            return nn.functional.adaptive_avg_pool2d(t, side).flatten(1)
+            cells = _grid_matrix(h, w, side, t.device, t.dtype)
+            return (t.reshape(b * c, h * w) @ cells).reshape(b, c * side * side)
         raise ValueError(f"expected pooling mode 'avg', 'avgmax' or 'grid', got {mode!r}")
     if t.dim() == 3:
         return t.mean(dim=1)
