@@ -223,3 +223,14 @@ def test_default_layers_of_an_mlp_are_the_inputs_of_its_linear_layers():
 def test_default_layers_refuse_max_stages_below_one():
     with pytest.raises(ValueError, match="max_stages >= 1"):
         default_layers(digits_cnn().eval(), torch.rand(1, 1, 8, 8), max_stages=0)
+
+
+def test_grid_pooling_first_run_under_inference_mode_still_serves_gradients():
+    """The averaging matrix is cached: built first under inference mode (as pytorch-ood's
+    callers may score), it must still work in a later pass with gradients."""
+    shape = (2, 3, 11, 13)  # a map size no other test uses, so the cache starts empty
+    with torch.inference_mode():
+        pool(torch.randn(shape), "grid")
+    t = torch.randn(shape, requires_grad=True)
+    pool(t, "grid").sum().backward()
+    assert t.grad is not None and t.grad.abs().sum() > 0

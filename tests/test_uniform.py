@@ -501,3 +501,17 @@ def test_states_before_grid_pooling_load_with_their_pooling(digits, digits_model
     assert loaded.pooling == "avg" and loaded.encoder_free == ()
     x = digits.test.tensors[0][:16]
     assert torch.equal(loaded(x), old(x))
+
+
+def test_scores_under_inference_mode_then_gradients(detector, digits):
+    """Caches filled while scoring under inference mode (the folded first layers, the grid
+    matrices) must not break a white-box attack's gradient pass afterwards."""
+    x = digits.test.tensors[0][:8]
+    fresh = UniformDetector(detector.model).load_state_dict(detector.state_dict())
+    with torch.inference_mode():
+        expected = fresh(x)
+    x = x.clone().requires_grad_(True)
+    score = fresh.differentiable_score(x)
+    score.sum().backward()
+    assert torch.allclose(score.detach(), expected, atol=1e-4)
+    assert x.grad is not None and x.grad.abs().sum() > 0

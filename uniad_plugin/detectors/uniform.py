@@ -279,6 +279,8 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
                 continue
             x = x.to(device)
             feats, logits = self.extract(x)
+            if sample is None:
+                self._encoder_free()  # a bad name fails before the whole pass, not after
             num_classes = logits.shape[1]
             input_shape = tuple(x.shape[1:])
             _base.check_label_range(y, num_classes, "UniformDetector")

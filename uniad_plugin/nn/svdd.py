@@ -117,7 +117,8 @@ class BatchedSVDD(nn.Module):
         key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         cached = getattr(self, "_folded", None)
         if cached is None or cached[0] != key:
-            with torch.no_grad():
+            # normal tensors even under inference mode (the cache serves gradient passes too)
+            with torch.inference_mode(False), torch.no_grad():
                 w = torch.matmul(self.in_proj, self.weights[0])
                 b = torch.einsum("d,kdh->kh", self.in_mean, w)
             cached = (key, w, b)
@@ -345,7 +346,10 @@ def fit_svdd(
         model.in_proj.copy_(input_projection(z, y, K, whiten, shrinkage))
         # normalised once, not in every step: the (D, D) product dominated wide layers' fits
         chunks = torch.split(torch.arange(len(z), device=device), 8192)
-        z = torch.cat([model._standardise(z[c]) for c in chunks])
+        normalised = torch.empty_like(z)
+        for c in chunks:
+            normalised[c] = model._standardise(z[c])
+        z = normalised
         # class-sorted index lists, padded by cycling to a (K, n_max) table
         order = torch.argsort(y, stable=True)
         starts = torch.cumsum(counts, 0) - counts
@@ -393,7 +397,8 @@ def _fit_raw_spheres(model: BatchedSVDD, z: Tensor, y: Tensor, nu: float) -> Bat
     soft-boundary optimum for that centre). Deterministic: draws nothing."""
     K = model.n_classes
     center = torch.zeros(K, z.shape[1], dtype=torch.float64, device=z.device)
-    center.index_add_(0, y, z.double())
+    for c in torch.split(torch.arange(len(z), device=z.device), 8192):
+        center.index_add_(0, y[c], z[c].double())
     center /= torch.bincount(y, minlength=K)[:, None].double()
     model.center.copy_(center.float())
     model.radius2.copy_(_class_quantile(_dist2_chunked(model, z, y), y, K, 1 - nu))

@@ -94,7 +94,11 @@ def _grid_matrix(h: int, w: int, side: int, device: torch.device, dtype: torch.d
             m[i, lo:hi] = 1.0 / (hi - lo)
         return m
 
-    return torch.kron(weights(h), weights(w)).T.to(device=device, dtype=dtype).contiguous()
+    # a normal tensor even when first built under inference mode: cached, it must serve the
+    # gradient passes of white-box attacks too
+    with torch.inference_mode(False), torch.no_grad():
+        cells = torch.kron(weights(h), weights(w)).T
+        return cells.to(device=device, dtype=dtype).contiguous()
 
 
 def pool(t: Tensor, mode: str = "avg") -> Tensor:
