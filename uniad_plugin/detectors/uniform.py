@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -20,14 +19,12 @@ from typing_extensions import Self
 from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
+from uniad_plugin.detectors._uniform_bound import UniformBound
 from uniad_plugin.detectors._uniform_state import UniformState
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
 from uniad_plugin.nn.sampling import (
     BoundedSample,
-    bounded_rows,
-    class_cap,
     content_keys,
-    position_keys,
     stratified_holdout,
 )
 from uniad_plugin.nn.svdd import SVDDTraining, fit_layer_spheres, layer_scores
@@ -44,7 +41,7 @@ PAPER = Paper(
 )
 
 
-class UniformDetector(UniformState, UniadDetector, StructuredDetector):
+class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetector):
     """One detector for out-of-distribution, adversarial and noise inputs.
 
     Implements *A Uniform Framework for Anomaly Detection in Deep Neural Networks* (Zhao et al.,
@@ -454,67 +451,6 @@ class UniformDetector(UniformState, UniadDetector, StructuredDetector):
                 f"expected {len(self.layers)} layers of activations ({self.layers}), got {len(zs)}"
             )
         return zs, y, (y if pred is None else pred), K, keys
-
-    def rows_kept(self, keys: Tensor, y: Tensor, class_counts: Tensor) -> Tensor | None:
-        """The rows the ``max_fit_rows`` bound keeps of collected rows (gathered from several
-        processes before the rows themselves travel): indices into ``keys`` / ``y``, or
-        ``None`` where the bound keeps everything.
-
-        :param class_counts: ``(K,)`` or ``(shards, K)`` ID samples per class (summed)
-        """
-        counts = torch.as_tensor(class_counts).long().cpu()
-        counts = counts.reshape(-1, counts.shape[-1]).sum(0)
-        if class_cap(counts, self.max_fit_rows) is None:
-            return None
-        return bounded_rows(keys, y, counts.to(y.device), self.max_fit_rows)
-
-    @staticmethod
-    def select_collected(inputs: dict[str, Any], rows: Tensor) -> dict[str, Any]:
-        """The output of :meth:`collect_fit_inputs` restricted to ``rows`` (in that order);
-        the class counts stay those of all the data."""
-        out = dict(inputs)
-        out["features"] = [f[rows] for f in inputs["features"]]
-        for name in ("y", "logits", "keys"):
-            if inputs.get(name) is not None:
-                out[name] = inputs[name][rows]
-        return out
-
-    def _bounded(self, zs, y, pred, K, keys, class_counts):
-        """The rows of the ``max_fit_rows`` sample (all of them, in order, below the bound)."""
-        per_class = torch.bincount(y, minlength=K)
-        if class_counts is None:
-            counts = per_class
-        else:
-            counts = torch.as_tensor(class_counts).long().cpu()
-            counts = counts.reshape(-1, counts.shape[-1]).sum(0) if counts.dim() else counts
-            if counts.shape != (K,) or (counts < per_class.cpu()).any():
-                raise ValueError(
-                    f"expected class_counts of shape ({K},) or (shards, {K}), at least the rows "
-                    f"given per class {per_class.tolist()}, got {counts.tolist()}"
-                )
-        cap = class_cap(counts, self.max_fit_rows)
-        if cap is None:
-            return zs, y, pred
-        need = math.ceil(1 / self.holdout)
-        if cap < need:
-            enough = int(torch.clamp(counts, max=need).sum())
-            raise ValueError(
-                f"expected max_fit_rows to keep at least {need} ID samples per class (to hold out "
-                f"{self.holdout:.0%} of each), but max_fit_rows={self.max_fit_rows} keeps {cap} per "
-                f"class of {int(counts.sum())} samples in {K} classes; set max_fit_rows >= "
-                f"{enough} (or raise holdout)"
-            )
-        if keys is None:
-            keys = position_keys(len(y), self.seed, y.device)
-        keep = bounded_rows(keys, y, counts.to(y.device), self.max_fit_rows)
-        log.info(
-            "UniformDetector: fitting on %d of %d ID samples (max_fit_rows=%d, %d per class)",
-            len(keep),
-            int(counts.sum()),
-            self.max_fit_rows,
-            cap,
-        )
-        return [z[keep] for z in zs], y[keep], pred[keep]
 
     # ------------------------------------------------------------------ scoring
     def _layer_scores(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
