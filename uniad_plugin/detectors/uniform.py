@@ -69,7 +69,7 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
     averaged over a grid of up to 4 x 4 regions (``pooling="grid"``).
 
     Stated by the paper: per-class one-class hyperspheres with a soft boundary and
-    :math:`\nu = 0.1` on representations from inside the frozen network, fitted on ID data
+    :math:`\\nu = 0.1` on representations from inside the frozen network, fitted on ID data
     only, no input preprocessing, no knowledge of OOD sets or attacks. Our design choices
     (layers, pooling, whitening, encoder, sphere at test time, score, fusion) are listed on the `docs page
     <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_; layers, pooling,
@@ -98,7 +98,7 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         the default since issue 12), ``"avg"`` (global average) or ``"avgmax"`` (average and max)
     :param encoder_free: names of layers whose spheres sit on the raw activations: no encoder
         and no whitening, each class's centre is its mean activation and :math:`R^2` the
-        :math:`(1-\nu)`-quantile of its squared distances. ``None`` (the default): the
+        :math:`(1-\\nu)`-quantile of its squared distances. ``None`` (the default): the
         ``"softmax"`` layer if it is tapped; a sequence must name tapped layers
     :param whiten: normalisation of each layer before the encoders: ``"full"`` (whitening with
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
