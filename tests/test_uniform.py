@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tests.tiny_models import TinyResNet, tiny_vit
 from uniad_plugin.detectors.uniform import UniformDetector
 from uniad_plugin.models import lenet
+from uniad_plugin.nn.rivals import ranked_classes, rival_contrast
 from uniad_plugin.nn.sampling import bounded_rows, content_keys, position_keys
 
 
@@ -168,7 +169,8 @@ def test_difference_score_and_hyperparameter_validation(digits, digits_model):
 def test_layer_scores_sum_to_prediction(detector, digits):
     x = digits.test.tensors[0][:16]
     per_layer = detector.layer_scores(x)
-    assert per_layer.shape == (16, len(detector.layers))
+    assert per_layer.shape == (16, len(detector.score_names))
+    assert detector.score_names[: len(detector.layers)] == detector.layers
     assert torch.allclose(per_layer.sum(1), detector(x), atol=1e-5)
 
 
@@ -271,7 +273,7 @@ def test_few_samples_per_class_name_the_per_class_limit(digits, digits_model):
 def test_fisher_fusion_is_minus_the_summed_log_p_values_and_zsum_the_z_scores(detector, digits):
     x = digits.test.tensors[0][:64]
     feats, logits = detector.extract(x)
-    raw = detector._layer_scores(feats, logits.argmax(1))
+    raw = detector._layer_scores(feats, logits)
     per_layer = detector.layer_scores(x)
     assert detector.fusion == "fisher"
     assert (per_layer >= 0).all()  # -log p
@@ -294,7 +296,7 @@ def test_states_without_fusion_knots_load_as_zsum(detector, digits):
     assert old.fusion == "zsum"
     x = digits.test.tensors[0][:8]
     feats, logits = detector.extract(x)
-    raw = detector._layer_scores(feats, logits.argmax(1))
+    raw = detector._layer_scores(feats, logits)
     expected = ((raw - detector.fusion_mean) / detector.fusion_std).sum(1)
     assert torch.allclose(old(x), expected, atol=1e-4)
     old.set_hyperparameters(fusion="fisher")
@@ -515,3 +517,62 @@ def test_scores_under_inference_mode_then_gradients(detector, digits):
     score.sum().backward()
     assert torch.allclose(score.detach(), expected, atol=1e-4)
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_rival_contrasts_follow_the_layers_and_leave_the_spheres_alone(
+    detector, digits, digits_model
+):
+    hidden = [n for n in detector.layers if n not in ("log_softmax", "softmax")]
+    assert detector.rivals == 3 and detector.contrast is None and hidden
+    assert detector.score_names == detector.layers + [f"contrast:{n}" for n in hidden]
+    x = digits.test.tensors[0][:64]
+    feats, logits = detector.extract(x)
+    L = len(detector.layers)
+    idx = [detector.layers.index(n) for n in hidden]
+    pooled = [f.float() for f in feats]
+    expected = rival_contrast(
+        [detector.spheres[i] for i in idx], [pooled[i] for i in idx], ranked_classes(logits, 3)
+    )
+    raw = detector._layer_scores(feats, logits)
+    assert raw.shape == (64, L + len(hidden))
+    torch.testing.assert_close(raw[:, L:], expected, rtol=1e-4, atol=1e-4)
+    # rivals=0: the same spheres and held-out statistics of the layers, no contrast columns
+    plain = UniformDetector(digits_model, rivals=0, seed=0)
+    plain.fit(DataLoader(digits.train, batch_size=128))
+    assert plain.score_names == detector.layers
+    torch.testing.assert_close(plain.layer_scores(x), detector.layer_scores(x)[:, :L])
+    # predicted classes only: every other class is a rival (the exact nearest rival)
+    every = detector._layer_scores(feats, logits.argmax(1))[:, L:]
+    exact = rival_contrast(
+        [detector.spheres[i] for i in idx], [pooled[i] for i in idx], ranked_classes(logits, 9)
+    )
+    torch.testing.assert_close(every, exact, rtol=1e-4, atol=1e-4)
+    assert (every >= raw[:, L:] - 1e-5).all()  # more rivals: a nearer one, a larger contrast
+
+
+def test_contrast_names_and_rivals_are_checked(digits, digits_model):
+    loader = DataLoader(digits.train, batch_size=256)
+    chosen = UniformDetector(digits_model, contrast=["3"], rivals=1, epochs=1).fit(loader)
+    assert chosen.score_names == chosen.layers + ["contrast:3"]
+    with pytest.raises(ValueError, match=r"contrast to name tapped layers .*\['nope'\]"):
+        UniformDetector(digits_model, contrast=["nope"], epochs=1).fit(loader)
+    for bad in (-1, 1.5):
+        with pytest.raises((ValueError, TypeError), match="rivals"):
+            UniformDetector(digits_model, rivals=bad)
+
+
+def test_states_before_rival_contrasts_load_without_them(detector, digits, digits_model):
+    state = detector.state_dict()
+    L = len(detector.layers)
+    del state["hyperparameters"]["rivals"], state["hyperparameters"]["contrast"]
+    for key in ("fusion_mean", "fusion_std", "fusion_knots", "fusion_slope"):
+        state["state"][key] = state["state"][key][:L]
+    old = UniformDetector(digits_model).load_state_dict(state)
+    assert old.rivals == 0 and old.score_names == detector.layers
+    x = digits.test.tensors[0][:16]
+    torch.testing.assert_close(old(x), detector.layer_scores(x)[:, :L].sum(1))
+    bad = detector.state_dict()
+    bad["state"]["fusion_knots"] = bad["state"]["fusion_knots"][:L]
+    bad["state"]["fusion_mean"] = bad["state"]["fusion_mean"][:L]
+    with pytest.raises(ValueError, match="fused scores"):
+        UniformDetector(digits_model).load_state_dict(bad)

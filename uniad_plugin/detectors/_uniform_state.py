@@ -78,13 +78,25 @@ class UniformState:
                 raise ValueError(f"corrupted UniformDetector state: {e}") from e
             spheres.append(sphere.to(device).eval().requires_grad_(False))
         self._restore_hyperparameters(
-            {"pooling": "avg", "whiten": "full", "fusion": "zsum", "encoder_free": (), **hyper}
+            {
+                "pooling": "avg",
+                "whiten": "full",
+                "fusion": "zsum",
+                "encoder_free": (),
+                "rivals": 0,
+                **hyper,
+            }
         )
         if self.fusion == "fisher" and (knots is None or slope is None):
             raise ValueError("corrupted UniformDetector state: fusion 'fisher' without knots")
         self.layers = layers
         self.spheres = spheres
         self.num_classes = num_classes
+        if fusion_mean.shape[0] != len(self.score_names):
+            raise ValueError(
+                f"corrupted UniformDetector state: {fusion_mean.shape[0]} fused scores, expected "
+                f"{len(self.score_names)} ({self.score_names})"
+            )
         self.input_shape = input_shape
         self.fusion_mean = fusion_mean.to(device)
         self.fusion_std = fusion_std.to(device)

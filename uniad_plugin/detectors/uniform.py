@@ -20,8 +20,10 @@ from uniad_plugin._utils import seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.detectors._uniform_bound import UniformBound
+from uniad_plugin.detectors._uniform_roles import UniformRoles
 from uniad_plugin.detectors._uniform_state import UniformState
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
+from uniad_plugin.nn.rivals import as_ranked, ranked_classes, rival_contrast
 from uniad_plugin.nn.sampling import (
     BoundedSample,
     content_keys,
@@ -41,7 +43,7 @@ PAPER = Paper(
 )
 
 
-class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetector):
+class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, StructuredDetector):
     """One detector for out-of-distribution, adversarial and noise inputs.
 
     Implements *A Uniform Framework for Anomaly Detection in Deep Neural Networks* (Zhao et al.,
@@ -63,6 +65,11 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
     interpolated, see :mod:`uniad_plugin.nn.pvalues`; ``fusion="zsum"`` sums the z-scores
     :math:`(s_l - \\mu_l) / \\sigma_l` on the same held-out inputs instead). Larger is more
     anomalous.
+
+    In the layers before the output (``contrast``), a second score per layer contrasts the
+    predicted class's sphere with the nearest of the spheres of the ``rivals`` classes ranked
+    next by logit, :math:`\\log (s_{l\\hat{k}}(x) / \\min_j s_{lj}(x))`, fused like the others:
+    an input pushed across a decision boundary often still sits closer to its source class.
 
     The softmax layer's spheres (``encoder_free``) have no encoder: :math:`\\phi` is the
     identity there, the centre is the class's mean probability vector. Feature maps are
@@ -100,6 +107,13 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         and no whitening, each class's centre is its mean activation and :math:`R^2` the
         :math:`(1-\\nu)`-quantile of its squared distances. ``None`` (the default): the
         ``"softmax"`` layer if it is tapped; a sequence must name tapped layers
+    :param contrast: names of layers whose predicted-class score is also contrasted with the
+        nearest rival class's sphere (:mod:`uniad_plugin.nn.rivals`), one more fused score per
+        layer. ``None`` (the default): every tapped layer but ``"log_softmax"`` and
+        ``"softmax"``; a sequence must name tapped layers
+    :param rivals: how many classes, ranked next by logit after the predicted one, are
+        searched for the nearest rival sphere (at most ``K - 1``; ``0``: no contrast). Scoring
+        costs one more pass of the contrasted layers' spheres per rival
     :param whiten: normalisation of each layer before the encoders: ``"full"`` (whitening with
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
     :param fusion: how the layers' scores are combined: ``"fisher"`` (the sum of
@@ -126,6 +140,7 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         "score": ["ratio", "difference"],
         "fusion": ["fisher", "zsum"],
         "pooling": ["grid", "avg", "avgmax"],
+        "rivals": [0, 1, 3, 9],
     }
 
     fitted_attribute = "spheres"
@@ -143,6 +158,8 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         "holdout": hp.real(0.0, 1.0),
         "pooling": hp.choice("grid", "avg", "avgmax"),
         "encoder_free": hp.names(optional=True),
+        "contrast": hp.names(optional=True),
+        "rivals": hp.integer(0),
         "whiten": hp.choice("full", "diag"),
         "fusion": hp.choice("fisher", "zsum"),
         "max_fit_rows": hp.integer(1, optional=True),
@@ -166,6 +183,8 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         holdout: float = 0.1,
         pooling: str = "grid",
         encoder_free: Sequence[str] | None = None,
+        contrast: Sequence[str] | None = None,
+        rivals: int = 3,
         whiten: str = "full",
         fusion: str = "fisher",
         max_fit_rows: int | None = 100_000,
@@ -257,7 +276,8 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         :meth:`fit_collected`, which takes the sample again from the union: the same rows as
         one pass over all the shards' samples, in any order.
 
-        :return: ``{"features": [(n, D_l), ...], "y": (n,), "logits": (n,) predicted classes,
+        :return: ``{"features": [(n, D_l), ...], "y": (n,), "logits": (n, 1 + m) the predicted
+            class and the ``m`` rival classes ranked next by logit (see ``rivals``),
             "keys": (n,) int64 sampling keys, "class_counts": (1, K) ID samples per class seen
             (kept or not), "num_classes": K, "input_shape": shape of one input}``
         """
@@ -276,15 +296,17 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
                 continue
             x = x.to(device)
             feats, logits = self.extract(x)
-            if sample is None:
-                self._encoder_free()  # a bad name fails before the whole pass, not after
+            if sample is None:  # a bad name fails before the whole pass, not after
+                self._encoder_free()
+                self._contrast_layers()
             num_classes = logits.shape[1]
             input_shape = tuple(x.shape[1:])
             _base.check_label_range(y, num_classes, "UniformDetector")
             if sample is None:
                 sample = BoundedSample(num_classes, self.max_fit_rows)
             keys = content_keys(x, y, self.seed).cpu()
-            sample.add(keys, y.cpu(), [logits.argmax(1).cpu(), *(f.cpu() for f in feats)])
+            ranked = ranked_classes(logits, self._rivals_in_effect(num_classes))
+            sample.add(keys, y.cpu(), [ranked.cpu(), *(f.cpu() for f in feats)])
         if unknown:
             warnings.warn(
                 f"UniformDetector is fitted on in-distribution data only; ignoring {unknown} "
@@ -341,9 +363,11 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         :param features: one tensor per layer, ``(N, D_l)`` or ``(N, C_l, H, W)`` (pooled
             here), as returned by :meth:`extract`
         :param y: class labels ``(N,)``; labels < 0 are ignored with a warning
-        :param logits: the classifier's logits (or predicted classes) for the same inputs; used
-            to pick the sphere when standardising scores on held-out data, as at test time.
-            Defaults to ``y``. ``pred=`` is a deprecated alias
+        :param logits: the classifier's logits ``(N, K)`` for the same inputs, or its predicted
+            classes ``(N,)``, or ranked classes ``(N, c)`` as :meth:`collect_fit_inputs` returns;
+            used to pick the sphere (and the rivals, see ``rivals``) when standardising scores
+            on held-out data, as at test time. Defaults to ``y``; with classes only, every
+            other class is a rival. ``pred=`` is a deprecated alias
         :param num_classes: number of classes :math:`K`; defaults to ``y.max() + 1``.
             ``n_classes=`` is a deprecated alias
         :param keys: ``(N,)`` int64 sampling keys of the rows (the smallest of each class are
@@ -404,18 +428,6 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         self.fusion_knots, self.fusion_slope = survival_knots(raw)
         return self
 
-    def _encoder_free(self) -> tuple[str, ...]:
-        """The names of the layers whose spheres have no encoder (see ``encoder_free``)."""
-        layers = list(self.layers or ())
-        if self.encoder_free is None:
-            return tuple(name for name in layers if name == "softmax")
-        unknown = [name for name in self.encoder_free if name not in layers]
-        if unknown:
-            raise ValueError(
-                f"expected encoder_free to name tapped layers ({layers}), got {unknown}"
-            )
-        return tuple(self.encoder_free)
-
     def _fit_inputs(self, zs, y, pred, num_classes, keys=None):
         """Checked, pooled ID activations, labels, predicted classes, the class count and the
         sampling keys (``None`` if not given)."""
@@ -432,9 +444,16 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
                 got = (keys.dtype, tuple(keys.shape)) if isinstance(keys, Tensor) else type(keys)
                 raise ValueError(f"expected int64 keys of shape ({len(y)},), got {got}")
             keys = keys.to(y.device)
+        if self.layers is None:
+            self.layers = [f"layer{i}" for i in range(len(zs))]
+        if len(self.layers) != len(zs):
+            raise ValueError(
+                f"expected {len(self.layers)} layers of activations ({self.layers}), got {len(zs)}"
+            )
         extra = [t for t in (pred, keys) if t is not None]
         if pred is not None:
-            pred = pred.argmax(1) if pred.dim() == 2 else pred
+            if pred.is_floating_point() and pred.dim() == 2:
+                pred = ranked_classes(pred, self._rivals_in_effect(pred.shape[1]))
             extra[0] = pred.long()
         split, y = _base.split_known([*zs, *extra], y, "UniformDetector")
         zs, extra = split[: len(zs)], split[len(zs) :]
@@ -444,47 +463,55 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
         K = int(num_classes) if num_classes is not None else int(y.max()) + 1
         _base.check_classes(y, K, "UniformDetector")
-        if self.layers is None:
-            self.layers = [f"layer{i}" for i in range(len(zs))]
-        if len(self.layers) != len(zs):
-            raise ValueError(
-                f"expected {len(self.layers)} layers of activations ({self.layers}), got {len(zs)}"
-            )
         return zs, y, (y if pred is None else pred), K, keys
 
     # ------------------------------------------------------------------ scoring
-    def _layer_scores(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
-        k = k.clamp(0, self.num_classes - 1)
-        return layer_scores(self.spheres, [z.float() for z in zs], k, self.score)
+    def _layer_scores(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:
+        """Raw scores ``(B, L + C)``: each layer's under the predicted class's sphere, then
+        each contrasted layer's rival contrast. ``classes``: logits ``(B, K)``, ranked
+        classes ``(B, c)`` or predicted classes ``(B,)`` (see :func:`~uniad_plugin.nn.rivals.as_ranked`)."""
+        K = self.num_classes
+        ranked = as_ranked(classes, K, self._rivals_in_effect(K)).clamp(0, K - 1)
+        zs = [z.float() for z in zs]
+        raw = layer_scores(self.spheres, zs, ranked[:, 0], self.score)
+        idx = self._contrast_layers()
+        if ranked.shape[1] < 2 or not idx:
+            return raw
+        own = raw[:, idx] if self.score == "ratio" else None
+        spheres = [self.spheres[i] for i in idx]
+        contrast = rival_contrast(spheres, [zs[i] for i in idx], ranked, own)
+        return torch.cat([raw, contrast], dim=1)
 
     @torch.no_grad()
     def layer_scores(self, x: Tensor) -> Tensor:
-        """Per-layer scores ``(B, L)`` on the fusion's scale (``-log p`` or z-scores);
-        :meth:`predict` is their row sum."""
+        """Per-layer scores on the fusion's scale (``-log p`` or z-scores), one column per name
+        in :attr:`score_names` (the layers, then their rival contrasts); :meth:`predict` is
+        their row sum."""
         self._require_fitted()
         x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         x = x.to(self._target_device())
         if len(x) == 0:
-            return torch.empty(0, len(self.spheres), device=x.device)
+            return torch.empty(0, len(self.score_names), device=x.device)
         feats, logits = self.extract(x)
         # activations that overflow (huge inputs) make NaN distances: most anomalous
-        return torch.nan_to_num(self._fused(feats, logits.argmax(1)), nan=float("inf"))
+        return torch.nan_to_num(self._fused(feats, logits), nan=float("inf"))
 
     def differentiable_score(self, x: Tensor) -> Tensor:
         """:meth:`predict` with autograd enabled, for white-box (adaptive) attacks.
 
-        The hypersphere is still chosen by the predicted class (a piecewise constant choice);
-        everything else is differentiable with respect to ``x``.
+        The hypersphere is still chosen by the predicted class and the rivals by the logits'
+        ranking (piecewise constant choices); everything else is differentiable with respect
+        to ``x``.
         """
         self._require_fitted()
         x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         feats, logits = self._extract(x.to(self._target_device()))
-        return self._fused(feats, logits.argmax(1)).sum(dim=1)
+        return self._fused(feats, logits).sum(dim=1)
 
-    def _fused(self, zs: Sequence[Tensor], k: Tensor) -> Tensor:
+    def _fused(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:
         """Per-layer scores on one scale: ``-log p`` (``fusion="fisher"``) or z-scores
         (``"zsum"``), both against the held-out ID scores; the detector's score is their sum."""
-        raw = self._layer_scores(zs, k)
+        raw = self._layer_scores(zs, classes)
         if self.fusion == "fisher":
             if self.fusion_knots is None:
                 raise ValueError(
@@ -516,7 +543,8 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
         :param features: one tensor per fitted layer, ``(B, D_l)`` or ``(B, C_l, H, W)``, as
             returned by :meth:`extract`
         :param logits: the classifier's logits ``(B, K)`` or predicted classes ``(B,)``
-            (required: they pick the hypersphere)
+            (required: they pick the hypersphere, and the logits rank the rivals; with
+            classes only, every other class is a rival)
         :return: scores of shape ``(B,)``
         """
         self._require_fitted()
@@ -538,10 +566,9 @@ class UniformDetector(UniformBound, UniformState, UniadDetector, StructuredDetec
             raise ValueError(
                 f"expected logits of {self.num_classes} classes (as fitted), got {logits.shape[1]}"
             )
-        k = logits.argmax(1) if logits.dim() == 2 else logits
-        if len(k) != len(zs[0]):
-            raise ValueError(f"expected {len(zs[0])} logits or classes, got {len(k)}")
-        return self._fused(zs, k.long().to(device)).sum(dim=1)
+        if len(logits) != len(zs[0]):
+            raise ValueError(f"expected {len(zs[0])} logits or classes, got {len(logits)}")
+        return self._fused(zs, logits.to(device)).sum(dim=1)
 
     # ------------------------------------------------------------------ state
     def __repr__(self) -> str:

@@ -1,0 +1,98 @@
+"""The contrast of a row's predicted-class hypersphere with its rival classes' spheres.
+
+An input pushed across a decision boundary (an adversarial example) is scored by the spheres
+of the class it is pushed *to*; in the layers before the decision it often still sits closer
+to another class's sphere than to that one. The contrast of layer :math:`l` is
+
+.. math::
+
+    c_l(x) = \\log \\frac{d^2_{l\\hat{k}}(x) / R^2_{l\\hat{k}}}
+                        {\\min_{j \\in \\mathrm{rivals}(x)} d^2_{lj}(x) / R^2_{lj}}
+
+with :math:`\\hat{k}` the predicted class and the rivals the classes ranked next by the
+classifier's logits (every other class when only the predicted class is known). It uses the
+same per-class hyperspheres fitted on ID data; nothing new is fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from uniad_plugin.nn.svdd import BatchedSVDD, layer_scores
+
+__all__ = ["as_ranked", "ranked_classes", "rival_contrast"]
+
+
+def ranked_classes(logits: Tensor, rivals: int) -> Tensor:
+    """``(B, 1 + m)``: the predicted class (the argmax) and the ``m = min(rivals, K - 1)``
+    classes ranked next by logit."""
+    k = logits.argmax(1, keepdim=True)
+    m = min(int(rivals), logits.shape[1] - 1)
+    if m <= 0:
+        return k
+    masked = logits.detach().scatter(1, k, float("-inf"))
+    return torch.cat([k, masked.topk(m, dim=1).indices], dim=1)
+
+
+def as_ranked(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
+    """Ranked classes ``(B, 1 + m)`` from logits ``(B, K)``, from ranked classes ``(B, c)``
+    (integers, the predicted class first; the first ``1 + m`` columns are kept) or from
+    predicted classes ``(B,)``.
+
+    With the predicted class only, no ranking is known and every other class is a rival
+    (``m = K - 1``), so the contrast is the exact one that the ranking approximates.
+    """
+    m = min(int(rivals), num_classes - 1)
+    if classes.is_floating_point() and classes.dim() == 2:
+        if classes.shape[1] != num_classes:
+            raise ValueError(
+                f"expected logits of {num_classes} classes, got {classes.shape[1]} columns"
+            )
+        return ranked_classes(classes, m)
+    classes = classes.long()
+    if classes.dim() == 1:
+        classes = classes[:, None]
+    if classes.dim() != 2 or classes.shape[1] == 0:
+        raise ValueError(f"expected classes of shape (B,) or (B, c), got {tuple(classes.shape)}")
+    if m <= 0 or classes.shape[1] >= 1 + m:
+        return classes[:, : 1 + max(m, 0)]
+    k = classes[:, :1]
+    every = torch.arange(num_classes, device=classes.device).expand(len(classes), -1)
+    others = every[every != k.clamp(0, num_classes - 1)].view(len(classes), num_classes - 1)
+    return torch.cat([k, others], dim=1)
+
+
+def rival_contrast(
+    spheres: Sequence[BatchedSVDD],
+    zs: Sequence[Tensor],
+    ranked: Tensor,
+    own: Tensor | None = None,
+) -> Tensor:
+    """Contrast ``(B, L)`` of every row's predicted-class sphere with its rivals' spheres.
+
+    The rows are repeated once per rival (memory bounded by the batch times the rivals) and
+    scored by :func:`~uniad_plugin.nn.svdd.layer_scores` in one grouped pass per layer.
+
+    :param spheres: the fitted spheres of the ``L`` layers
+    :param zs: the ``(B, D_l)`` activations of those layers
+    :param ranked: ``(B, 1 + m)`` classes, the predicted class first (see :func:`as_ranked`),
+        ``m >= 1``
+    :param own: ``(B, L)`` ratio scores :math:`d^2/R^2` under the predicted class's spheres,
+        if already computed
+    """
+    n, c = ranked.shape
+    if c < 2:
+        raise ValueError(f"expected the predicted class and at least one rival, got {c} column")
+    if n == 0:
+        return zs[0].new_zeros(0, len(spheres))
+    cols = ranked if own is None else ranked[:, 1:]
+    reps = cols.shape[1]
+    flat = [z.repeat_interleave(reps, dim=0) for z in zs]
+    ratio = layer_scores(spheres, flat, cols.reshape(-1), "ratio").view(n, reps, len(spheres))
+    log_ratio = ratio.clamp_min(1e-12).log()
+    own_log = log_ratio[:, 0] if own is None else own.clamp_min(1e-12).log()
+    rivals_log = log_ratio[:, 1:] if own is None else log_ratio
+    return own_log - rivals_log.min(dim=1).values
