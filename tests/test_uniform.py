@@ -554,6 +554,9 @@ def test_contrast_names_and_rivals_are_checked(digits, digits_model):
     loader = DataLoader(digits.train, batch_size=256)
     chosen = UniformDetector(digits_model, contrast=["3"], rivals=1, epochs=1).fit(loader)
     assert chosen.score_names == chosen.layers + ["contrast:3"]
+    chosen.set_hyperparameters(rivals=2)  # the held-out statistics are those of 1 rival
+    with pytest.raises(ValueError, match="rivals changed after the fit; refit"):
+        chosen(digits.test.tensors[0][:4])
     with pytest.raises(ValueError, match=r"contrast to name tapped layers .*\['nope'\]"):
         UniformDetector(digits_model, contrast=["nope"], epochs=1).fit(loader)
     for bad in (-1, 1.5):
@@ -565,6 +568,7 @@ def test_states_before_rival_contrasts_load_without_them(detector, digits, digit
     state = detector.state_dict()
     L = len(detector.layers)
     del state["hyperparameters"]["rivals"], state["hyperparameters"]["contrast"]
+    del state["state"]["score_names"], state["state"]["rivals_fitted"]
     for key in ("fusion_mean", "fusion_std", "fusion_knots", "fusion_slope"):
         state["state"][key] = state["state"][key][:L]
     old = UniformDetector(digits_model).load_state_dict(state)

@@ -32,6 +32,8 @@ class UniformState:
                 "fusion_std": self.fusion_std.detach().cpu(),
                 "fusion_knots": self.fusion_knots.detach().cpu(),
                 "fusion_slope": self.fusion_slope.detach().cpu(),
+                "score_names": list(self.fitted_scores[0]),
+                "rivals_fitted": int(self.fitted_scores[1]),
                 "spheres": [
                     {k: v.detach().cpu() for k, v in s.state_dict().items()} for s in self.spheres
                 ],
@@ -92,11 +94,14 @@ class UniformState:
         self.layers = layers
         self.spheres = spheres
         self.num_classes = num_classes
-        if fusion_mean.shape[0] != len(self.score_names):
+        # states saved before the rival contrasts fused the layers' scores only
+        names = list(state.get("score_names", layers))
+        if names != self.score_names or fusion_mean.shape[0] != len(names):
             raise ValueError(
-                f"corrupted UniformDetector state: {fusion_mean.shape[0]} fused scores, expected "
-                f"{len(self.score_names)} ({self.score_names})"
+                f"corrupted UniformDetector state: {fusion_mean.shape[0]} fused scores "
+                f"({names}), expected {len(self.score_names)} ({self.score_names})"
             )
+        self.fitted_scores = (names, int(state.get("rivals_fitted", 0)))
         self.input_shape = input_shape
         self.fusion_mean = fusion_mean.to(device)
         self.fusion_std = fusion_std.to(device)

@@ -202,6 +202,9 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         self.fusion_std: Tensor | None = None
         self.fusion_knots: Tensor | None = None
         self.fusion_slope: Tensor | None = None
+        #: the fused scores' names and the rivals searched at fit time (the held-out
+        #: statistics belong to them)
+        self.fitted_scores: tuple[list[str], int] | None = None
         self.input_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = None
 
@@ -426,6 +429,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         self.fusion_mean = raw.mean(0)
         self.fusion_std = raw.std(0).clamp_min(1e-12)
         self.fusion_knots, self.fusion_slope = survival_knots(raw)
+        self.fitted_scores = (self.score_names, self._rivals_in_effect(K))
         return self
 
     def _fit_inputs(self, zs, y, pred, num_classes, keys=None):
@@ -511,6 +515,13 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
     def _fused(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:
         """Per-layer scores on one scale: ``-log p`` (``fusion="fisher"``) or z-scores
         (``"zsum"``), both against the held-out ID scores; the detector's score is their sum."""
+        now = (self.score_names, self._rivals_in_effect(self.num_classes))
+        if self.fitted_scores is not None and now != self.fitted_scores:
+            raise ValueError(
+                f"expected the scores fitted ({self.fitted_scores[0]}, "
+                f"{self.fitted_scores[1]} rivals), got {now[0]}, {now[1]} rivals: contrast or "
+                "rivals changed after the fit; refit"
+            )
         raw = self._layer_scores(zs, classes)
         if self.fusion == "fisher":
             if self.fusion_knots is None:
