@@ -47,9 +47,10 @@ ALL_LAYERS = ["1", "4", "5", "11:input", "logits", "log_softmax"]
 STAGES = ["1", "4", "5", "11:input"]
 
 OUT = "log_softmax"
-#: the defaults before issue 12 (sum of z-scores, no softmax layer), kept so that the committed
-#: table reproduces; ``uniform_fusion.py`` compares them with the current defaults
-DEFAULT = {"layers": [*STAGES, OUT], "whiten": "full", "fusion": "zsum"}
+#: the defaults before issue 12 (sum of z-scores, no softmax layer, no rival contrasts; the
+#: activations are pooled by ``avg`` below), kept so that the committed table reproduces;
+#: ``uniform_fusion.py`` compares them with the current defaults
+DEFAULT = {"layers": [*STAGES, OUT], "whiten": "full", "fusion": "zsum", "rivals": 0}
 KIND_ORDER = ("OOD", "AD", "NS")
 
 #: every variant spells out its layers and whitening (so later default changes don't alter

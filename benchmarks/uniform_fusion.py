@@ -1,14 +1,16 @@
-"""How UniformDetector fuses its layers, and whether the softmax layer helps: on the validation
-split of MNIST, for the LeNet and the ResNet the benchmark trains.
+"""How UniformDetector fuses its layers, and whether the softmax layer and the rival contrasts
+help: on the validation split of MNIST, for the LeNet and the ResNet the benchmark trains.
 
 One ``UniformDetector(model)`` with the defaults is fitted (its layers: the model's stages, the
-head's input, ``log_softmax`` and ``softmax``). Every row is computed from that one fit, from
-its per-layer scores: the fusion rules (Fisher's combination of empirical p-values, the sum of
-z-scores, the smallest p-value) over all default layers and over the defaults before issue 12
-(without ``softmax``), and every layer alone. Four more fits per seed vary the spheres: the
-feature maps pooled by a global average (``avg``, the default before ``grid``) or by average
-and max (``avgmax``), and the softmax layer's spheres with a trained encoder like the other
-layers' (the default before ``encoder_free``), alone and with ``avg``. The built-in detectors the gap is measured
+head's input, ``log_softmax`` and ``softmax``; a rival contrast for each layer but the last
+two). Every row is computed from that one fit, from its per-layer scores: the fusion rules
+(Fisher's combination of empirical p-values, the sum of z-scores, the smallest p-value) over
+all default scores, without the rival contrasts (issue 12's second round), without
+``softmax``, and without both (the defaults before issue 12), and every score alone. Five more
+fits per seed vary the rest: 1 and 9 rivals searched instead of 3, the feature maps pooled by
+a global average (``avg``, the default before ``grid``) or by average and max (``avgmax``),
+and the softmax layer's spheres with a trained encoder like the other layers' (the default
+before ``encoder_free``). The built-in detectors the gap is measured
 against (MaxSoftmax, EnergyBased, KNN and Mahalanobis on the head's input) and the model-free
 sanity rows are scored on the same sets.
 
@@ -45,12 +47,13 @@ ARCHS = {"lenet": "uniad_plugin.models:lenet", "resnet": "uniad_plugin.models:re
 
 
 def _scores(det: UniformDetector, x: torch.Tensor) -> torch.Tensor:
-    """Raw per-layer scores ``(N, L)`` (before fusion), batch by batch."""
+    """Raw scores ``(N, L + C)`` (before fusion; the layers, then the rival contrasts), batch by
+    batch."""
     out = []
     with torch.no_grad():
         for c in x.split(1000):
             feats, logits = det.extract(c)
-            out.append(det._layer_scores(feats, logits.argmax(1)))
+            out.append(det._layer_scores(feats, logits))
     return torch.cat(out)
 
 
@@ -77,40 +80,53 @@ def _uniform_rows(
     det = UniformDetector(model, seed=seed).fit(loader)
     fit_s = time.perf_counter() - t
     raw = {n: _scores(det, x) for n, x in sets.items()}
-    layers = list(det.layers)
-    old = [i for i, n in enumerate(layers) if n != "softmax"]  # the defaults before issue 12
-    every = list(range(len(layers)))
+    names = det.score_names  # the layers, then their rival contrasts
+    L = len(det.layers)
+    every = list(range(len(names)))
+    spheres_only = list(range(L))  # without rival contrasts (the second round of issue 12)
+    no_softmax = [i for i, n in enumerate(names) if n != "softmax"]
+    old = [i for i in spheres_only if names[i] != "softmax"]  # the defaults before issue 12
     variants = [
-        ("Fisher, all default layers (the default)", every, "fisher"),
-        ("Fisher, without softmax", old, "fisher"),
-        ("sum of z-scores, all default layers", every, "zsum"),
-        ("sum of z-scores, without softmax (the default before issue 12)", old, "zsum"),
-        ("smallest p-value, all default layers", every, "min_p"),
+        ("Fisher, all default layers and contrasts (the default)", every, "fisher"),
+        ("Fisher, without rival contrasts (issue 12, second round)", spheres_only, "fisher"),
+        ("Fisher, without softmax", no_softmax, "fisher"),
+        ("sum of z-scores, all default layers and contrasts", every, "zsum"),
+        (
+            "sum of z-scores, without softmax or contrasts (the default before issue 12)",
+            old,
+            "zsum",
+        ),
+        ("smallest p-value, all default layers and contrasts", every, "min_p"),
     ]
     rows = []
     for label, idx, how in variants:
         rows.append(_row(label, {n: _fuse(det, r, idx, how) for n, r in raw.items()}, kinds, fit_s))
         print(seed, rows[-1]["variant"], round(rows[-1]["mean"], 3), rows[-1]["min"], flush=True)
-    # one more fit per variant of the spheres: other poolings of the feature maps, and the
-    # softmax layer's spheres with an encoder (the default before issue 12's last step)
+    # one more fit per variant of the spheres or the rivals: the rivals searched, other poolings
+    # of the feature maps, and the softmax layer's spheres with an encoder
     refits = [
-        ("avg pooling", {"pooling": "avg"}),
-        ("avgmax pooling", {"pooling": "avgmax"}),
-        ("softmax spheres with an encoder", {"encoder_free": ()}),
-        ("avg pooling, softmax spheres with an encoder", {"pooling": "avg", "encoder_free": ()}),
+        ("1 rival", {"rivals": 1}, ("fisher",)),
+        ("9 rivals (every other class)", {"rivals": 9}, ("fisher",)),
+        ("avg pooling", {"pooling": "avg"}, ("fisher", "zsum")),
+        ("avgmax pooling", {"pooling": "avgmax"}, ("fisher", "zsum")),
+        ("softmax spheres with an encoder", {"encoder_free": ()}, ("fisher", "zsum")),
     ]
-    for what, kwargs in refits:
+    for what, kwargs, rules in refits:
         t = time.perf_counter()
         det2 = UniformDetector(model, seed=seed, **kwargs).fit(loader)
         fit2_s = time.perf_counter() - t
         raw2 = {n: _scores(det2, x) for n, x in sets.items()}
-        for label, idx, how in variants[:3:2]:
-            label = f"{label.split(' (')[0]}, {what}"
+        every2 = list(range(len(det2.score_names)))
+        for how in rules:
+            label = f"{'Fisher' if how == 'fisher' else 'sum of z-scores'}, all, {what}"
             rows.append(
-                _row(label, {n: _fuse(det2, r, idx, how) for n, r in raw2.items()}, kinds, fit2_s)
+                _row(
+                    label, {n: _fuse(det2, r, every2, how) for n, r in raw2.items()}, kinds, fit2_s
+                )
             )
-    for i, name in enumerate(layers):
-        rows.append(_row(f"layer {name} alone", {n: r[:, i] for n, r in raw.items()}, kinds, fit_s))
+    for i, name in enumerate(names):
+        what = f"{name.split(':', 1)[1]} contrast" if i >= L else f"layer {name}"
+        rows.append(_row(f"{what} alone", {n: r[:, i] for n, r in raw.items()}, kinds, fit_s))
     with torch.no_grad():  # the default row is what predict gives (same batches)
         predicted = torch.cat([det.predict(c) for c in sets["ID"].split(1000)])
     assert torch.allclose(_fuse(det, raw["ID"], every, "fisher"), predicted, atol=1e-4)
@@ -237,8 +253,8 @@ def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
         f"images: {meta['accuracy']:.4f}.",
         "",
         f"One `UniformDetector(model)` with the defaults, layers {', '.join(meta['layers'])}; "
-        "every UniformDetector row is computed from its per-layer scores (the spheres are "
-        "fitted once per detector seed). "
+        "the rows without a named refit are computed from its per-layer scores (the spheres "
+        "are fitted once per detector seed); each refit row is one more fit with that change. "
         + (
             f"Detector seeds {meta['detector_seeds']}: class columns and mean are mean ± sample "
             "std over seeds, the per-set AUROCs and gaps are means over seeds. "

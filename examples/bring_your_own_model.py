@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     noise = uniform_noise(300, splits.input_shape, seed=args.seed)  # NS
     for name, anomalies in [("letters (OOD)", letters), ("uniform noise (NS)", noise)]:
         fused = auroc(detector(x_id), detector(anomalies.x))
-        # per-layer standardised scores show what each layer contributes
+        # per-layer scores (and rival contrasts) show what each contributes
         per_layer = [
             auroc(a, b)
             for a, b in zip(detector.layer_scores(x_id).T, detector.layer_scores(anomalies.x).T)
         ]
-        parts = ", ".join(f"{n} {v:.3f}" for n, v in zip(layers, per_layer))
+        parts = ", ".join(f"{n} {v:.3f}" for n, v in zip(detector.score_names, per_layer))
         print(f"AUROC vs {name}: {fused:.3f} (per layer: {parts})")
 
 
