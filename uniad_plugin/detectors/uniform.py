@@ -78,11 +78,12 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
     Stated by the paper: per-class one-class hyperspheres with a soft boundary and
     :math:`\\nu = 0.1` on representations from inside the frozen network, fitted on ID data
     only, no input preprocessing, no knowledge of OOD sets or attacks. Our design choices
-    (layers, pooling, whitening, encoder, sphere at test time, score, fusion) are listed on the `docs page
+    (layers, pooling, whitening, encoder, sphere at test time, rival contrasts, score, fusion)
+    are listed on the `docs page
     <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_; layers, pooling,
     whitening, encoder and score are varied in ``benchmarks/uniform_ablation.py``, the fusion,
-    the pooling and the softmax layer's spheres in ``benchmarks/uniform_fusion.py``; the sphere
-    at test time is not.
+    the pooling, the softmax layer's spheres and the rival contrasts in
+    ``benchmarks/uniform_fusion.py``; the sphere at test time is not.
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,
