@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.test_nn_svdd import _spheres
-from uniad_plugin.nn.rivals import as_ranked, ranked_classes, rival_contrast
+from uniad_plugin.nn.rivals import as_ranked, compact_ranking, ranked_classes, rival_contrast
 from uniad_plugin.nn.svdd import BatchedSVDD
 
 
@@ -20,14 +20,35 @@ def test_ranked_classes_are_the_argmax_then_the_next_by_logit():
 def test_as_ranked_from_logits_ranked_classes_and_predicted_classes():
     logits = torch.tensor([[0.1, 3.0, 2.0, -1.0]])
     assert as_ranked(logits, 4, 1).tolist() == [[1, 2]]
-    assert as_ranked(torch.tensor([[1, 2, 0, 3]]), 4, 2).tolist() == [[1, 2, 0]]
-    # the predicted class only: every other class is a rival, whatever `rivals` says
-    assert as_ranked(torch.tensor([2, 0]), 4, 1).tolist() == [[2, 0, 1, 3], [0, 1, 2, 3]]
+    # any 2-D tensor of K columns is logits, whatever its dtype (one-hot, quantised)
+    assert as_ranked(torch.tensor([[0, 3, 1, 2]]), 4, 1).tolist() == [[1, 3]]
+    assert as_ranked(torch.tensor([[1, 2, 0]]), 4, 2).tolist() == [[1, 2, 0]]
+    assert as_ranked(torch.tensor([[1, 2, 0]]), 4, 1).tolist() == [[1, 2]]
+    # predicted classes only: enough where no ranking is needed
+    assert as_ranked(torch.tensor([2, 0]), 4, 3).tolist() == [[2, 0, 1, 3], [0, 1, 2, 3]]
+    assert as_ranked(torch.tensor([2, 0]), 4, 9).shape == (2, 4)
     assert as_ranked(torch.tensor([2, 0]), 4, 0).tolist() == [[2], [0]]
+    with pytest.raises(ValueError, match=r"expected logits \(B, 4\) to rank 1 rival"):
+        as_ranked(torch.tensor([2, 0]), 4, 1)
+    with pytest.raises(ValueError, match="to rank 2 rival classes .* got 1 ranked rival"):
+        as_ranked(torch.tensor([[1, 2]]), 4, 2)
     with pytest.raises(ValueError, match="expected logits of 4 classes"):
         as_ranked(torch.zeros(2, 3), 4, 1)
-    with pytest.raises(ValueError, match=r"expected classes of shape \(B,\) or \(B, c\)"):
+    with pytest.raises(ValueError, match=r"got shape \(2, 0\)"):
         as_ranked(torch.zeros(2, 0, dtype=torch.long), 4, 1)
+
+
+def test_compact_ranking_is_narrower_than_the_logits():
+    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0], [5.0, 4.0, 1.0, 2.0]])
+    assert compact_ranking(logits, 1).tolist() == [[1, 2], [0, 1]]
+    assert compact_ranking(logits, 2).shape == (2, 3)
+    assert compact_ranking(logits, 3).tolist() == [1, 0]  # every other class: no ranking
+    assert compact_ranking(logits, 0).tolist() == [1, 0]
+    for rivals in range(5):  # what a fit keeps gives the same classes as the logits
+        kept = as_ranked(compact_ranking(logits, rivals), 4, rivals)
+        full = as_ranked(logits, 4, rivals)
+        assert torch.equal(kept[:, 0], full[:, 0])
+        assert torch.equal(kept[:, 1:].sort(1).values, full[:, 1:].sort(1).values)
 
 
 @pytest.mark.parametrize("with_own", [False, True])

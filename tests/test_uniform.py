@@ -257,7 +257,9 @@ def test_deprecated_names_still_work(detector, digits):
     with pytest.warns(DeprecationWarning, match="pred="):
         other.fit_structured(z, y, pred=detector.extract(digits.train.tensors[0])[1])
     with pytest.warns(DeprecationWarning, match="n_classes="):
-        other.fit_structured(z, y, n_classes=10)
+        other.fit_structured(
+            z, y, n_classes=10, logits=detector.extract(digits.train.tensors[0])[1]
+        )
     assert other.predict_structured(feats, logits).shape == (8,)
 
 
@@ -541,13 +543,19 @@ def test_rival_contrasts_follow_the_layers_and_leave_the_spheres_alone(
     plain.fit(DataLoader(digits.train, batch_size=128))
     assert plain.score_names == detector.layers
     torch.testing.assert_close(plain.layer_scores(x), detector.layer_scores(x)[:, :L])
-    # predicted classes only: every other class is a rival (the exact nearest rival)
-    every = detector._layer_scores(feats, logits.argmax(1))[:, L:]
+    # predicted classes cannot rank 3 rivals of 9: a clear error, not a silent other rule
+    with pytest.raises(ValueError, match=r"expected logits \(B, 10\) to rank 3 rival classes"):
+        detector.predict_structured(feats, logits.argmax(1))
+    with pytest.raises(ValueError, match=r"expected logits \(B, 10\) to rank 3 rival classes"):
+        UniformDetector(digits_model, epochs=1).fit_structured(feats, digits.test.tensors[1][:64])
+    # every other class a rival: predicted classes suffice, and the contrast is never smaller
+    every = UniformDetector(digits_model, detector.layers, rivals=9, seed=0)
+    every.fit_structured(*detector.extract(digits.train.tensors[0])[:1], digits.train.tensors[1])
     exact = rival_contrast(
-        [detector.spheres[i] for i in idx], [pooled[i] for i in idx], ranked_classes(logits, 9)
+        [every.spheres[i] for i in idx], [pooled[i] for i in idx], ranked_classes(logits, 9)
     )
-    torch.testing.assert_close(every, exact, rtol=1e-4, atol=1e-4)
-    assert (every >= raw[:, L:] - 1e-5).all()  # more rivals: a nearer one, a larger contrast
+    torch.testing.assert_close(every._layer_scores(feats, logits.argmax(1))[:, L:], exact)
+    torch.testing.assert_close(every.predict_structured(feats, logits.argmax(1)), every(x))
 
 
 def test_contrast_names_and_rivals_are_checked(digits, digits_model):
@@ -557,6 +565,21 @@ def test_contrast_names_and_rivals_are_checked(digits, digits_model):
     chosen.set_hyperparameters(rivals=2)  # the held-out statistics are those of 1 rival
     with pytest.raises(ValueError, match="rivals changed after the fit; refit"):
         chosen(digits.test.tensors[0][:4])
+    with pytest.raises(ValueError, match="rivals changed after the fit; refit"):
+        chosen.state_dict()
+    # collected with 1 rival, fitted with 3: the ranking kept is too short, a clear error
+    few = UniformDetector(digits_model, rivals=1, epochs=1)
+    collected = few.collect_fit_inputs(loader)
+    assert collected["logits"].shape[1] == 2
+    few.set_hyperparameters(rivals=3)
+    with pytest.raises(ValueError, match="to rank 3 rival classes .* got 1 ranked rival"):
+        few.fit_collected(collected)
+    # a bad contrast name fails before the training, also without a forward pass
+    feats, logits = chosen.extract(digits.train.tensors[0][:200])
+    fresh = UniformDetector(digits_model, chosen.layers, contrast=["nope"], epochs=1)
+    with pytest.raises(ValueError, match="contrast to name tapped layers"):
+        fresh.fit_structured(feats, digits.train.tensors[1][:200], logits)
+    assert fresh.spheres is None
     with pytest.raises(ValueError, match=r"contrast to name tapped layers .*\['nope'\]"):
         UniformDetector(digits_model, contrast=["nope"], epochs=1).fit(loader)
     for bad in (-1, 1.5):
@@ -578,5 +601,8 @@ def test_states_before_rival_contrasts_load_without_them(detector, digits, digit
     bad = detector.state_dict()
     bad["state"]["fusion_knots"] = bad["state"]["fusion_knots"][:L]
     bad["state"]["fusion_mean"] = bad["state"]["fusion_mean"][:L]
+    before = detector(x)
     with pytest.raises(ValueError, match="fused scores"):
-        UniformDetector(digits_model).load_state_dict(bad)
+        detector.load_state_dict(bad)  # refused before anything of the detector changes
+    torch.testing.assert_close(detector(x), before, rtol=0, atol=0)
+    assert detector.rivals == 3 and detector.fitted_scores[1] == 3

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from typing_extensions import Self
 
+from uniad_plugin.detectors._uniform_roles import rivals_in_effect, score_names
 from uniad_plugin.nn.svdd import BatchedSVDD
 from uniad_plugin.nn.taps import resolve_layers
 
@@ -22,6 +23,7 @@ class UniformState:
     def state_dict(self) -> dict[str, Any]:
         """Fitted state as tensors and primitives only (``torch.load(weights_only=True)`` safe)."""
         self._require_fitted()
+        self._check_scores_as_fitted()
         return self._pack_state(
             {
                 "layers": list(self.layers),
@@ -79,35 +81,52 @@ class UniformState:
             except RuntimeError as e:
                 raise ValueError(f"corrupted UniformDetector state: {e}") from e
             spheres.append(sphere.to(device).eval().requires_grad_(False))
-        self._restore_hyperparameters(
-            {
-                "pooling": "avg",
-                "whiten": "full",
-                "fusion": "zsum",
-                "encoder_free": (),
-                "rivals": 0,
-                **hyper,
-            }
-        )
-        if self.fusion == "fisher" and (knots is None or slope is None):
+        hyper = {  # states saved before a hyperparameter existed load with the rule of their time
+            "pooling": "avg",
+            "whiten": "full",
+            "fusion": "zsum",
+            "encoder_free": (),
+            "rivals": 0,
+            **hyper,
+        }
+        fitted = self._fitted_scores_of(state, hyper, layers, num_classes)
+        if hyper["fusion"] == "fisher" and (knots is None or slope is None):
             raise ValueError("corrupted UniformDetector state: fusion 'fisher' without knots")
+        self._restore_hyperparameters(hyper)
         self.layers = layers
         self.spheres = spheres
         self.num_classes = num_classes
-        # states saved before the rival contrasts fused the layers' scores only
-        names = list(state.get("score_names", layers))
-        if names != self.score_names or fusion_mean.shape[0] != len(names):
-            raise ValueError(
-                f"corrupted UniformDetector state: {fusion_mean.shape[0]} fused scores "
-                f"({names}), expected {len(self.score_names)} ({self.score_names})"
-            )
-        self.fitted_scores = (names, int(state.get("rivals_fitted", 0)))
+        self.fitted_scores = fitted
         self.input_shape = input_shape
         self.fusion_mean = fusion_mean.to(device)
         self.fusion_std = fusion_std.to(device)
         self.fusion_knots = None if knots is None else knots.to(device)
         self.fusion_slope = None if slope is None else slope.to(device)
         return self
+
+    @staticmethod
+    def _fitted_scores_of(state, hyper, layers, num_classes) -> tuple[list[str], int]:
+        """The fused scores and rivals of a state, checked against its hyperparameters and the
+        widths of its held-out statistics (states saved before the rival contrasts fused the
+        layers' scores only)."""
+        contrast, rivals = hyper.get("contrast"), int(hyper["rivals"])
+        try:
+            expected = score_names(layers, contrast, rivals, num_classes)
+            in_effect = rivals_in_effect(layers, contrast, rivals, num_classes)
+        except ValueError as e:
+            raise ValueError(f"corrupted UniformDetector state: {e}") from e
+        names = list(state.get("score_names", layers))
+        fitted_rivals = int(state.get("rivals_fitted", 0))
+        keys = ("fusion_mean", "fusion_std", "fusion_knots", "fusion_slope")
+        stats = [state.get(k) for k in keys]
+        widths = [int(t.shape[0]) for t in stats if t is not None]
+        if names != expected or fitted_rivals != in_effect or any(w != len(names) for w in widths):
+            raise ValueError(
+                f"corrupted UniformDetector state: fused scores {names} with {fitted_rivals} "
+                f"rivals and statistics of widths {widths}, expected {expected} with "
+                f"{in_effect} rivals"
+            )
+        return names, fitted_rivals
 
     def _check_model(self, layers, pooling, input_shape, in_dims, num_classes) -> None:
         """Refuse a state whose layers this model lacks or has with other sizes."""

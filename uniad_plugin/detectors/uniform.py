@@ -23,7 +23,7 @@ from uniad_plugin.detectors._uniform_bound import UniformBound
 from uniad_plugin.detectors._uniform_roles import UniformRoles
 from uniad_plugin.detectors._uniform_state import UniformState
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
-from uniad_plugin.nn.rivals import as_ranked, ranked_classes, rival_contrast
+from uniad_plugin.nn.rivals import as_ranked, compact_ranking, rival_contrast
 from uniad_plugin.nn.sampling import (
     BoundedSample,
     content_keys,
@@ -66,9 +66,9 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
     :math:`(s_l - \\mu_l) / \\sigma_l` on the same held-out inputs instead). Larger is more
     anomalous.
 
-    In the layers before the output (``contrast``), a second score per layer contrasts the
-    predicted class's sphere with the nearest of the spheres of the ``rivals`` classes ranked
-    next by logit, :math:`\\log (s_{l\\hat{k}}(x) / \\min_j s_{lj}(x))`, fused like the others:
+    In every tapped layer but ``log_softmax`` and ``softmax`` (``contrast``), a second score
+    contrasts the predicted class's sphere with the nearest of the spheres of the ``rivals``
+    classes ranked next by logit, :math:`\\log (s_{l\\hat{k}}(x) / \\min_j s_{lj}(x))`, fused like the others:
     an input pushed across a decision boundary often still sits closer to its source class.
 
     The softmax layer's spheres (``encoder_free``) have no encoder: :math:`\\phi` is the
@@ -281,7 +281,8 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         one pass over all the shards' samples, in any order.
 
         :return: ``{"features": [(n, D_l), ...], "y": (n,), "logits": (n, 1 + m) the predicted
-            class and the ``m`` rival classes ranked next by logit (see ``rivals``),
+            class and the ``m`` rival classes ranked next by logit (see ``rivals``), or ``(n,)``
+            the predicted classes where no ranking is needed,
             "keys": (n,) int64 sampling keys, "class_counts": (1, K) ID samples per class seen
             (kept or not), "num_classes": K, "input_shape": shape of one input}``
         """
@@ -309,7 +310,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
             if sample is None:
                 sample = BoundedSample(num_classes, self.max_fit_rows)
             keys = content_keys(x, y, self.seed).cpu()
-            ranked = ranked_classes(logits, self._rivals_in_effect(num_classes))
+            ranked = compact_ranking(logits, self._rivals_in_effect(num_classes))
             sample.add(keys, y.cpu(), [ranked.cpu(), *(f.cpu() for f in feats)])
         if unknown:
             warnings.warn(
@@ -367,11 +368,13 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         :param features: one tensor per layer, ``(N, D_l)`` or ``(N, C_l, H, W)`` (pooled
             here), as returned by :meth:`extract`
         :param y: class labels ``(N,)``; labels < 0 are ignored with a warning
-        :param logits: the classifier's logits ``(N, K)`` for the same inputs, or its predicted
-            classes ``(N,)``, or ranked classes ``(N, c)`` as :meth:`collect_fit_inputs` returns;
-            used to pick the sphere (and the rivals, see ``rivals``) when standardising scores
-            on held-out data, as at test time. Defaults to ``y``; with classes only, every
-            other class is a rival. ``pred=`` is a deprecated alias
+        :param logits: the classifier's logits ``(N, K)`` for the same inputs, or ranked
+            classes ``(N, c)`` as :meth:`collect_fit_inputs` returns, or predicted classes
+            ``(N,)``; used to pick the sphere (and the rivals, see ``rivals``) when
+            standardising scores on held-out data, as at test time. Defaults to ``y``.
+            Predicted classes (or ``y``) suffice only where the rivals need no ranking
+            (``rivals=0``, or ``rivals >= K - 1``: every other class); otherwise a
+            ``ValueError`` asks for the logits. ``pred=`` is a deprecated alias
         :param num_classes: number of classes :math:`K`; defaults to ``y.max() + 1``.
             ``n_classes=`` is a deprecated alias
         :param keys: ``(N,)`` int64 sampling keys of the rows (the smallest of each class are
@@ -426,7 +429,12 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         self.num_classes = K
         # standardisation of each layer's score on the held-out ID data
         held_idx = torch.nonzero(held).flatten()
-        raw = self._layer_scores([z[held_idx].to(device) for z in zs], pred[held_idx].to(device))
+        raw = torch.cat(  # in chunks: the rival contrasts repeat every row per rival
+            [
+                self._layer_scores([z[i].to(device) for z in zs], pred[i].to(device))
+                for i in held_idx.split(4096)
+            ]
+        )
         self.fusion_mean = raw.mean(0)
         self.fusion_std = raw.std(0).clamp_min(1e-12)
         self.fusion_knots, self.fusion_slope = survival_knots(raw)
@@ -455,11 +463,9 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
             raise ValueError(
                 f"expected {len(self.layers)} layers of activations ({self.layers}), got {len(zs)}"
             )
+        self._encoder_free()  # bad names fail before the training, not after
+        self._contrast_layers()
         extra = [t for t in (pred, keys) if t is not None]
-        if pred is not None:
-            if pred.is_floating_point() and pred.dim() == 2:
-                pred = ranked_classes(pred, self._rivals_in_effect(pred.shape[1]))
-            extra[0] = pred.long()
         split, y = _base.split_known([*zs, *extra], y, "UniformDetector")
         zs, extra = split[: len(zs)], split[len(zs) :]
         pred = extra.pop(0) if pred is not None else None
@@ -468,7 +474,12 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
         K = int(num_classes) if num_classes is not None else int(y.max()) + 1
         _base.check_classes(y, K, "UniformDetector")
-        return zs, y, (y if pred is None else pred), K, keys
+        pred = y if pred is None else pred
+        rivals = self._rivals_in_effect(K)
+        if pred.dim() == 2 and pred.shape[1] == K:  # logits: keep what the scoring needs
+            pred = compact_ranking(pred, rivals)
+        as_ranked(pred[:1], K, rivals)  # a ranking that cannot be had fails before the training
+        return zs, y, pred.long(), K, keys
 
     # ------------------------------------------------------------------ scoring
     def _layer_scores(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:
@@ -516,13 +527,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
     def _fused(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:
         """Per-layer scores on one scale: ``-log p`` (``fusion="fisher"``) or z-scores
         (``"zsum"``), both against the held-out ID scores; the detector's score is their sum."""
-        now = (self.score_names, self._rivals_in_effect(self.num_classes))
-        if self.fitted_scores is not None and now != self.fitted_scores:
-            raise ValueError(
-                f"expected the scores fitted ({self.fitted_scores[0]}, "
-                f"{self.fitted_scores[1]} rivals), got {now[0]}, {now[1]} rivals: contrast or "
-                "rivals changed after the fit; refit"
-            )
+        self._check_scores_as_fitted()
         raw = self._layer_scores(zs, classes)
         if self.fusion == "fisher":
             if self.fusion_knots is None:
@@ -555,8 +560,9 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         :param features: one tensor per fitted layer, ``(B, D_l)`` or ``(B, C_l, H, W)``, as
             returned by :meth:`extract`
         :param logits: the classifier's logits ``(B, K)`` or predicted classes ``(B,)``
-            (required: they pick the hypersphere, and the logits rank the rivals; with
-            classes only, every other class is a rival)
+            (required: they pick the hypersphere, and the logits rank the rivals; predicted
+            classes suffice only where the rivals need no ranking, ``rivals=0`` or
+            ``rivals >= K - 1``)
         :return: scores of shape ``(B,)``
         """
         self._require_fitted()

@@ -10,7 +10,7 @@ to another class's sphere than to that one. The contrast of layer :math:`l` is
                         {\\min_{j \\in \\mathrm{rivals}(x)} d^2_{lj}(x) / R^2_{lj}}
 
 with :math:`\\hat{k}` the predicted class and the rivals the classes ranked next by the
-classifier's logits (every other class when only the predicted class is known). It uses the
+classifier's logits (or every other class, when as many rivals are asked for). It uses the
 same per-class hyperspheres fitted on ID data; nothing new is fitted.
 """
 
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from uniad_plugin.nn.svdd import BatchedSVDD, layer_scores
 
-__all__ = ["as_ranked", "ranked_classes", "rival_contrast"]
+__all__ = ["as_ranked", "compact_ranking", "ranked_classes", "rival_contrast"]
 
 
 def ranked_classes(logits: Tensor, rivals: int) -> Tensor:
@@ -33,32 +33,60 @@ def ranked_classes(logits: Tensor, rivals: int) -> Tensor:
     m = min(int(rivals), logits.shape[1] - 1)
     if m <= 0:
         return k
-    masked = logits.detach().scatter(1, k, float("-inf"))
+    masked = logits.detach().float().scatter(1, k, float("-inf"))
     return torch.cat([k, masked.topk(m, dim=1).indices], dim=1)
 
 
-def as_ranked(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
-    """Ranked classes ``(B, 1 + m)`` from logits ``(B, K)``, from ranked classes ``(B, c)``
-    (integers, the predicted class first; the first ``1 + m`` columns are kept) or from
-    predicted classes ``(B,)``.
+def compact_ranking(logits: Tensor, rivals: int) -> Tensor:
+    """What a fit keeps of the logits ``(B, K)`` to choose spheres and rivals later: the
+    ranked classes ``(B, 1 + m)`` when the ranking matters (``0 < m < K - 1``), else the
+    predicted classes ``(B,)`` (no rival, or every other class a rival).
 
-    With the predicted class only, no ranking is known and every other class is a rival
-    (``m = K - 1``), so the contrast is the exact one that the ranking approximates.
+    Ranked classes are therefore always narrower than ``K`` columns, so :func:`as_ranked`
+    tells them from logits by their width.
+    """
+    K = logits.shape[1]
+    m = min(int(rivals), K - 1)
+    if 0 < m < K - 1:
+        return ranked_classes(logits, m)
+    return logits.argmax(1)
+
+
+def as_ranked(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
+    """Ranked classes ``(B, 1 + m)``, ``m = min(rivals, K - 1)``, from:
+
+    - logits ``(B, K)`` (any dtype: a 2-D tensor of ``K`` columns is always read as logits);
+    - ranked classes ``(B, c)`` with ``1 + m <= c < K`` (integers, the predicted class first,
+      as :func:`compact_ranking` keeps them; the first ``1 + m`` columns are used);
+    - predicted classes ``(B,)``, when no ranking is needed: ``m = 0``, or ``m = K - 1``
+      (every other class is a rival).
+
+    :raises ValueError: for a ranking that cannot be had from the input (predicted classes or
+        too few ranked columns while ``0 < m < K - 1``), naming what to pass instead
     """
     m = min(int(rivals), num_classes - 1)
-    if classes.is_floating_point() and classes.dim() == 2:
-        if classes.shape[1] != num_classes:
-            raise ValueError(
-                f"expected logits of {num_classes} classes, got {classes.shape[1]} columns"
-            )
+    if classes.dim() == 2 and classes.shape[1] == num_classes:
         return ranked_classes(classes, m)
+    if classes.dim() == 2 and classes.is_floating_point():
+        raise ValueError(
+            f"expected logits of {num_classes} classes, got {classes.shape[1]} columns"
+        )
+    if classes.dim() not in (1, 2) or (classes.dim() == 2 and classes.shape[1] == 0):
+        raise ValueError(
+            f"expected logits (B, {num_classes}), ranked classes (B, c) or predicted classes "
+            f"(B,), got shape {tuple(classes.shape)}"
+        )
     classes = classes.long()
     if classes.dim() == 1:
         classes = classes[:, None]
-    if classes.dim() != 2 or classes.shape[1] == 0:
-        raise ValueError(f"expected classes of shape (B,) or (B, c), got {tuple(classes.shape)}")
     if m <= 0 or classes.shape[1] >= 1 + m:
         return classes[:, : 1 + max(m, 0)]
+    if m < num_classes - 1:
+        raise ValueError(
+            f"expected logits (B, {num_classes}) to rank {m} rival classes of each input, got "
+            f"{classes.shape[1] - 1} ranked rival(s): pass the logits, or rivals=0 (no "
+            f"contrast) or rivals >= {num_classes - 1} (every other class a rival)"
+        )
     k = classes[:, :1]
     every = torch.arange(num_classes, device=classes.device).expand(len(classes), -1)
     others = every[every != k.clamp(0, num_classes - 1)].view(len(classes), num_classes - 1)
