@@ -139,6 +139,15 @@ def test_failed_load_leaves_the_detector_usable(detector, digits, digits_model):
     with pytest.raises(ValueError):
         detector.load_state_dict(state)
     assert torch.equal(detector(x), before)
+    # a state of other layers and pooling, refused late (its statistics are cut short)
+    other = UniformDetector(digits_model, ["4", "8:input"], pooling="avg", epochs=1)
+    bad = other.fit(DataLoader(digits.train, batch_size=256)).state_dict()
+    bad["state"]["fusion_knots"] = bad["state"]["fusion_knots"][:1]
+    layers, pooling = list(detector.layers), detector.pooling
+    with pytest.raises(ValueError, match="fused scores"):
+        detector.load_state_dict(bad)
+    assert detector.layers == layers and detector.pooling == pooling
+    assert torch.equal(detector(x), before)
 
 
 def test_fit_structured_matches_fit(digits, digits_model):
@@ -301,6 +310,8 @@ def test_states_without_fusion_knots_load_as_zsum(detector, digits):
     raw = detector._layer_scores(feats, logits)
     expected = ((raw - detector.fusion_mean) / detector.fusion_std).sum(1)
     assert torch.allclose(old(x), expected, atol=1e-4)
+    again = UniformDetector(detector.model).load_state_dict(old.state_dict())  # saved again
+    assert again.fusion == "zsum" and torch.equal(again(x), old(x))
     old.set_hyperparameters(fusion="fisher")
     with pytest.raises(ValueError, match="saved before the Fisher fusion"):
         old(x)
@@ -572,7 +583,7 @@ def test_contrast_names_and_rivals_are_checked(digits, digits_model):
     collected = few.collect_fit_inputs(loader)
     assert collected["logits"].shape[1] == 2
     few.set_hyperparameters(rivals=3)
-    with pytest.raises(ValueError, match="to rank 3 rival classes .* got 1 ranked rival"):
+    with pytest.raises(ValueError, match="collected with fewer rivals; collect them again"):
         few.fit_collected(collected)
     # a bad contrast name fails before the training, also without a forward pass
     feats, logits = chosen.extract(digits.train.tensors[0][:200])

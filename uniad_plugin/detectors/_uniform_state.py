@@ -32,8 +32,9 @@ class UniformState:
                 "in_dims": [s.in_dim for s in self.spheres],
                 "fusion_mean": self.fusion_mean.detach().cpu(),
                 "fusion_std": self.fusion_std.detach().cpu(),
-                "fusion_knots": self.fusion_knots.detach().cpu(),
-                "fusion_slope": self.fusion_slope.detach().cpu(),
+                # None in states loaded from before the Fisher fusion (they fuse by z-scores)
+                "fusion_knots": None if self.fusion_knots is None else self.fusion_knots.cpu(),
+                "fusion_slope": None if self.fusion_slope is None else self.fusion_slope.cpu(),
                 "score_names": list(self.fitted_scores[0]),
                 "rivals_fitted": int(self.fitted_scores[1]),
                 "spheres": [
@@ -92,7 +93,13 @@ class UniformState:
         fitted = self._fitted_scores_of(state, hyper, layers, num_classes)
         if hyper["fusion"] == "fisher" and (knots is None or slope is None):
             raise ValueError("corrupted UniformDetector state: fusion 'fisher' without knots")
-        self._restore_hyperparameters(hyper)
+        before = {name: getattr(self, name) for name in self.hyperparameters}
+        try:
+            self._restore_hyperparameters(hyper)
+        except (TypeError, ValueError):
+            for name, value in before.items():
+                setattr(self, name, value)
+            raise
         self.layers = layers
         self.spheres = spheres
         self.num_classes = num_classes
@@ -136,14 +143,14 @@ class UniformState:
         try:
             feats, logits = self.extract(probe.to(self._model_dtype()))
         except Exception as e:
-            self.layers, self.pooling = saved
             raise ValueError(
                 f"the state was fitted for inputs of shape {input_shape}, which this "
                 f"model cannot process: {e}"
             ) from e
+        finally:  # the probe changes nothing of the detector, whatever the state holds
+            self.layers, self.pooling = saved
         got = [f.shape[1] for f in feats]
         if got != in_dims or logits.shape[1] != num_classes:
-            self.layers, self.pooling = saved
             raise ValueError(
                 f"the state was fitted for a model with layer sizes {in_dims} and "
                 f"{num_classes} classes, this model has {got} and {logits.shape[1]}"

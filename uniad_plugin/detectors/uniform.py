@@ -478,6 +478,12 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         rivals = self._rivals_in_effect(K)
         if pred.dim() == 2 and pred.shape[1] == K:  # logits: keep what the scoring needs
             pred = compact_ranking(pred, rivals)
+        elif pred.dim() == 2 and pred.shape[1] < 1 + rivals:
+            raise ValueError(
+                f"expected ranked classes with {rivals} rivals (rivals={self.rivals}), got "
+                f"{pred.shape[1] - 1}: they were collected with fewer rivals; collect them again "
+                "with this detector's collect_fit_inputs, or pass the logits"
+            )
         as_ranked(pred[:1], K, rivals)  # a ranking that cannot be had fails before the training
         return zs, y, pred.long(), K, keys
 

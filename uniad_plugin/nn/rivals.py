@@ -84,8 +84,8 @@ def as_ranked(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
     if m < num_classes - 1:
         raise ValueError(
             f"expected logits (B, {num_classes}) to rank {m} rival classes of each input, got "
-            f"{classes.shape[1] - 1} ranked rival(s): pass the logits, or rivals=0 (no "
-            f"contrast) or rivals >= {num_classes - 1} (every other class a rival)"
+            f"{classes.shape[1] - 1} ranked rival(s): pass the logits (predicted classes alone "
+            f"suffice only for a detector fitted with rivals=0 or rivals >= {num_classes - 1})"
         )
     k = classes[:, :1]
     every = torch.arange(num_classes, device=classes.device).expand(len(classes), -1)
