@@ -617,3 +617,26 @@ def test_states_before_rival_contrasts_load_without_them(detector, digits, digit
         detector.load_state_dict(bad)  # refused before anything of the detector changes
     torch.testing.assert_close(detector(x), before, rtol=0, atol=0)
     assert detector.rivals == 3 and detector.fitted_scores[1] == 3
+
+
+def test_rival_contrasts_catch_minimal_perturbations_better(digits, digits_model):
+    """The design choice of the rival contrasts: minimal L2 perturbations (DeepFool, CW), which
+    leave the predicted class's spheres unsurprised, are told from ID inputs better with them
+    (on the digits, seeded: about +0.01 AUROC for both attacks)."""
+    x_att, y_att = digits.attack.tensors
+    fmodel = fb.PyTorchModel(digits_model.eval(), bounds=(0, 1))
+    correct = digits_model(x_att).argmax(1) == y_att
+    attacks = [
+        fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02),
+        fb.attacks.L2CarliniWagnerAttack(steps=100),
+    ]
+    loader = DataLoader(digits.train, batch_size=128)
+    with_contrasts = UniformDetector(digits_model, seed=0).fit(loader)
+    without = UniformDetector(digits_model, seed=0, rivals=0).fit(loader)
+    x = digits.test.tensors[0]
+    for attack in attacks:
+        _, adv, success = attack(fmodel, x_att, y_att, epsilons=1.0)
+        adv = adv[success & correct]
+        assert len(adv) > 100, "the minimal attacks should succeed on most of the attack split"
+        gain = auroc(with_contrasts(x), with_contrasts(adv)) - auroc(without(x), without(adv))
+        assert gain > 0.005, f"{type(attack).__name__}: contrasts gain {gain:.4f}"
