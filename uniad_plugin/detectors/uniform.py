@@ -23,7 +23,7 @@ from uniad_plugin.detectors._uniform_bound import UniformBound
 from uniad_plugin.detectors._uniform_roles import UniformRoles
 from uniad_plugin.detectors._uniform_state import UniformState
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
-from uniad_plugin.nn.rivals import as_ranked, compact_ranking, rival_contrast
+from uniad_plugin.nn.rivals import as_ranked, compact_ranking, kept_ranking, rival_contrast
 from uniad_plugin.nn.sampling import (
     BoundedSample,
     content_keys,
@@ -474,18 +474,8 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
             raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
         K = int(num_classes) if num_classes is not None else int(y.max()) + 1
         _base.check_classes(y, K, "UniformDetector")
-        pred = y if pred is None else pred
-        rivals = self._rivals_in_effect(K)
-        if pred.dim() == 2 and pred.shape[1] == K:  # logits: keep what the scoring needs
-            pred = compact_ranking(pred, rivals)
-        elif pred.dim() == 2 and pred.shape[1] < 1 + rivals:
-            raise ValueError(
-                f"expected ranked classes with {rivals} rivals (rivals={self.rivals}), got "
-                f"{pred.shape[1] - 1}: they were collected with fewer rivals; collect them again "
-                "with this detector's collect_fit_inputs, or pass the logits"
-            )
-        as_ranked(pred[:1], K, rivals)  # a ranking that cannot be had fails before the training
-        return zs, y, pred.long(), K, keys
+        pred = kept_ranking(y if pred is None else pred, K, self._rivals_in_effect(K))
+        return zs, y, pred, K, keys
 
     # ------------------------------------------------------------------ scoring
     def _layer_scores(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:

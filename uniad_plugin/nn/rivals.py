@@ -23,7 +23,7 @@ from torch import Tensor
 
 from uniad_plugin.nn.svdd import BatchedSVDD, layer_scores
 
-__all__ = ["as_ranked", "compact_ranking", "ranked_classes", "rival_contrast"]
+__all__ = ["as_ranked", "compact_ranking", "kept_ranking", "ranked_classes", "rival_contrast"]
 
 
 def ranked_classes(logits: Tensor, rivals: int) -> Tensor:
@@ -50,6 +50,27 @@ def compact_ranking(logits: Tensor, rivals: int) -> Tensor:
     if 0 < m < K - 1:
         return ranked_classes(logits, m)
     return logits.argmax(1)
+
+
+def kept_ranking(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
+    """What a fit keeps of the logits, ranked or predicted classes given for its rows
+    (:func:`compact_ranking` of logits), checked before the training to give the ranking
+    that scoring with ``rivals`` needs.
+
+    :raises ValueError: for ranked classes collected with fewer rivals, or predicted classes
+        where a ranking is needed (see :func:`as_ranked`)
+    """
+    m = min(int(rivals), num_classes - 1)
+    if classes.dim() == 2 and classes.shape[1] == num_classes:
+        return compact_ranking(classes, m)
+    if classes.dim() == 2 and classes.shape[1] < 1 + m:
+        raise ValueError(
+            f"expected ranked classes with {m} rivals, got {classes.shape[1] - 1}: they were "
+            "collected with fewer rivals; collect them again with this detector's "
+            "collect_fit_inputs, or pass the logits"
+        )
+    as_ranked(classes[:1], num_classes, m)  # a ranking that cannot be had fails here
+    return classes.long()
 
 
 def as_ranked(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
