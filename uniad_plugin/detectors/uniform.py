@@ -23,7 +23,7 @@ from uniad_plugin.detectors._uniform_bound import UniformBound
 from uniad_plugin.detectors._uniform_roles import UniformRoles
 from uniad_plugin.detectors._uniform_state import UniformState
 from uniad_plugin.nn.pvalues import log_survival, survival_knots
-from uniad_plugin.nn.rivals import as_ranked, compact_ranking, kept_ranking, rival_contrast
+from uniad_plugin.nn.rivals import as_ranked, compact_ranking, kept_ranking, rival_scores
 from uniad_plugin.nn.sampling import (
     BoundedSample,
     content_keys,
@@ -485,13 +485,23 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         K = self.num_classes
         ranked = as_ranked(classes, K, self._rivals_in_effect(K)).clamp(0, K - 1)
         zs = [z.float() for z in zs]
-        raw = layer_scores(self.spheres, zs, ranked[:, 0], self.score)
         idx = self._contrast_layers()
         if ranked.shape[1] < 2 or not idx:
-            return raw
-        own = raw[:, idx] if self.score == "ratio" else None
-        spheres = [self.spheres[i] for i in idx]
-        contrast = rival_contrast(spheres, [zs[i] for i in idx], ranked, own)
+            return layer_scores(self.spheres, zs, ranked[:, 0], self.score)
+        # the contrasted layers: predicted class and rivals in one grouped pass
+        own, contrast = rival_scores([self.spheres[i] for i in idx], [zs[i] for i in idx], ranked)
+        kept = idx if self.score == "ratio" else []  # "difference" scores them again
+        rest = [i for i in range(len(zs)) if i not in kept]
+        parts = [own] if kept else []
+        if rest:
+            parts.append(
+                layer_scores(
+                    [self.spheres[i] for i in rest], [zs[i] for i in rest], ranked[:, 0], self.score
+                )
+            )
+        raw = torch.cat(parts, dim=1)
+        if kept + rest != sorted(kept + rest):  # back to the layers' order
+            raw = raw[:, torch.argsort(torch.tensor(kept + rest, device=raw.device))]
         return torch.cat([raw, contrast], dim=1)
 
     @torch.no_grad()

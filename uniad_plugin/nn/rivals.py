@@ -23,7 +23,14 @@ from torch import Tensor
 
 from uniad_plugin.nn.svdd import BatchedSVDD, layer_scores
 
-__all__ = ["as_ranked", "compact_ranking", "kept_ranking", "ranked_classes", "rival_contrast"]
+__all__ = [
+    "as_ranked",
+    "compact_ranking",
+    "kept_ranking",
+    "ranked_classes",
+    "rival_contrast",
+    "rival_scores",
+]
 
 
 def ranked_classes(logits: Tensor, rivals: int) -> Tensor:
@@ -114,6 +121,33 @@ def as_ranked(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
     return torch.cat([k, others], dim=1)
 
 
+def rival_scores(
+    spheres: Sequence[BatchedSVDD], zs: Sequence[Tensor], ranked: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The ratio scores :math:`d^2/R^2` under the predicted class's spheres ``(B, L)`` and the
+    contrasts with the rivals ``(B, L)``, from one grouped pass over all ``B (1 + m)``
+    (row, class) pairs per layer (:func:`~uniad_plugin.nn.svdd.layer_scores` with ``rows``:
+    the activations are not copied per rival; memory is bounded by the batch times the
+    ranked classes). Differentiable with respect to ``zs``.
+
+    :param spheres: the fitted spheres of the ``L`` layers
+    :param zs: the ``(B, D_l)`` activations of those layers
+    :param ranked: ``(B, 1 + m)`` classes, the predicted class first (see :func:`as_ranked`),
+        ``m >= 1``
+    """
+    n, c = ranked.shape
+    if c < 2:
+        raise ValueError(f"expected the predicted class and at least one rival, got {c} column")
+    if n == 0:
+        empty = zs[0].new_zeros(0, len(spheres))
+        return empty, empty
+    rows = torch.arange(n, device=ranked.device).repeat_interleave(c)
+    ratio = layer_scores(spheres, zs, ranked.reshape(-1), "ratio", rows=rows)
+    ratio = ratio.view(n, c, len(spheres))
+    log_ratio = ratio.clamp_min(1e-12).log()
+    return ratio[:, 0], log_ratio[:, 0] - log_ratio[:, 1:].min(dim=1).values
+
+
 def rival_contrast(
     spheres: Sequence[BatchedSVDD],
     zs: Sequence[Tensor],
@@ -122,26 +156,23 @@ def rival_contrast(
 ) -> Tensor:
     """Contrast ``(B, L)`` of every row's predicted-class sphere with its rivals' spheres.
 
-    The rows are repeated once per rival (memory bounded by the batch times the rivals) and
-    scored by :func:`~uniad_plugin.nn.svdd.layer_scores` in one grouped pass per layer.
-
     :param spheres: the fitted spheres of the ``L`` layers
     :param zs: the ``(B, D_l)`` activations of those layers
     :param ranked: ``(B, 1 + m)`` classes, the predicted class first (see :func:`as_ranked`),
         ``m >= 1``
     :param own: ``(B, L)`` ratio scores :math:`d^2/R^2` under the predicted class's spheres,
-        if already computed
+        if already computed (only the rivals are scored then); without them, see
+        :func:`rival_scores`, which returns them too
     """
+    if own is None:
+        return rival_scores(spheres, zs, ranked)[1]
     n, c = ranked.shape
     if c < 2:
         raise ValueError(f"expected the predicted class and at least one rival, got {c} column")
     if n == 0:
         return zs[0].new_zeros(0, len(spheres))
-    cols = ranked if own is None else ranked[:, 1:]
-    reps = cols.shape[1]
-    flat = [z.repeat_interleave(reps, dim=0) for z in zs]
-    ratio = layer_scores(spheres, flat, cols.reshape(-1), "ratio").view(n, reps, len(spheres))
-    log_ratio = ratio.clamp_min(1e-12).log()
-    own_log = log_ratio[:, 0] if own is None else own.clamp_min(1e-12).log()
-    rivals_log = log_ratio[:, 1:] if own is None else log_ratio
-    return own_log - rivals_log.min(dim=1).values
+    reps = c - 1
+    rows = torch.arange(n, device=ranked.device).repeat_interleave(reps)
+    ratio = layer_scores(spheres, zs, ranked[:, 1:].reshape(-1), "ratio", rows=rows)
+    rivals_log = ratio.view(n, reps, len(spheres)).clamp_min(1e-12).log()
+    return own.clamp_min(1e-12).log() - rivals_log.min(dim=1).values

@@ -11,7 +11,8 @@ with the soft-boundary objective of Ruff et al. (ICML 2018):
 
 The :math:`K` encoders are stored as weight tensors with a leading class axis, so one
 ``torch.bmm`` trains all classes at once on a class-balanced minibatch of shape
-``(K, m, D)``, and scoring gathers the weights of each sample's class. As in Ruff et al.'s
+``(K, m, D)``, and scoring groups the samples by class
+(:class:`~uniad_plugin.nn.grouping.ClassGroups`) to apply each class's weights with one ``bmm``. As in Ruff et al.'s
 reference code, :math:`R_k` is not a gradient parameter and is 0 during ``warmup_epochs``
 epochs. Our choice for its update: at the end of the last warm-up epoch and of every later one,
 :math:`R_k^2` is set to the :math:`(1-\\nu)`-quantile (nearest rank) of the squared distances of
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from uniad_plugin import distributed as dist
+from uniad_plugin.nn.grouping import ClassGroups
 
 
 class BatchedSVDD(nn.Module):
@@ -125,14 +127,18 @@ class BatchedSVDD(nn.Module):
             self._folded = cached
         return cached[1], cached[2]
 
-    def embed_grouped(self, z: Tensor, *, standardised: bool = False) -> Tensor:
+    def embed_grouped(
+        self, z: Tensor, *, standardised: bool = False, groups: ClassGroups | None = None
+    ) -> Tensor:
         """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``.
 
         :param standardised: ``z`` is already normalised (``(z - in_mean) @ in_proj``)
+        :param groups: the layout ``z`` was gathered with (``(K', m, D)``, the classes present
+            only); ``None``: all ``K`` classes in order
         """
         h = z if standardised else self._standardise(z)
         for i, w in enumerate(self.weights):
-            h = torch.bmm(h, w)
+            h = torch.bmm(h, w if groups is None else groups.of_classes(w))
             if i < len(self.weights) - 1:
                 h = nn.functional.leaky_relu(h)
         return h
@@ -140,24 +146,16 @@ class BatchedSVDD(nn.Module):
     def embed(self, z: Tensor, k: Tensor, *, standardised: bool = False) -> Tensor:
         """Embed ``(B, D)`` inputs with the encoder of class ``k[i]`` for row ``i`` -> ``(B, R)``.
 
-        Rows are grouped by class into a zero-padded ``(K, m, D)`` tensor (``m`` = the largest
-        class count in the batch) so that one ``bmm`` per layer serves every class, then
-        scattered back to the input order. No per-sample weight copies, no Python loop.
-        ``standardised``: as in :meth:`embed_grouped`.
+        Rows are grouped by class into a padded ``(K', m, D)`` tensor over the classes present
+        (:class:`~uniad_plugin.nn.grouping.ClassGroups`) so that one ``bmm`` per layer serves
+        every class, then read back in the input order. No per-sample weight copies, no
+        Python loop. ``standardised``: as in :meth:`embed_grouped`.
         """
         if len(z) == 0:
             return z.new_zeros(0, self.center.shape[1])
-        order = torch.argsort(k, stable=True)
-        k_sorted = k[order]
-        counts = torch.bincount(k_sorted, minlength=self.n_classes)
-        starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(len(k), device=k.device) - starts[k_sorted]
-        grouped = z.new_zeros(self.n_classes, int(counts.max()), z.shape[1])
-        grouped[k_sorted, pos] = z[order]
-        emb = self.embed_grouped(grouped, standardised=standardised)
-        out = emb.new_empty(len(z), emb.shape[2])
-        out[order] = emb[k_sorted, pos]
-        return out
+        groups = ClassGroups(k, self.n_classes)
+        emb = self.embed_grouped(groups.gather(z), standardised=standardised, groups=groups)
+        return groups.scatter(emb)
 
     def dist2(self, z: Tensor, k: Tensor, *, standardised: bool = False) -> Tensor:
         """Squared distance of ``phi_k(z)`` to ``c_k`` for each row, shape ``(B,)``
@@ -180,61 +178,51 @@ class BatchedSVDD(nn.Module):
 
 
 def layer_scores(
-    spheres: Sequence[BatchedSVDD], zs: Sequence[Tensor], k: Tensor, kind: str = "ratio"
+    spheres: Sequence[BatchedSVDD],
+    zs: Sequence[Tensor],
+    k: Tensor,
+    kind: str = "ratio",
+    *,
+    rows: Tensor | None = None,
 ) -> Tensor:
-    """Scores ``(B, L)`` of every row under the hypersphere of its class ``k`` in each layer.
+    """Scores ``(N, L)`` of every row under the hypersphere of its class ``k`` in each layer.
 
     The same as ``torch.stack([s.score(z, k, kind) for s, z in zip(spheres, zs)], 1)``, with
-    one class grouping shared by all layers: rows are sorted by class once, the layers'
-    activations are gathered once into a zero-padded ``(K', m, sum D_l)`` tensor over the
-    ``K'`` classes present in the batch (``m`` = the largest class count), each layer runs as
-    one ``bmm`` per encoder layer with its classes' weights, and the ``(B, L)`` scores are
-    scattered back once. Differentiable with respect to ``zs``.
+    one class layout shared by all layers (:class:`~uniad_plugin.nn.grouping.ClassGroups`):
+    each layer's rows are gathered once into a padded ``(K', m, D_l)`` tensor over the ``K'``
+    classes present (``m`` = the largest class count), each layer runs as one ``bmm`` per
+    encoder layer with its classes' weights, and the ``(N, L)`` scores are read back once.
+    Differentiable with respect to ``zs``.
 
     :param spheres: one fitted :class:`BatchedSVDD` per layer, all with the same ``K``
     :param zs: one ``(B, D_l)`` tensor per layer
-    :param k: class of each row, ``(B,)`` integers in ``[0, K)``
+    :param k: class of each scored pair, ``(N,)`` integers in ``[0, K)``
     :param kind: ``"ratio"`` (:math:`d^2/R^2`) or ``"difference"`` (:math:`d^2 - R^2`)
+    :param rows: ``(N,)`` the row of ``zs`` that pair ``i`` scores (a row may be scored
+        under several classes without being copied); ``None``: row ``i`` (``N = B``)
     """
     if kind not in ("ratio", "difference"):
         raise ValueError(f"expected score kind 'ratio' or 'difference', got {kind!r}")
-    n = len(k)
-    if n == 0:
+    if len(k) == 0:
         return zs[0].new_zeros(0, len(spheres))
-    order = torch.argsort(k, stable=True)
-    k_sorted = k[order]
-    present, counts = torch.unique_consecutive(k_sorted, return_counts=True)
-    group = torch.repeat_interleave(torch.arange(len(present), device=k.device), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(n, device=k.device) - starts[group]
-    dims = [z.shape[1] for z in zs]
-    z_all = torch.cat(list(zs), dim=1)[order]
-    grouped = z_all.new_zeros(len(present), int(counts.max()), z_all.shape[1])
-    grouped[group, pos] = z_all
-    # the parameters of the present classes (all of them in most batches: no copy)
-    every = len(present) == spheres[0].n_classes
-
-    def rows(t: Tensor) -> Tensor:
-        return t if every else t[present]
-
+    groups = ClassGroups(k, spheres[0].n_classes, rows)
+    of = groups.of_classes
     scores = []
-    for sphere, g in zip(spheres, grouped.split(dims, dim=2)):
+    for sphere, z in zip(spheres, zs):
+        g = groups.gather(z)
         if not sphere.has_encoder:
             h = g
         elif torch.is_grad_enabled() and sphere.weights[0].requires_grad:
-            h = torch.bmm(sphere._standardise(g), rows(sphere.weights[0]))
+            h = torch.bmm(sphere._standardise(g), of(sphere.weights[0]))
         else:  # scoring a fitted sphere: the normalisation folded into the first layer
             w0, b0 = sphere.folded_input_layer()
-            h = torch.baddbmm(-rows(b0).unsqueeze(1), g, rows(w0))
+            h = torch.baddbmm(-of(b0).unsqueeze(1), g, of(w0))
         for w in sphere.weights[1:]:
-            h = torch.bmm(nn.functional.leaky_relu(h), rows(w))
-        d2 = (h - rows(sphere.center).unsqueeze(1)).pow(2).sum(dim=2)  # (K', m)
-        r2 = rows(sphere.radius2).unsqueeze(1)
+            h = torch.bmm(nn.functional.leaky_relu(h), of(w))
+        d2 = (h - of(sphere.center).unsqueeze(1)).pow(2).sum(dim=2)  # (K', m)
+        r2 = of(sphere.radius2).unsqueeze(1)
         scores.append(d2 / r2.clamp_min(1e-12) if kind == "ratio" else d2 - r2)
-    sorted_scores = torch.stack(scores, dim=2)[group, pos]  # (B, L) in class order
-    out = torch.empty_like(sorted_scores)
-    out[order] = sorted_scores
-    return out
+    return groups.scatter(torch.stack(scores, dim=2))
 
 
 def input_projection(z: Tensor, y: Tensor, n_classes: int, whiten: str, shrinkage: float) -> Tensor:
