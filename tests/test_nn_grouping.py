@@ -25,22 +25,38 @@ def _per_row_embedding(sphere, z, k):
 
 
 @pytest.mark.parametrize(
-    "k", [torch.arange(12) % 4, torch.tensor([3, 1, 3, 3, 1]), torch.full((6,), 2)]
+    "k",
+    [
+        torch.arange(12) % 4,  # every class, one group each
+        torch.tensor([3, 1, 3, 3, 1]),  # classes absent
+        torch.full((6,), 2),  # one class
+        torch.cat([torch.full((40,), 1), torch.tensor([0, 2, 3])]),  # piled onto one class
+    ],
+    ids=["all", "some", "one", "skewed"],
 )
 def test_gather_then_scatter_gives_every_pair_its_row(k):
     z = torch.randn(len(k), 5)
     groups = ClassGroups(k, 4)
     grouped = groups.gather(z)
-    present = torch.unique(k)
-    assert grouped.shape == (len(present), int(torch.bincount(k).max()), 5)
+    assert grouped.shape == (groups.num_groups, groups.m, 5)
+    assert groups.num_groups * groups.m <= 3 * len(k)  # bounded padding
     assert torch.equal(groups.scatter(grouped), z)
-    # the weights of the classes present, in class order; all of them as they are
+    # every group holds one class; every class present has at least one group
+    assert torch.equal(torch.unique(groups.group_class), torch.unique(k))
     weights = torch.arange(4.0)[:, None].expand(4, 3)
-    assert torch.equal(groups.of_classes(weights)[:, 0], present.float())
-    assert (groups.present is None) == (len(present) == 4)
-    # every slot of a class's group, padding included, holds a row of that class
-    slot_class = present.repeat_interleave(groups.m)
-    assert torch.equal(k[groups.src], slot_class)
+    assert torch.equal(groups.of_classes(weights)[:, 0], groups.group_class.float())
+    # every slot of a group, padding included, holds a row of the group's class
+    assert torch.equal(k[groups.src], groups.group_class.repeat_interleave(groups.m))
+
+
+def test_a_batch_piled_onto_one_class_is_split_into_several_groups():
+    k = torch.cat([torch.full((97,), 5), torch.arange(5)])  # 102 pairs, 6 classes present
+    groups = ClassGroups(k, 10)
+    assert groups.m == 17  # the mean count per class present, not 97
+    assert groups.group_class.tolist() == [0, 1, 2, 3, 4] + [5] * 6
+    assert groups.num_groups * groups.m <= 3 * len(k)
+    z = torch.randn(len(k), 3)
+    assert torch.equal(groups.scatter(groups.gather(z)), z)
 
 
 def test_pairs_can_share_rows_without_copies():
@@ -54,8 +70,10 @@ def test_pairs_can_share_rows_without_copies():
 def test_bad_pairs_are_refused():
     with pytest.raises(ValueError, match="at least one"):
         ClassGroups(torch.empty(0, dtype=torch.long), 3)
-    with pytest.raises(ValueError, match=r"classes in \[0, 3\), got 5"):
+    with pytest.raises(ValueError, match=r"classes in \[0, 3\), got 0..5"):
         ClassGroups(torch.tensor([0, 5]), 3)
+    with pytest.raises(ValueError, match=r"classes in \[0, 3\), got -1..1"):
+        ClassGroups(torch.tensor([1, -1]), 3)
     with pytest.raises(ValueError, match="expected 2 row indices"):
         ClassGroups(torch.tensor([0, 1]), 3, torch.tensor([0]))
 
@@ -84,16 +102,17 @@ def test_scores_of_shared_rows_equal_scores_of_copied_rows_with_gradients():
         torch.testing.assert_close(z.grad, expected)
 
 
-def test_an_overflowing_row_leaves_the_gradients_of_the_other_rows_finite():
+def test_a_class_that_overflows_leaves_the_gradients_of_other_classes_finite():
     spheres = [s.requires_grad_(False) for s in _spheres(3, [4])]
-    k = torch.tensor([0, 1, 1, 1, 2])  # class 0 and 2 groups are padded
-    z = torch.randn(5, 4)
-    z[0] = 1e30  # its distance overflows
-    z.requires_grad_(True)
+    with torch.no_grad():  # class 2's encoder overflows on every input
+        spheres[0].weights[0][2] *= 1e38
+        spheres[0].weights[1][2] *= 1e38
+    k = torch.tensor([0, 1, 1, 1, 2])  # the groups of classes 0 and 2 are padded
+    z = torch.randn(5, 4, requires_grad=True)
     scores = layer_scores(spheres, [z], k)
-    assert torch.isinf(scores[0, 0])
-    scores[1:].sum().backward()
-    assert torch.isfinite(z.grad[1:]).all()
+    assert not torch.isfinite(scores[4, 0]) and torch.isfinite(scores[:4]).all()
+    scores[:4].sum().backward()
+    assert torch.isfinite(z.grad[:4]).all()  # no padding slot ran their rows under class 2
 
 
 def test_rival_scores_are_the_own_scores_and_the_contrast():
@@ -103,8 +122,11 @@ def test_rival_scores_are_the_own_scores_and_the_contrast():
     ranked = torch.stack([torch.randperm(5, generator=g)[:3] for _ in range(30)])
     with torch.no_grad():
         own, contrast = rival_scores(spheres, zs, ranked)
-        torch.testing.assert_close(own, layer_scores(spheres, zs, ranked[:, 0]))
+        # reference: each ranked column scored on its own
+        per_column = torch.stack([layer_scores(spheres, zs, ranked[:, j]) for j in range(3)], 1)
+        torch.testing.assert_close(own, per_column[:, 0])
+        logs = per_column.log()
+        torch.testing.assert_close(contrast, logs[:, 0] - logs[:, 1:].min(dim=1).values)
         torch.testing.assert_close(contrast, rival_contrast(spheres, zs, ranked, own))
-        torch.testing.assert_close(contrast, rival_contrast(spheres, zs, ranked))
     empty = rival_scores(spheres, [z[:0] for z in zs], ranked[:0])
     assert [t.shape for t in empty] == [(0, 2), (0, 2)]

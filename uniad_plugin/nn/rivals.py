@@ -127,8 +127,8 @@ def rival_scores(
     """The ratio scores :math:`d^2/R^2` under the predicted class's spheres ``(B, L)`` and the
     contrasts with the rivals ``(B, L)``, from one grouped pass over all ``B (1 + m)``
     (row, class) pairs per layer (:func:`~uniad_plugin.nn.svdd.layer_scores` with ``rows``:
-    the activations are not copied per rival; memory is bounded by the batch times the
-    ranked classes). Differentiable with respect to ``zs``.
+    the activations are not copied per rival; the padded layout holds at most three times
+    the pairs, whatever the classes). Differentiable with respect to ``zs``.
 
     :param spheres: the fitted spheres of the ``L`` layers
     :param zs: the ``(B, D_l)`` activations of those layers
@@ -139,8 +139,7 @@ def rival_scores(
     if c < 2:
         raise ValueError(f"expected the predicted class and at least one rival, got {c} column")
     if n == 0:
-        empty = zs[0].new_zeros(0, len(spheres))
-        return empty, empty
+        return zs[0].new_zeros(0, len(spheres)), zs[0].new_zeros(0, len(spheres))
     rows = torch.arange(n, device=ranked.device).repeat_interleave(c)
     ratio = layer_scores(spheres, zs, ranked.reshape(-1), "ratio", rows=rows)
     ratio = ratio.view(n, c, len(spheres))

@@ -12,7 +12,8 @@ with the soft-boundary objective of Ruff et al. (ICML 2018):
 The :math:`K` encoders are stored as weight tensors with a leading class axis, so one
 ``torch.bmm`` trains all classes at once on a class-balanced minibatch of shape
 ``(K, m, D)``, and scoring groups the samples by class
-(:class:`~uniad_plugin.nn.grouping.ClassGroups`) to apply each class's weights with one ``bmm``. As in Ruff et al.'s
+(:class:`~uniad_plugin.nn.grouping.ClassGroups`) to apply each class's weights with one
+``bmm``. As in Ruff et al.'s
 reference code, :math:`R_k` is not a gradient parameter and is 0 during ``warmup_epochs``
 epochs. Our choice for its update: at the end of the last warm-up epoch and of every later one,
 :math:`R_k^2` is set to the :math:`(1-\\nu)`-quantile (nearest rank) of the squared distances of
@@ -133,8 +134,9 @@ class BatchedSVDD(nn.Module):
         """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``.
 
         :param standardised: ``z`` is already normalised (``(z - in_mean) @ in_proj``)
-        :param groups: the layout ``z`` was gathered with (``(K', m, D)``, the classes present
-            only); ``None``: all ``K`` classes in order
+        :param groups: the layout ``z`` was gathered with (``(G, m, D)``, groups of one class
+            each, see :class:`~uniad_plugin.nn.grouping.ClassGroups`); ``None``: the ``K``
+            classes in order
         """
         h = z if standardised else self._standardise(z)
         for i, w in enumerate(self.weights):
@@ -146,14 +148,14 @@ class BatchedSVDD(nn.Module):
     def embed(self, z: Tensor, k: Tensor, *, standardised: bool = False) -> Tensor:
         """Embed ``(B, D)`` inputs with the encoder of class ``k[i]`` for row ``i`` -> ``(B, R)``.
 
-        Rows are grouped by class into a padded ``(K', m, D)`` tensor over the classes present
-        (:class:`~uniad_plugin.nn.grouping.ClassGroups`) so that one ``bmm`` per layer serves
-        every class, then read back in the input order. No per-sample weight copies, no
-        Python loop. ``standardised``: as in :meth:`embed_grouped`.
+        Rows are grouped by class into a padded ``(G, m, D)`` tensor of groups of one class
+        each (:class:`~uniad_plugin.nn.grouping.ClassGroups`) so that one ``bmm`` per layer
+        serves every class, then read back in the input order. No per-sample weight copies,
+        no Python loop. ``standardised``: as in :meth:`embed_grouped`.
         """
         if len(z) == 0:
             return z.new_zeros(0, self.center.shape[1])
-        groups = ClassGroups(k, self.n_classes)
+        groups = ClassGroups(k.to(z.device), self.n_classes)
         emb = self.embed_grouped(groups.gather(z), standardised=standardised, groups=groups)
         return groups.scatter(emb)
 
@@ -189,10 +191,10 @@ def layer_scores(
 
     The same as ``torch.stack([s.score(z, k, kind) for s, z in zip(spheres, zs)], 1)``, with
     one class layout shared by all layers (:class:`~uniad_plugin.nn.grouping.ClassGroups`):
-    each layer's rows are gathered once into a padded ``(K', m, D_l)`` tensor over the ``K'``
-    classes present (``m`` = the largest class count), each layer runs as one ``bmm`` per
-    encoder layer with its classes' weights, and the ``(N, L)`` scores are read back once.
-    Differentiable with respect to ``zs``.
+    each layer's rows are gathered once into a padded ``(G, m, D_l)`` tensor of groups of one
+    class each (at most ``3 N`` slots), each layer runs as one ``bmm`` per encoder layer with
+    its groups' weights, and the ``(N, L)`` scores are read back once. Differentiable with
+    respect to ``zs``.
 
     :param spheres: one fitted :class:`BatchedSVDD` per layer, all with the same ``K``
     :param zs: one ``(B, D_l)`` tensor per layer
@@ -205,7 +207,9 @@ def layer_scores(
         raise ValueError(f"expected score kind 'ratio' or 'difference', got {kind!r}")
     if len(k) == 0:
         return zs[0].new_zeros(0, len(spheres))
-    groups = ClassGroups(k, spheres[0].n_classes, rows)
+    device = zs[0].device
+    rows = rows.to(device) if rows is not None else None
+    groups = ClassGroups(k.to(device), spheres[0].n_classes, rows)
     of = groups.of_classes
     scores = []
     for sphere, z in zip(spheres, zs):
@@ -219,7 +223,7 @@ def layer_scores(
             h = torch.baddbmm(-of(b0).unsqueeze(1), g, of(w0))
         for w in sphere.weights[1:]:
             h = torch.bmm(nn.functional.leaky_relu(h), of(w))
-        d2 = (h - of(sphere.center).unsqueeze(1)).pow(2).sum(dim=2)  # (K', m)
+        d2 = (h - of(sphere.center).unsqueeze(1)).pow(2).sum(dim=2)  # (G, m)
         r2 = of(sphere.radius2).unsqueeze(1)
         scores.append(d2 / r2.clamp_min(1e-12) if kind == "ratio" else d2 - r2)
     return groups.scatter(torch.stack(scores, dim=2))
