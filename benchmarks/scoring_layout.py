@@ -46,8 +46,8 @@ def previous_layer_scores(spheres, zs: list[Tensor], k: Tensor) -> Tensor:
     n = len(k)
     order = torch.argsort(k, stable=True)
     present, counts = torch.unique_consecutive(k[order], return_counts=True)
-    group = torch.repeat_interleave(torch.arange(len(present)), counts)
-    pos = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[group]
+    group = torch.repeat_interleave(torch.arange(len(present), device=k.device), counts)
+    pos = torch.arange(n, device=k.device) - (torch.cumsum(counts, 0) - counts)[group]
     dims = [z.shape[1] for z in zs]
     z_all = torch.cat(zs, dim=1)[order]
     grouped = z_all.new_zeros(len(present), int(counts.max()), z_all.shape[1])

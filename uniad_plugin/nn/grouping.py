@@ -27,13 +27,13 @@ class ClassGroups:
     Every class present gets one group of ``m`` slots, ``m`` its largest count, as long as
     that pads the ``N`` pairs to at most ``2 N`` slots. A batch that piles onto one class
     (noise predicted as one digit, a targeted attack) would pad every other class to that
-    count, so then ``m`` is the mean count per class present and a larger class fills several
-    groups: at most ``3 N`` slots whatever the classes. The padding slots repeat the first pair
+    count, so then ``m`` is the mean count per class present (rounded up) and a larger class
+    fills several groups: fewer than ``2 N`` slots whatever the classes. The padding slots repeat the first pair
     of their class, so they compute nothing that the real pairs do not (no inputs under
     another class's weights, no NaN from other rows in a backward pass); their results are
     never read.
 
-    :param k: ``(N,)`` integer classes in ``[0, num_classes)``, ``N >= 1``
+    :param k: ``(N,)`` integer classes in ``[0, num_classes)``, ``N >= 1`` (any integer dtype)
     :param num_classes: the class count ``K`` of the weights
     :param rows: ``(N,)`` row index of each pair into the feature tensors, or ``None``
     """
@@ -44,6 +44,8 @@ class ClassGroups:
             raise ValueError("expected at least one (row, class) pair, got none")
         if rows is not None and rows.shape != k.shape:
             raise ValueError(f"expected {n} row indices, got shape {tuple(rows.shape)}")
+        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
+            raise ValueError(f"expected integer classes, got {k.dtype}")
         k = k.long()
         low, high = int(k.min()), int(k.max())
         if low < 0 or high >= num_classes:
@@ -69,7 +71,7 @@ class ClassGroups:
         starts = torch.cumsum(counts, 0) - counts
         within = torch.arange(n, device=device) - starts[c_sorted]
         first_group = torch.cumsum(per, 0) - per
-        slot_sorted = (first_group[c_sorted] + within // m) * m + within % m
+        slot_sorted = first_group[c_sorted] * m + within  # a class's groups are contiguous
         src_rows = order if rows is None else rows.to(device).long()[order]
         #: the feature row of each padded slot ``(G * m,)``
         self.src = src_rows[starts].repeat_interleave(per * m)

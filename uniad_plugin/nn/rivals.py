@@ -127,8 +127,8 @@ def rival_scores(
     """The ratio scores :math:`d^2/R^2` under the predicted class's spheres ``(B, L)`` and the
     contrasts with the rivals ``(B, L)``, from one grouped pass over all ``B (1 + m)``
     (row, class) pairs per layer (:func:`~uniad_plugin.nn.svdd.layer_scores` with ``rows``:
-    the activations are not copied per rival; the padded layout holds at most three times
-    the pairs, whatever the classes). Differentiable with respect to ``zs``.
+    the activations are not copied per rival; the padded layout holds fewer than twice the
+    pairs, whatever the classes). Differentiable with respect to ``zs``.
 
     :param spheres: the fitted spheres of the ``L`` layers
     :param zs: the ``(B, D_l)`` activations of those layers

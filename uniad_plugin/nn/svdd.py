@@ -131,7 +131,8 @@ class BatchedSVDD(nn.Module):
     def embed_grouped(
         self, z: Tensor, *, standardised: bool = False, groups: ClassGroups | None = None
     ) -> Tensor:
-        """Embed class-grouped inputs ``(K, m, D)`` with each class's own encoder -> ``(K, m, R)``.
+        """Embed class-grouped inputs ``(K, m, D)`` (or ``(G, m, D)``, see ``groups``) with
+        each class's own encoder -> ``(K, m, R)`` (``(G, m, R)``).
 
         :param standardised: ``z`` is already normalised (``(z - in_mean) @ in_proj``)
         :param groups: the layout ``z`` was gathered with (``(G, m, D)``, groups of one class
@@ -192,7 +193,7 @@ def layer_scores(
     The same as ``torch.stack([s.score(z, k, kind) for s, z in zip(spheres, zs)], 1)``, with
     one class layout shared by all layers (:class:`~uniad_plugin.nn.grouping.ClassGroups`):
     each layer's rows are gathered once into a padded ``(G, m, D_l)`` tensor of groups of one
-    class each (at most ``3 N`` slots), each layer runs as one ``bmm`` per encoder layer with
+    class each (fewer than ``2 N`` slots), each layer runs as one ``bmm`` per encoder layer with
     its groups' weights, and the ``(N, L)`` scores are read back once. Differentiable with
     respect to ``zs``.
 
