@@ -1,11 +1,11 @@
-"""UniformDetector's layer scores with the class layout of issue 12's last round, beside the one before.
+"""UniformDetector's layer scores: the class layout of issue 12's last round beside the previous.
 
 Side by side in one run, interleaved, medians reported: the raw layer scores (the spheres of
 every layer under the predicted class, and the rival contrasts) of the MNIST test images, from
 activations extracted once, with
 
-- ``current``: the detector's own ``_layer_scores`` (one :class:`~uniad_plugin.nn.grouping.ClassGroups`
-  layout per pass, the predicted class and the rivals of the contrasted layers in one pass,
+- ``current``: the detector's own ``_layer_scores`` (one
+  :class:`~uniad_plugin.nn.grouping.ClassGroups` layout per pass, the predicted class and the rivals of the contrasted layers in one pass,
   rows gathered with ``index_select``);
 - ``previous``: the layout before it, kept here as the reference (every layer under the
   predicted class in one pass, then the rivals in a second pass over the activations repeated

@@ -11,9 +11,9 @@ deepest contrasted layers only (a cheaper detector), and every score alone. Six 
 seed vary the rest: 1 and 9 rivals searched instead of 3, encoders with 32 hidden units
 instead of 64 (a cheaper detector), the feature maps pooled by a global average (``avg``, the
 default before ``grid``) or by average and max (``avgmax``), and the softmax layer's spheres
-with a trained encoder like the other layers' (the default before ``encoder_free``). The built-in detectors the gap is measured
-against (MaxSoftmax, EnergyBased, KNN and Mahalanobis on the head's input) and the model-free
-sanity rows are scored on the same sets.
+with a trained encoder like the other layers' (the default before ``encoder_free``). The
+built-in detectors the gap is measured against (MaxSoftmax, EnergyBased, KNN and Mahalanobis
+on the head's input) and the model-free sanity rows are scored on the same sets.
 
     python benchmarks/uniform_fusion.py --data-root ../shared/data --arch lenet
     python benchmarks/uniform_fusion.py --data-root ../shared/data --arch resnet

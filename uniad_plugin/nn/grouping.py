@@ -28,10 +28,10 @@ class ClassGroups:
     that pads the ``N`` pairs to at most ``2 N`` slots. A batch that piles onto one class
     (noise predicted as one digit, a targeted attack) would pad every other class to that
     count, so then ``m`` is the mean count per class present (rounded up) and a larger class
-    fills several groups: fewer than ``2 N`` slots whatever the classes. The padding slots repeat the first pair
-    of their class, so they compute nothing that the real pairs do not (no inputs under
-    another class's weights, no NaN from other rows in a backward pass); their results are
-    never read.
+    fills several groups: fewer than ``2 N`` slots whatever the classes. The padding slots
+    repeat the first pair of their class, so they compute nothing that the real pairs do not
+    (no inputs under another class's weights, no NaN from other rows in a backward pass);
+    their results are never read.
 
     :param k: ``(N,)`` integer classes in ``[0, num_classes)``, ``N >= 1`` (any integer dtype)
     :param num_classes: the class count ``K`` of the weights
@@ -47,7 +47,7 @@ class ClassGroups:
         if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
             raise ValueError(f"expected integer classes, got {k.dtype}")
         k = k.long()
-        low, high = int(k.min()), int(k.max())
+        low, high = (int(v) for v in torch.aminmax(k))
         if low < 0 or high >= num_classes:
             raise ValueError(f"expected classes in [0, {num_classes}), got {low}..{high}")
         device = k.device

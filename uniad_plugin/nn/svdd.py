@@ -13,13 +13,13 @@ The :math:`K` encoders are stored as weight tensors with a leading class axis, s
 ``torch.bmm`` trains all classes at once on a class-balanced minibatch of shape
 ``(K, m, D)``, and scoring groups the samples by class
 (:class:`~uniad_plugin.nn.grouping.ClassGroups`) to apply each class's weights with one
-``bmm``. As in Ruff et al.'s
-reference code, :math:`R_k` is not a gradient parameter and is 0 during ``warmup_epochs``
-epochs. Our choice for its update: at the end of the last warm-up epoch and of every later one,
-:math:`R_k^2` is set to the :math:`(1-\\nu)`-quantile (nearest rank) of the squared distances of
-all training samples of class :math:`k`, recomputed with the encoder as it is after that epoch
-(the optimum for fixed :math:`\\phi_k`). Ruff et al.'s reference code instead sets :math:`R`
-after every minibatch, from that minibatch's distances, once the warm-up epochs have passed.
+``bmm``. As in Ruff et al.'s reference code, :math:`R_k` is not a gradient parameter and is 0
+during ``warmup_epochs`` epochs. Our choice for its update: at the end of the last warm-up
+epoch and of every later one, :math:`R_k^2` is set to the :math:`(1-\\nu)`-quantile (nearest
+rank) of the squared distances of all training samples of class :math:`k`, recomputed with the
+encoder as it is after that epoch (the optimum for fixed :math:`\\phi_k`). Ruff et al.'s
+reference code instead sets :math:`R` after every minibatch, from that minibatch's distances,
+once the warm-up epochs have passed.
 """
 
 from __future__ import annotations
