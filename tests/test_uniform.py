@@ -16,6 +16,7 @@ from uniad_plugin.detectors.uniform import UniformDetector
 from uniad_plugin.models import lenet
 from uniad_plugin.nn.rivals import ranked_classes, rival_contrast
 from uniad_plugin.nn.sampling import bounded_rows, content_keys, position_keys
+from uniad_plugin.nn.taps import LayerTaps
 
 
 def auroc(s_id: torch.Tensor, s_ood: torch.Tensor) -> float:
@@ -640,3 +641,26 @@ def test_rival_contrasts_catch_minimal_perturbations_better(digits, digits_model
         assert len(adv) > 100, "the minimal attacks should succeed on most of the attack split"
         gain = auroc(with_contrasts(x), with_contrasts(adv)) - auroc(without(x), without(adv))
         assert gain > 0.005, f"{type(attack).__name__}: contrasts gain {gain:.4f}"
+
+
+def test_gridstd_pooling_doubles_the_feature_maps_and_keeps_gradients_finite(
+    detector, digits, digits_model
+):
+    loader = DataLoader(digits.train, batch_size=256)
+    det = UniformDetector(digits_model, pooling="gridstd", epochs=2).fit(loader)
+    assert det.layers == detector.layers
+    x = digits.test.tensors[0][:16]
+    maps = [t.dim() == 4 for t in LayerTaps(digits_model, det.layers, reduce=None)(x)[1]]
+    assert any(maps)
+    for is_map, mine, grid in zip(maps, det.spheres, detector.spheres):
+        assert mine.in_dim == (2 * grid.in_dim if is_map else grid.in_dim)
+    scores = det(x)
+    assert scores.shape == (16,) and torch.isfinite(scores).all()
+    # the noise the detector must flag still scores above the ID inputs
+    noise = torch.rand(16, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    assert det(noise).median() > scores.median()
+    x = x.clone().requires_grad_(True)
+    det.differentiable_score(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    loaded = UniformDetector(digits_model).load_state_dict(det.state_dict())
+    assert loaded.pooling == "gridstd" and torch.equal(loaded(x.detach()), scores)

@@ -101,9 +101,9 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
     :param batch_size: samples per class in each batched training step
     :param score: ``"ratio"`` (:math:`d^2/R^2`) or ``"difference"`` (:math:`d^2-R^2`)
     :param holdout: fraction of ID fit data held out to standardise the per-layer scores
-    :param pooling: how feature maps become vectors: ``"grid"`` (averages over a grid of up
-        to 4 x 4 regions, at most 1,024 features, see :func:`~uniad_plugin.nn.taps.grid_side`;
-        the default since issue 12), ``"avg"`` (global average) or ``"avgmax"`` (average and max)
+    :param pooling: how feature maps become vectors (:func:`~uniad_plugin.nn.taps.pool`):
+        ``"grid"`` (means over up to 4 x 4 regions, at most 1,024 features; the default),
+        ``"gridstd"`` (and each region's standard deviation), ``"avg"`` or ``"avgmax"``
     :param encoder_free: names of layers whose spheres sit on the raw activations: no encoder
         and no whitening, each class's centre is its mean activation and :math:`R^2` the
         :math:`(1-\\nu)`-quantile of its squared distances. ``None`` (the default): the
@@ -140,7 +140,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         "epochs": [10, 30, 60],
         "score": ["ratio", "difference"],
         "fusion": ["fisher", "zsum"],
-        "pooling": ["grid", "avg", "avgmax"],
+        "pooling": ["grid", "gridstd", "avg", "avgmax"],
         "rivals": [0, 1, 3, 9],
     }
 
@@ -157,7 +157,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         "batch_size": hp.integer(1),
         "score": hp.choice("ratio", "difference"),
         "holdout": hp.real(0.0, 1.0),
-        "pooling": hp.choice("grid", "avg", "avgmax"),
+        "pooling": hp.choice("grid", "gridstd", "avg", "avgmax"),
         "encoder_free": hp.names(optional=True),
         "contrast": hp.names(optional=True),
         "rivals": hp.integer(0),

@@ -101,13 +101,40 @@ def _grid_matrix(h: int, w: int, side: int, device: torch.device, dtype: torch.d
         return cells.to(device=device, dtype=dtype).contiguous()
 
 
+def _grid_means(t: Tensor) -> Tensor:
+    """``"grid"`` pooling of feature maps ``(B, C, H, W)`` -> ``(B, C s^2)``."""
+    b, c, h, w = t.shape
+    side = grid_side(c, h, w)
+    if side == 1:
+        return t.mean(dim=(2, 3))
+    cells = _grid_matrix(h, w, side, t.device, t.dtype)
+    return (t.reshape(b * c, h * w) @ cells).reshape(b, c * side * side)
+
+
+def _grid_stds(t: Tensor) -> Tensor:
+    """The standard deviation of each region of ``"grid"`` pooling ``(B, C s^2)``.
+
+    Computed as :math:`E[u^2] - E[u]^2` on ``u`` = the map minus its channel's mean over the
+    whole map (the variance does not change under the shift, and without it the difference
+    cancels in float32 where a region's mean is far larger than its spread). A region of zero
+    variance (a dead ReLU region) has standard deviation 0 and passes no gradient: the square
+    root's infinite derivative at 0 never reaches a white-box attack.
+    """
+    u = t - t.mean(dim=(2, 3), keepdim=True)
+    mean = _grid_means(u)
+    var = _grid_means(u * u) - mean * mean
+    positive = var > 0
+    return torch.where(positive, torch.where(positive, var, 1.0).sqrt(), 0.0)
+
+
 def pool(t: Tensor, mode: str = "avg") -> Tensor:
     """Reduce an activation to a ``(B, D)`` matrix.
 
     ``(B, C, H, W)`` feature maps are pooled over space (``"avg"``: mean; ``"avgmax"``: mean
     and max concatenated; ``"grid"``: means over an ``s x s`` grid of regions, see
-    :func:`grid_side`), ``(B, T, D)`` token sequences are averaged over tokens, ``(B, D)``
-    is kept and anything else is flattened.
+    :func:`grid_side`; ``"gridstd"``: those means, then the standard deviation of each
+    region, twice the features of ``"grid"``), ``(B, T, D)`` token sequences are averaged over
+    tokens, ``(B, D)`` is kept and anything else is flattened.
 
     Tokens are averaged (the class token, where a model has one, counts as one token among
     them) rather than reduced to the class token: this is the counterpart of the global
@@ -123,13 +150,12 @@ def pool(t: Tensor, mode: str = "avg") -> Tensor:
         if mode == "avgmax":
             return torch.cat([t.mean(dim=(2, 3)), t.amax(dim=(2, 3))], dim=1)
         if mode == "grid":
-            b, c, h, w = t.shape
-            side = grid_side(c, h, w)
-            if side == 1:
-                return t.mean(dim=(2, 3))
-            cells = _grid_matrix(h, w, side, t.device, t.dtype)
-            return (t.reshape(b * c, h * w) @ cells).reshape(b, c * side * side)
-        raise ValueError(f"expected pooling mode 'avg', 'avgmax' or 'grid', got {mode!r}")
+            return _grid_means(t)
+        if mode == "gridstd":
+            return torch.cat([_grid_means(t), _grid_stds(t)], dim=1)
+        raise ValueError(
+            f"expected pooling mode 'avg', 'avgmax', 'grid' or 'gridstd', got {mode!r}"
+        )
     if t.dim() == 3:
         return t.mean(dim=1)
     if t.dim() == 2:
