@@ -15,7 +15,9 @@ so untrained models are probed), this counts per image:
   (the normalisation folded into the first) and a squared distance; a contrasted layer scores
   every row under its predicted class and ``rivals`` more classes
   (:func:`~uniad_plugin.nn.rivals.rival_scores`). The fusion (one ``searchsorted`` per score)
-  is not counted.
+  is not counted, nor the padding slots of the class layout
+  (:class:`~uniad_plugin.nn.grouping.ClassGroups`, fewer padding slots than pairs): the
+  spheres' count is a lower bound of the arithmetic run.
 
 Scoring within 1.25x of the forward pass leaves the detector a quarter of the forward pass's
 time; at the same arithmetic speed, a quarter of its MACs.
@@ -98,6 +100,16 @@ def detector_macs(det: UniformDetector, dims: list[int]) -> int:
     return total
 
 
+def _count(model: nn.Module, x: Tensor, det: UniformDetector) -> tuple[int, int]:
+    """(pooling MACs, sphere MACs) of ``det`` (``"grid"`` or ``"gridstd"`` pooling) for one
+    image ``x``; ``"gridstd"`` also pools the channel-centred map and its square (three
+    times the products)."""
+    _, raw = LayerTaps(model, det.layers, reduce=None)(x)
+    factor = 3 if det.pooling == "gridstd" else 1
+    pooled = sum(factor * pooling_macs(t) if t.dim() == 4 else pooling_macs(t) for t in raw)
+    return pooled, detector_macs(det, [pool(t, det.pooling).shape[1] for t in raw])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(HERE / "results" / "scoring_macs.md"))
@@ -117,26 +129,32 @@ def main(argv: list[str] | None = None) -> None:
         model = factory().eval()
         fwd = forward_macs(model, x)
         layers = default_layers(model, x)
-        _, raw = LayerTaps(model, layers, reduce=None)(x)
-        pooled = sum(pooling_macs(t) for t in raw)
-        dims = [pool(t, "grid").shape[1] for t in raw]
         default = UniformDetector(model, layers)
         deepest = [default.layers[i] for i in default._contrast_layers()][-2:]
+        first = next(n for n, m in model.named_modules() if not list(m.children()))
         variants = {
             "default (3 rivals)": {},
             "rivals=1": {"rivals": 1},
             "rivals=0": {"rivals": 0},
             "hidden=(32,)": {"hidden": (32,)},
             f"contrast={deepest}": {"contrast": deepest},
+            # the combination of benchmarks/uniform_worst_set.py
+            "hidden=(128,), pooling='gridstd', input image": {
+                "hidden": (128,),
+                "pooling": "gridstd",
+                "layers": [f"{first}:input", *layers],
+            },
         }
         for label, kwargs in variants.items():
-            spheres = detector_macs(UniformDetector(model, layers, **kwargs), dims)
+            det = UniformDetector(model, **{"layers": layers, **kwargs})
+            pooled, spheres = _count(model, x, det)
             lines.append(
                 f"| {factory.__name__} | {label} | {fwd:,} | {pooled:,} | {spheres:,} | "
                 f"{(pooled + spheres) / fwd:.2f} |"
             )
+        dims = [pool(t, "grid").shape[1] for t in LayerTaps(model, layers, reduce=None)(x)[1]]
         lines.append(
-            f"| {factory.__name__} | (layers: {', '.join(layers)}; widths {dims}) | | | | |"
+            f"| {factory.__name__} | (default layers: {', '.join(layers)}; widths {dims}) | | | | |"
         )
     lines += [
         "",

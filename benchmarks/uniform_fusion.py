@@ -41,6 +41,7 @@ from mnist_setup import HERE  # noqa: E402
 from uniform_ablation import _over_seeds, _row  # noqa: E402
 
 from uniad_plugin.benchmark import PixelCount, PixelGrid, PixelKNN, RunConfig, prepare_suite  # noqa: E402
+from uniad_plugin.data import Splits  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 from uniad_plugin.nn.pvalues import log_survival  # noqa: E402
 
@@ -144,6 +145,57 @@ def _features(det: UniformDetector, x: torch.Tensor, layer: str) -> torch.Tensor
         return torch.cat([det.extract(c)[0][i] for c in x.split(1000)])
 
 
+def reference_rows(
+    model: torch.nn.Module,
+    det: UniformDetector,
+    splits: Splits,
+    sets: dict,
+    kinds: dict,
+    loader: DataLoader,
+    seed: int,
+) -> list[dict]:
+    """The rows of the built-in detectors the gap is measured against (MaxSoftmax,
+    EnergyBased, KNN and Mahalanobis on the head's input of ``det``'s layers) and of the
+    model-free sanity baselines, on ``sets``."""
+    head = next(n for n in det.layers if n.endswith(":input"))
+    z_train = _features(det, splits.train.tensors[0], head)
+    y_train = splits.train.tensors[1]
+    z_sets = {n: _features(det, x, head) for n, x in sets.items()}
+    knn = KNN(None, k=50).fit_features(z_train, y_train)
+    maha = Mahalanobis(None).fit_features(z_train, y_train)
+    references = [
+        ("[built-in] MaxSoftmax", MaxSoftmax(model).predict),
+        ("[built-in] EnergyBased", EnergyBased(model).predict),
+        (f"[built-in] KNN ({head}, k=50)", None),
+        (f"[built-in] Mahalanobis ({head})", None),
+        ("[sanity] PixelGrid(255)", PixelGrid(255).predict),
+        ("[sanity] PixelCount", PixelCount().fit(loader).predict),
+        ("[sanity] PixelKNN", PixelKNN(seed=seed).fit(loader).predict),
+    ]
+    rows = []
+    for name, fn in references:
+        if "KNN (" in name:
+            scores = {n: knn.predict_features(z) for n, z in z_sets.items()}
+        elif "Mahalanobis (" in name:
+            scores = {n: maha.predict_features(z) for n, z in z_sets.items()}
+        else:
+            with torch.no_grad():
+                scores = {n: torch.cat([fn(c) for c in x.split(1000)]) for n, x in sets.items()}
+        rows.append(_row(name, scores, kinds, None))
+    return rows
+
+
+def add_gaps(rows: list[dict], kinds: dict) -> dict:
+    """Give every row its gap to the best built-in on each set (``gap``) and the worst of them
+    (``worst_gap``); return the best built-in AUROC per set."""
+    builtin = [r for r in rows if r["variant"].startswith("[built-in]")]
+    best = {n: max(r["sets"][n] for r in builtin) for n in kinds}
+    for r in rows:
+        r["gap"] = {n: r["sets"][n] - best[n] for n in kinds}
+        r["worst_gap"] = min(r["gap"].values())
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
     t_start = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,36 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     det, layers, fit_s = per_seed[0][1], per_seed[0][1].layers, per_seed[0][2]
     rows = [_over_seeds(list(group), kinds) for group in zip(*(p[0] for p in per_seed))]
 
-    head = next(n for n in layers if n.endswith(":input"))
-    z_train = _features(det, splits.train.tensors[0], head)
-    y_train = splits.train.tensors[1]
-    z_sets = {n: _features(det, x, head) for n, x in sets.items()}
-    knn = KNN(None, k=50).fit_features(z_train, y_train)
-    maha = Mahalanobis(None).fit_features(z_train, y_train)
-    references = [
-        ("[built-in] MaxSoftmax", MaxSoftmax(model).predict),
-        ("[built-in] EnergyBased", EnergyBased(model).predict),
-        (f"[built-in] KNN ({head}, k=50)", None),
-        (f"[built-in] Mahalanobis ({head})", None),
-        ("[sanity] PixelGrid(255)", PixelGrid(255).predict),
-        ("[sanity] PixelCount", PixelCount().fit(loader).predict),
-        ("[sanity] PixelKNN", PixelKNN(seed=args.seed).fit(loader).predict),
-    ]
-    for name, fn in references:
-        if "KNN (" in name:
-            scores = {n: knn.predict_features(z) for n, z in z_sets.items()}
-        elif "Mahalanobis (" in name:
-            scores = {n: maha.predict_features(z) for n, z in z_sets.items()}
-        else:
-            with torch.no_grad():
-                scores = {n: torch.cat([fn(c) for c in x.split(1000)]) for n, x in sets.items()}
-        rows.append(_row(name, scores, kinds, None))
+    rows += reference_rows(model, det, splits, sets, kinds, loader, args.seed)
 
-    builtin = [r for r in rows if r["variant"].startswith("[built-in]")]
-    best = {n: max(r["sets"][n] for r in builtin) for n in kinds}
-    for r in rows:
-        r["gap"] = {n: r["sets"][n] - best[n] for n in kinds}
-        r["worst_gap"] = min(r["gap"].values())
+    best = add_gaps(rows, kinds)
     cmd = "python benchmarks/uniform_fusion.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
@@ -247,6 +272,35 @@ def _cell(r: dict, key: str) -> str:
     return f"{r[key]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
+def summary_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: per row the classes' AUROCs, the mean, the worst set and the worst gap
+    (rows with ``gap``, see :func:`add_gaps`)."""
+    lines = [
+        "| variant | OOD | AD | NS | mean | min set | worst gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gap_set = min(r["gap"], key=r["gap"].get)
+        lines.append(
+            f"| {r['variant']} | {_cell(r, 'OOD')} | {_cell(r, 'AD')} | {_cell(r, 'NS')} | "
+            f"{_cell(r, 'mean')} | {r['min_set']} {r['min']:.3f} | {r['worst_gap']:+.3f} "
+            f"({gap_set}) |"
+        )
+    return lines
+
+
+def per_set_table(rows: list[dict], names: list[str], best: dict) -> list[str]:
+    """Markdown lines: per row the AUROC on each of the sets ``names``, then the best
+    built-in's."""
+    lines = ["| variant | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | " + " | ".join(f"{r['sets'][n]:.3f}" for n in names) + " |"
+        )
+    lines.append("| best built-in | " + " | ".join(f"{best[n]:.3f}" for n in names) + " |")
+    return lines
+
+
 def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
     names = list(kinds)
     lines = [
@@ -269,24 +323,10 @@ def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
         + "`gap`: the row's AUROC minus the best built-in detector's on the same "
         "set, the worst over all sets (the goal of issue 12: at least -0.02).",
         "",
-        "| variant | OOD | AD | NS | mean | min set | worst gap |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        gap_set = min(r["gap"], key=r["gap"].get)
-        lines.append(
-            f"| {r['variant']} | {_cell(r, 'OOD')} | {_cell(r, 'AD')} | {_cell(r, 'NS')} | "
-            f"{_cell(r, 'mean')} | {r['min_set']} {r['min']:.3f} | {r['worst_gap']:+.3f} "
-            f"({gap_set}) |"
-        )
+    lines += summary_table(rows)
     lines += ["", "Per set (AUROC; last row: the best built-in on each set):", ""]
-    lines.append("| variant | " + " | ".join(names) + " |")
-    lines.append("|---" * (len(names) + 1) + "|")
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | " + " | ".join(f"{r['sets'][n]:.3f}" for n in names) + " |"
-        )
-    lines.append("| best built-in | " + " | ".join(f"{best[n]:.3f}" for n in names) + " |")
+    lines += per_set_table(rows, names, best)
     if meta["notes"]:
         lines += ["", f"Note: {meta['notes'][0]}."]
     return "\n".join(lines) + "\n"
