@@ -5,8 +5,9 @@ arithmetic, not a timing. For the two reference models of the benchmark (the LeN
 ResNet of ``uniad_plugin.models``, at MNIST's input size; the weights do not change the count,
 so untrained models are probed), this counts per image:
 
-- the forward pass: the multiply-accumulates (MACs) of every ``Conv2d`` and ``Linear`` that runs
-  (BatchNorm, activations and pooling not counted);
+- the forward pass: the multiply-accumulates (MACs) of its matrix products and convolutions,
+  as ``torch.utils.flop_counter.FlopCounterMode`` counts them (half its FLOPs; BatchNorm,
+  activations and pooling not counted);
 - UniformDetector's scoring beyond that forward pass, for the default detector
   (``UniformDetector(model)``) and the cheaper variants of ``benchmarks/speed_mnist.py``:
   the pooling of the tapped feature maps (``"grid"``: one GEMM of the flattened map with the
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_setup import HERE  # noqa: E402
@@ -47,29 +49,11 @@ ARCHS = (lenet, resnet_mnist)
 
 
 def forward_macs(model: nn.Module, x: Tensor) -> int:
-    """MACs of one forward pass of ``x`` (one image) through every Conv2d and Linear."""
-    total = 0
-
-    def hook(module: nn.Module, _args, output: Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += output.numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            total += output.numel() * module.in_features
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    """MACs of one forward pass of ``x`` (one image): torch's FLOP counter (matrix products
+    and convolutions) halved."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
 
 
 def pooling_macs(t: Tensor) -> int:
