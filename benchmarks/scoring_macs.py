@@ -86,10 +86,10 @@ def detector_macs(det: UniformDetector, dims: list[int]) -> int:
 
 def _count(model: nn.Module, x: Tensor, det: UniformDetector) -> tuple[int, int]:
     """(pooling MACs, sphere MACs) of ``det`` (``"grid"`` or ``"gridstd"`` pooling) for one
-    image ``x``; ``"gridstd"`` also pools the channel-centred map and its square (three
-    times the products)."""
+    image ``x``; ``"gridstd"`` pools the channel-centred map and its square (twice the
+    products)."""
     _, raw = LayerTaps(model, det.layers, reduce=None)(x)
-    factor = 3 if det.pooling == "gridstd" else 1
+    factor = 2 if det.pooling == "gridstd" else 1
     pooled = sum(factor * pooling_macs(t) if t.dim() == 4 else pooling_macs(t) for t in raw)
     return pooled, detector_macs(det, [pool(t, det.pooling).shape[1] for t in raw])
 
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             "rivals=0": {"rivals": 0},
             "hidden=(32,)": {"hidden": (32,)},
             f"contrast={deepest}": {"contrast": deepest},
+            "pooling='gridstd'": {"pooling": "gridstd"},
             # the combination of benchmarks/uniform_worst_set.py
             "hidden=(128,), pooling='gridstd', input image": {
                 "hidden": (128,),

@@ -72,7 +72,7 @@ def test_gridstd_pooling_adds_each_regions_standard_deviation_with_finite_gradie
     t = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     got = pool(t, "gridstd")
     assert got.shape == (2, 2 * 3 * 16)
-    assert torch.equal(got[:, :48], pool(t, "grid"))
+    torch.testing.assert_close(got[:, :48], pool(t, "grid"))
     # region (0, 0) of channel 0: the population standard deviation of its 2x2 block
     torch.testing.assert_close(got[:, 48], t[:, 0, :2, :2].flatten(1).std(dim=1, correction=0))
     # uneven maps: the overlapping windows of adaptive average pooling
@@ -97,7 +97,7 @@ def test_gridstd_pooling_adds_each_regions_standard_deviation_with_finite_gradie
     torch.testing.assert_close(pool(offset, "gridstd")[:, 48:], want, rtol=1e-3, atol=1e-6)
     # maps beyond the feature bound: the global mean and the global standard deviation
     wide = torch.randn(2, 2048, 4, 4)
-    assert torch.equal(pool(wide, "gridstd")[:, :2048], pool(wide, "avg"))
+    torch.testing.assert_close(pool(wide, "gridstd")[:, :2048], pool(wide, "avg"))
     torch.testing.assert_close(
         pool(wide, "gridstd")[:, 2048:], wide.flatten(2).std(dim=2, correction=0)
     )

@@ -111,20 +111,32 @@ def _grid_means(t: Tensor) -> Tensor:
     return (t.reshape(b * c, h * w) @ cells).reshape(b, c * side * side)
 
 
-def _grid_stds(t: Tensor) -> Tensor:
-    """The standard deviation of each region of ``"grid"`` pooling ``(B, C s^2)``.
+def _grid_means_stds(t: Tensor) -> Tensor:
+    """``"gridstd"`` pooling of feature maps ``(B, C, H, W)`` -> ``(B, 2 C s^2)``: the means of
+    ``"grid"`` pooling, then the standard deviation of each of its regions.
 
-    Computed as :math:`E[u^2] - E[u]^2` on ``u`` = the map minus its channel's mean over the
-    whole map (the variance does not change under the shift, and without it the difference
-    cancels in float32 where a region's mean is far larger than its spread). A region of zero
-    variance (a dead ReLU region) has standard deviation 0 and passes no gradient: the square
-    root's infinite derivative at 0 never reaches a white-box attack.
+    One grid GEMM over the map and its square, both taken on ``u`` = the map minus its
+    channel's mean over the whole map: the means are those of ``u`` plus the channel's mean,
+    the variance is :math:`E[u^2] - E[u]^2` (unchanged by the shift; without it the
+    difference cancels in float32 where a region's mean is far larger than its spread). A
+    region of zero variance (a dead ReLU region) has standard deviation 0 and passes no
+    gradient: the square root's infinite derivative at 0 never reaches a white-box attack.
     """
-    u = t - t.mean(dim=(2, 3), keepdim=True)
-    mean = _grid_means(u)
-    var = _grid_means(u * u) - mean * mean
+    b, c, h, w = t.shape
+    side = grid_side(c, h, w)
+    centre = t.mean(dim=(2, 3), keepdim=True)
+    u = t - centre
+    both = torch.cat([u, u * u], dim=1).reshape(b * 2 * c, h * w)
+    if side == 1:
+        pooled = both.mean(dim=1)
+    else:
+        pooled = both @ _grid_matrix(h, w, side, t.device, t.dtype)
+    pooled = pooled.reshape(b, 2, c, side * side)  # E[u], then E[u^2], per region
+    mean, square = pooled[:, 0], pooled[:, 1]
+    var = square - mean * mean
     positive = var > 0
-    return torch.where(positive, torch.where(positive, var, 1.0).sqrt(), 0.0)
+    std = torch.where(positive, torch.where(positive, var, 1.0).sqrt(), 0.0)
+    return torch.cat([(mean + centre.view(b, c, 1)).flatten(1), std.flatten(1)], dim=1)
 
 
 def pool(t: Tensor, mode: str = "avg") -> Tensor:
@@ -152,7 +164,7 @@ def pool(t: Tensor, mode: str = "avg") -> Tensor:
         if mode == "grid":
             return _grid_means(t)
         if mode == "gridstd":
-            return torch.cat([_grid_means(t), _grid_stds(t)], dim=1)
+            return _grid_means_stds(t)
         raise ValueError(
             f"expected pooling mode 'avg', 'avgmax', 'grid' or 'gridstd', got {mode!r}"
         )
