@@ -89,11 +89,12 @@ def _uniform_rows(
     no_softmax = [i for i, n in enumerate(names) if n != "softmax"]
     old = [i for i in spheres_only if names[i] != "softmax"]  # the defaults before issue 12
     deep_contrasts = spheres_only + every[L:][-2:]
+    default = {how: " (the default)" if how == det.fusion else "" for how in ("fisher", "zsum")}
     variants = [
-        ("Fisher, all default layers and contrasts (the default)", every, "fisher"),
+        (f"Fisher, all default layers and contrasts{default['fisher']}", every, "fisher"),
         ("Fisher, without rival contrasts (issue 12, second round)", spheres_only, "fisher"),
         ("Fisher, without softmax", no_softmax, "fisher"),
-        ("sum of z-scores, all default layers and contrasts", every, "zsum"),
+        (f"sum of z-scores, all default layers and contrasts{default['zsum']}", every, "zsum"),
         (
             "sum of z-scores, without softmax or contrasts (the default before issue 12)",
             old,
@@ -135,7 +136,7 @@ def _uniform_rows(
         rows.append(_row(f"{what} alone", {n: r[:, i] for n, r in raw.items()}, kinds, fit_s))
     with torch.no_grad():  # the default row is what predict gives (same batches)
         predicted = torch.cat([det.predict(c) for c in sets["ID"].split(1000)])
-    assert torch.allclose(_fuse(det, raw["ID"], every, "fisher"), predicted, atol=1e-4)
+    assert torch.allclose(_fuse(det, raw["ID"], every, det.fusion), predicted, atol=1e-4)
     return rows, det, fit_s
 
 

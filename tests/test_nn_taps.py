@@ -93,8 +93,9 @@ def test_gridstd_pooling_adds_each_regions_standard_deviation_with_finite_gradie
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     # float32 maps far from zero (an offset much larger than the spread): still accurate
     offset = 20.0 + 0.01 * torch.randn(2, 3, 8, 8)
-    want = pool(offset.double(), "gridstd")[:, 48:].float()
-    torch.testing.assert_close(pool(offset, "gridstd")[:, 48:], want, rtol=1e-3, atol=1e-6)
+    want = pool(offset.double(), "gridstd").float()
+    torch.testing.assert_close(pool(offset, "gridstd")[:, 48:], want[:, 48:], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(pool(offset, "gridstd")[:, :48], want[:, :48])  # the means too
     # maps beyond the feature bound: the global mean and the global standard deviation
     wide = torch.randn(2, 2048, 4, 4)
     torch.testing.assert_close(pool(wide, "gridstd")[:, :2048], pool(wide, "avg"))

@@ -282,22 +282,23 @@ def test_few_samples_per_class_name_the_per_class_limit(digits, digits_model):
         det.fit(DataLoader(TensorDataset(x[few], y[few]), batch_size=64))
 
 
-def test_fisher_fusion_is_minus_the_summed_log_p_values_and_zsum_the_z_scores(detector, digits):
+def test_zsum_fusion_sums_the_z_scores_and_fisher_the_log_p_values(detector, digits):
     x = digits.test.tensors[0][:64]
     feats, logits = detector.extract(x)
     raw = detector._layer_scores(feats, logits)
-    per_layer = detector.layer_scores(x)
-    assert detector.fusion == "fisher"
+    assert detector.fusion == "zsum"  # the default
+    expected = ((raw - detector.fusion_mean) / detector.fusion_std).sum(1)
+    assert torch.allclose(detector(x), expected, atol=1e-4)
+    fisher = UniformDetector(detector.model).load_state_dict(detector.state_dict())
+    fisher.set_hyperparameters(fusion="fisher")
+    per_layer = fisher.layer_scores(x)
     assert (per_layer >= 0).all()  # -log p
     # an input scoring above every held-out input in a layer has p <= 1 / (n_held + 1)
     n_held = detector.fusion_knots.shape[1]
     top = raw > detector.fusion_knots[:, -1]
+    assert top.any()
     assert (per_layer[top] >= torch.log(torch.tensor(n_held + 1.0)) - 1e-4).all()
-    zsum = UniformDetector(detector.model).load_state_dict(detector.state_dict())
-    zsum.set_hyperparameters(fusion="zsum")
-    expected = ((raw - detector.fusion_mean) / detector.fusion_std).sum(1)
-    assert torch.allclose(zsum(x), expected, atol=1e-4)
-    assert not torch.allclose(zsum(x), detector(x))
+    assert not torch.allclose(fisher(x), detector(x))
 
 
 def test_states_without_fusion_knots_load_as_zsum(detector, digits):

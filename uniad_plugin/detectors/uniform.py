@@ -58,13 +58,12 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
 
         s_l(x) = \\frac{\\lVert \\phi_{l\\hat{k}}(z_l(x)) - c_{l\\hat{k}} \\rVert^2}{R_{l\\hat{k}}^2},
         \\qquad
-        S(x) = -\\sum_l \\log p_l(x)
+        S(x) = \\sum_l \\frac{s_l(x) - \\mu_l}{\\sigma_l}
 
-    where :math:`p_l(x)` is the fraction of ID inputs held out from fitting the spheres whose
-    score :math:`s_l` is at least :math:`s_l(x)` (Fisher's combination of empirical p-values,
-    interpolated, see :mod:`uniad_plugin.nn.pvalues`; ``fusion="zsum"`` sums the z-scores
-    :math:`(s_l - \\mu_l) / \\sigma_l` on the same held-out inputs instead). Larger is more
-    anomalous.
+    where :math:`\\mu_l, \\sigma_l` are the mean and standard deviation of :math:`s_l` on ID
+    inputs held out from fitting the spheres (``fusion="fisher"`` combines their empirical
+    p-values by Fisher's method instead, :math:`-\\sum_l \\log p_l(x)`, see
+    :mod:`uniad_plugin.nn.pvalues`). Larger is more anomalous.
 
     In every tapped layer but ``log_softmax`` and ``softmax`` (``contrast``), a second score
     contrasts the predicted class's sphere with the nearest of the spheres of the ``rivals``
@@ -117,8 +116,9 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         costs one more pass of the contrasted layers' spheres per rival
     :param whiten: normalisation of each layer before the encoders: ``"full"`` (whitening with
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
-    :param fusion: how the layers' scores are combined: ``"fisher"`` (the sum of
-        :math:`-\\log p_l`) or ``"zsum"`` (the sum of z-scores, the default until issue 12)
+    :param fusion: how the layers' scores are combined: ``"zsum"`` (the sum of z-scores; the
+        default) or ``"fisher"`` (the sum of :math:`-\\log p_l`, the default of issue 12's
+        second to fifth rounds)
     :param max_fit_rows: the most ID samples the fit keeps (``None``: all of them). Beyond it, a
         seeded sample of each class is kept: the same number :math:`c` of each class (classes
         with fewer samples whole), the largest :math:`c` that keeps at most ``max_fit_rows`` in
@@ -139,7 +139,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         "rep_dim": [16, 32, 64],
         "epochs": [10, 30, 60],
         "score": ["ratio", "difference"],
-        "fusion": ["fisher", "zsum"],
+        "fusion": ["zsum", "fisher"],
         "pooling": ["grid", "gridstd", "avg", "avgmax"],
         "rivals": [0, 1, 3, 9],
     }
@@ -162,7 +162,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         "contrast": hp.names(optional=True),
         "rivals": hp.integer(0),
         "whiten": hp.choice("full", "diag"),
-        "fusion": hp.choice("fisher", "zsum"),
+        "fusion": hp.choice("zsum", "fisher"),
         "max_fit_rows": hp.integer(1, optional=True),
         "seed": hp.integer(None),
     }
@@ -187,7 +187,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         contrast: Sequence[str] | None = None,
         rivals: int = 3,
         whiten: str = "full",
-        fusion: str = "fisher",
+        fusion: str = "zsum",
         max_fit_rows: int | None = 100_000,
         seed: int = 0,
     ) -> None:
