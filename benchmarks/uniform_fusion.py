@@ -302,6 +302,18 @@ def per_set_table(rows: list[dict], names: list[str], best: dict) -> list[str]:
     return lines
 
 
+def closing_lines(
+    rows: list[dict], names: list[str], best: dict, notes: list[str], what: str
+) -> list[str]:
+    """Markdown lines: the per-set table of ``names`` under the heading ``what``, then the
+    run's first note, if any."""
+    lines = ["", f"{what} (AUROC; last row: the best built-in on each set):", ""]
+    lines += per_set_table(rows, names, best)
+    if notes:
+        lines += ["", f"Note: {notes[0]}."]
+    return lines
+
+
 def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
     names = list(kinds)
     lines = [
@@ -326,10 +338,7 @@ def _markdown(meta: dict, rows: list[dict], kinds: dict, best: dict) -> str:
         "",
     ]
     lines += summary_table(rows)
-    lines += ["", "Per set (AUROC; last row: the best built-in on each set):", ""]
-    lines += per_set_table(rows, names, best)
-    if meta["notes"]:
-        lines += ["", f"Note: {meta['notes'][0]}."]
+    lines += closing_lines(rows, names, best, meta["notes"], "Per set")
     return "\n".join(lines) + "\n"
 
 

@@ -45,7 +45,13 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_setup import HERE  # noqa: E402
 from uniform_ablation import _over_seeds, _row  # noqa: E402
-from uniform_fusion import ARCHS, add_gaps, per_set_table, reference_rows, summary_table  # noqa: E402
+from uniform_fusion import (  # noqa: E402
+    ARCHS,
+    add_gaps,
+    closing_lines,
+    reference_rows,
+    summary_table,
+)
 
 from uniad_plugin.benchmark import RunConfig, prepare_suite, threshold_at_fpr  # noqa: E402
 from uniad_plugin.data import Splits  # noqa: E402
@@ -352,10 +358,7 @@ def _markdown(meta: dict, rows: list[dict], miss: dict, kinds: dict, best: dict)
     ]
     lines += summary_table(rows)
     ad = [n for n in kinds if kinds[n] == "AD"]
-    lines += ["", "Adversarial sets (AUROC; last row: the best built-in on each set):", ""]
-    lines += per_set_table(rows, ad, best)
-    if meta["notes"]:
-        lines += ["", f"Note: {meta['notes'][0]}."]
+    lines += closing_lines(rows, ad, best, meta["notes"], "Adversarial sets")
     return "\n".join(lines) + "\n"
 
 
