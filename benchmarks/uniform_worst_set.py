@@ -26,6 +26,10 @@ never the reported sets), for the LeNet or the ResNet the benchmark trains:
     python benchmarks/uniform_worst_set.py --data-root ../shared/data --arch lenet \\
         --detector-seeds 0 1 2
 
+Every fit uses the defaults of issue 12's fifth round, when this page was made: today's
+defaults with Fisher's combination as the fusion (``FIFTH_ROUND``); the sixth round's choice
+is in ``benchmarks/uniform_defaults.py``.
+
 Writes ``benchmarks/results/uniform_worst_set_<arch>.md`` and ``.json``.
 """
 
@@ -59,6 +63,8 @@ from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 from uniad_plugin.nn.taps import LayerTaps, grid_side, pool  # noqa: E402
 
 OTHER = {"lenet": "resnet", "resnet": "lenet"}
+#: what this page's defaults were: the package's since, with the sum of z-scores as the fusion
+FIFTH_ROUND = {"fusion": "fisher"}
 OUTPUTS = ("log_softmax", "softmax")
 
 
@@ -118,6 +124,7 @@ def _variants(model: nn.Module, layers: list[str]) -> list[tuple[str, dict, bool
 
 def _fit(model: nn.Module, loader: DataLoader, seed: int, kwargs: dict, grid_max: bool):
     t = time.perf_counter()
+    kwargs = {**FIFTH_ROUND, **kwargs}
     det = (GridMaxDetector if grid_max else UniformDetector)(model, seed=seed, **kwargs)
     return det.fit(loader), time.perf_counter() - t
 
@@ -316,7 +323,8 @@ def _markdown(meta: dict, rows: list[dict], miss: dict, kinds: dict, best: dict)
         "",
         f"Command: `{meta['command']}` ({meta['wall_s']:.0f} s; the default detector's fit "
         f"{meta['fit_s']:.0f} s). Validation sets only. Default layers: "
-        f"{', '.join(meta['layers'])}. Detector seeds {seeds}"
+        f"{', '.join(meta['layers'])}; the defaults of issue 12's fifth round (fusion "
+        f"{FIFTH_ROUND['fusion']!r}) in every fit. Detector seeds {seeds}"
         + (
             ": means over seeds (AUROCs) and the classes' mean ± sample std."
             if len(seeds) > 1

@@ -96,6 +96,12 @@ def test_gridstd_pooling_adds_each_regions_standard_deviation_with_finite_gradie
     want = pool(offset.double(), "gridstd").float()
     torch.testing.assert_close(pool(offset, "gridstd")[:, 48:], want[:, 48:], rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(pool(offset, "gridstd")[:, :48], want[:, :48])  # the means too
+    # the grid is the one of the C channels, not of the 2 C the std doubles them to
+    t64 = torch.randn(2, 64, 8, 8)
+    assert grid_side(64, 8, 8) == 4 and grid_side(128, 8, 8) == 2
+    got = pool(t64, "gridstd")
+    assert got.shape == (2, 2 * 64 * 16)
+    torch.testing.assert_close(got[:, : 64 * 16], pool(t64, "grid"))
     # maps beyond the feature bound: the global mean and the global standard deviation
     wide = torch.randn(2, 2048, 4, 4)
     torch.testing.assert_close(pool(wide, "gridstd")[:, :2048], pool(wide, "avg"))

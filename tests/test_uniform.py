@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tests.tiny_models import TinyResNet, tiny_vit
 from uniad_plugin.detectors.uniform import UniformDetector
 from uniad_plugin.models import lenet
+from uniad_plugin.nn.pvalues import log_survival
 from uniad_plugin.nn.rivals import ranked_classes, rival_contrast
 from uniad_plugin.nn.sampling import bounded_rows, content_keys, position_keys
 from uniad_plugin.nn.taps import LayerTaps
@@ -298,14 +299,19 @@ def test_zsum_fusion_sums_the_z_scores_and_fisher_the_log_p_values(detector, dig
     top = raw > detector.fusion_knots[:, -1]
     assert top.any()
     assert (per_layer[top] >= torch.log(torch.tensor(n_held + 1.0)) - 1e-4).all()
+    log_p = log_survival(detector.fusion_knots, detector.fusion_slope, raw)
+    assert torch.allclose(fisher(x), -log_p.sum(1), atol=1e-4)
     assert not torch.allclose(fisher(x), detector(x))
+    # a state saved with Fisher's combination keeps it when loaded into a default detector
+    again = UniformDetector(detector.model).load_state_dict(fisher.state_dict())
+    assert again.fusion == "fisher" and torch.equal(again(x), fisher(x))
 
 
 def test_states_without_fusion_knots_load_as_zsum(detector, digits):
     state = detector.state_dict()
     del state["state"]["fusion_knots"], state["state"]["fusion_slope"]
     del state["hyperparameters"]["fusion"]
-    old = UniformDetector(detector.model).load_state_dict(state)
+    old = UniformDetector(detector.model, fusion="fisher").load_state_dict(state)
     assert old.fusion == "zsum"
     x = digits.test.tensors[0][:8]
     feats, logits = detector.extract(x)
@@ -523,15 +529,17 @@ def test_states_before_grid_pooling_load_with_their_pooling(digits, digits_model
 def test_scores_under_inference_mode_then_gradients(detector, digits):
     """Caches filled while scoring under inference mode (the folded first layers, the grid
     matrices) must not break a white-box attack's gradient pass afterwards."""
-    x = digits.test.tensors[0][:8]
-    fresh = UniformDetector(detector.model).load_state_dict(detector.state_dict())
-    with torch.inference_mode():
-        expected = fresh(x)
-    x = x.clone().requires_grad_(True)
-    score = fresh.differentiable_score(x)
-    score.sum().backward()
-    assert torch.allclose(score.detach(), expected, atol=1e-4)
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    for fusion in ("zsum", "fisher"):
+        x = digits.test.tensors[0][:8]
+        fresh = UniformDetector(detector.model).load_state_dict(detector.state_dict())
+        fresh.set_hyperparameters(fusion=fusion)
+        with torch.inference_mode():
+            expected = fresh(x)
+        x = x.clone().requires_grad_(True)
+        score = fresh.differentiable_score(x)
+        score.sum().backward()
+        assert torch.allclose(score.detach(), expected, atol=1e-4)
+        assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
 
 
 def test_rival_contrasts_follow_the_layers_and_leave_the_spheres_alone(

@@ -60,9 +60,9 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         \\qquad
         S(x) = \\sum_l \\frac{s_l(x) - \\mu_l}{\\sigma_l}
 
-    where :math:`\\mu_l, \\sigma_l` are the mean and standard deviation of :math:`s_l` on ID
-    inputs held out from fitting the spheres (``fusion="fisher"`` combines their empirical
-    p-values by Fisher's method instead, :math:`-\\sum_l \\log p_l(x)`, see
+    with :math:`\\mu_l, \\sigma_l` the mean and standard deviation of :math:`s_l` on ID inputs
+    held out from fitting the spheres (``fusion="fisher"``: :math:`-\\sum_l \\log p_l(x)`,
+    :math:`p_l(x)` the fraction of those inputs scoring at least :math:`s_l(x)`, see
     :mod:`uniad_plugin.nn.pvalues`). Larger is more anomalous.
 
     In every tapped layer but ``log_softmax`` and ``softmax`` (``contrast``), a second score
@@ -118,7 +118,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
     :param fusion: how the layers' scores are combined: ``"zsum"`` (the sum of z-scores; the
         default) or ``"fisher"`` (the sum of :math:`-\\log p_l`, the default of issue 12's
-        second to fifth rounds)
+        first to fifth rounds)
     :param max_fit_rows: the most ID samples the fit keeps (``None``: all of them). Beyond it, a
         seeded sample of each class is kept: the same number :math:`c` of each class (classes
         with fewer samples whole), the largest :math:`c` that keeps at most ``max_fit_rows`` in
