@@ -8,7 +8,8 @@ interleaved, medians reported (the machine is noisy). The built-ins are wired as
 wires them (:func:`~uniad_plugin.benchmark.build_detectors`). Besides the defaults: the same
 detector with fewer rivals (1, 0), with encoders of 32 hidden units instead of 64, and with
 the rival contrasts of the two deepest contrasted layers only (cheaper detectors whose quality
-on the validation sets is in ``benchmarks/uniform_fusion.py``).
+on the validation sets is in ``benchmarks/uniform_fusion.py``), and with each grid cell's
+standard deviation too (``pooling="gridstd"``, see ``benchmarks/uniform_defaults.py``).
 
     python benchmarks/speed_mnist.py --data-root ../shared/data [--arch resnet] [--rounds 5]
         [--device cuda]
@@ -88,11 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         fewer[name], fits[name] = timed(
             lambda rivals=rivals: UniformDetector(model, seed=0, rivals=rivals).fit(loader)
         )
-    # cheaper detectors (not the defaults): smaller encoders, the two deepest contrasts only
+    # other detectors (not the defaults): smaller encoders, the two deepest contrasts only,
+    # and the grid cells' standard deviations too (benchmarks/uniform_defaults.py)
     deepest = [uni.layers[i] for i in uni._contrast_layers()][-2:]
     cheaper = {
         "UniformDetector, hidden=(32,)": {"hidden": (32,)},
         f"UniformDetector, contrast={deepest}": {"contrast": deepest},
+        "UniformDetector, pooling='gridstd'": {"pooling": "gridstd"},
     }
     for name, kwargs in cheaper.items():
         fewer[name], fits[name] = timed(
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"UniformDetector layers: {uni.layers}, fusion {uni.fusion!r}, rivals {uni.rivals} "
         "(the default; `rivals=0`: no rival contrasts; the `hidden` and `contrast` rows are "
-        "cheaper detectors, not the defaults). Goals: fit < 60 s (LeNet), scoring < 1.25x "
+        "cheaper detectors, the `pooling` row adds each grid cell's standard deviation; none "
+        "of them is the default). Goals: fit < 60 s (LeNet), scoring < 1.25x "
         "forward.",
     ]
     if skipped:
