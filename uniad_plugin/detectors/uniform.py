@@ -82,7 +82,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
     <../detectors/uniform.md#what-the-paper-states-and-what-we-chose>`_; layers, pooling,
     whitening, encoder and score are varied in ``benchmarks/uniform_ablation.py``, the fusion,
     the pooling, the softmax layer's spheres and the rival contrasts in
-    ``benchmarks/uniform_fusion.py``; the sphere at test time is not.
+    ``benchmarks/uniform_fusion.py``, the sphere at test time in ``uniform_defaults.py``.
 
     :param model: the frozen, pre-trained classifier (never modified; run in eval mode)
     :param layers: layer names (``"name"`` for a module's output, ``"name:input"`` for its input,
