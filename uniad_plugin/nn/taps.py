@@ -118,9 +118,11 @@ def _grid_means_stds(t: Tensor) -> Tensor:
     One grid GEMM over the map and its square, both taken on ``u`` = the map minus its
     channel's mean over the whole map: the means are those of ``u`` plus the channel's mean,
     the variance is :math:`E[u^2] - E[u]^2` (unchanged by the shift; without it the
-    difference cancels in float32 where a region's mean is far larger than its spread). A
-    region of zero variance (a dead ReLU region) has standard deviation 0 and passes no
-    gradient: the square root's infinite derivative at 0 never reaches a white-box attack.
+    difference cancels in float32 where a region's mean is far larger than its spread). Where
+    the computed variance is not positive the standard deviation is 0 and passes no gradient,
+    so the square root's infinite derivative at 0 never reaches a white-box attack; a
+    constant region (a dead ReLU region) gets 0 up to float rounding, and a finite gradient
+    where rounding leaves its variance just above 0.
     """
     b, c, h, w = t.shape
     side = grid_side(c, h, w)
