@@ -45,10 +45,10 @@ from uniform_fusion import (  # noqa: E402
     closing_lines,
     reference_rows,
     summary_table,
+    validation_suite,
 )
 from uniform_worst_set import _predict  # noqa: E402
 
-from uniad_plugin.benchmark import RunConfig, prepare_suite  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 from uniad_plugin.nn.svdd import layer_scores  # noqa: E402
 
@@ -127,20 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
-    suite = prepare_suite(
-        RunConfig(
-            dataset="mnist",
-            data_root=args.data_root,
-            arch=ARCHS[args.arch],
-            split="validation",
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            progress=False,
-        )
-    )
+    suite, sets, kinds = validation_suite(args.data_root, args.arch, args.seed, args.cache_dir)
     model, splits = suite.model.eval(), suite.splits
-    sets = {"ID": splits.test.tensors[0], **{a.name: a.x for a in suite.anomalies if len(a.x)}}
-    kinds = {a.name: a.kind for a in suite.anomalies if len(a.x)}
     loader = DataLoader(splits.train, batch_size=1000)
     seeds = args.detector_seeds or [args.seed]
     reference = UniformDetector(model)

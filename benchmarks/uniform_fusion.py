@@ -48,6 +48,27 @@ from uniad_plugin.nn.pvalues import log_survival  # noqa: E402
 ARCHS = {"lenet": "uniad_plugin.models:lenet", "resnet": "uniad_plugin.models:resnet_mnist"}
 
 
+def validation_suite(data_root: str, arch: str, seed: int, cache_dir: str | None):
+    """The validation split's suite of ``uniad --dataset mnist --split validation`` for
+    ``arch`` (a key of :data:`ARCHS`), its sets ``{"ID": ..., name: inputs}`` and their kinds
+    ``{name: "OOD" | "AD" | "NS"}`` (empty sets left out)."""
+    config = RunConfig(
+        dataset="mnist",
+        data_root=data_root,
+        arch=ARCHS[arch],
+        split="validation",
+        seed=seed,
+        cache_dir=cache_dir,
+        progress=False,
+    )
+    suite = prepare_suite(config)
+    assert suite.plan.validation
+    sets = {"ID": suite.splits.test.tensors[0]}
+    sets |= {a.name: a.x for a in suite.anomalies if len(a.x)}
+    kinds = {a.name: a.kind for a in suite.anomalies if len(a.x)}
+    return suite, sets, kinds
+
+
 def _scores(det: UniformDetector, x: torch.Tensor) -> torch.Tensor:
     """Raw scores ``(N, L + C)`` (before fusion; the layers, then the rival contrasts), batch by
     batch."""
@@ -214,20 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
-    config = RunConfig(
-        dataset="mnist",
-        data_root=args.data_root,
-        arch=ARCHS[args.arch],
-        split="validation",
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-        progress=False,
-    )
-    suite = prepare_suite(config)
+    suite, sets, kinds = validation_suite(args.data_root, args.arch, args.seed, args.cache_dir)
     model, splits = suite.model, suite.splits
-    assert suite.plan.validation
-    sets = {"ID": splits.test.tensors[0], **{a.name: a.x for a in suite.anomalies if len(a.x)}}
-    kinds = {a.name: a.kind for a in suite.anomalies if len(a.x)}
 
     loader = DataLoader(splits.train, batch_size=1000)
     seeds = args.detector_seeds or [args.seed]

@@ -55,9 +55,10 @@ from uniform_fusion import (  # noqa: E402
     closing_lines,
     reference_rows,
     summary_table,
+    validation_suite,
 )
 
-from uniad_plugin.benchmark import RunConfig, prepare_suite, threshold_at_fpr  # noqa: E402
+from uniad_plugin.benchmark import threshold_at_fpr  # noqa: E402
 from uniad_plugin.data import Splits  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
 from uniad_plugin.nn.taps import LayerTaps, grid_side, pool  # noqa: E402
@@ -232,25 +233,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
 
-    def suite_of(arch: str):
-        return prepare_suite(
-            RunConfig(
-                dataset="mnist",
-                data_root=args.data_root,
-                arch=ARCHS[arch],
-                split="validation",
-                seed=args.seed,
-                cache_dir=args.cache_dir,
-                progress=False,
-            )
-        )
-
-    suite = suite_of(args.arch)
-    other = suite_of(OTHER[args.arch]).model.eval()
+    suite, sets, kinds = validation_suite(args.data_root, args.arch, args.seed, args.cache_dir)
+    other = validation_suite(args.data_root, OTHER[args.arch], args.seed, args.cache_dir)[0]
+    other = other.model.eval()
     model, splits = suite.model.eval(), suite.splits
-    assert suite.plan.validation and splits.val is not None
-    sets = {"ID": splits.test.tensors[0], **{a.name: a.x for a in suite.anomalies if len(a.x)}}
-    kinds = {a.name: a.kind for a in suite.anomalies if len(a.x)}
+    assert splits.val is not None
     adversarial = [a for a in suite.anomalies if a.kind == "AD" and len(a.x)]
     loader = DataLoader(splits.train, batch_size=1000)
     seeds = args.detector_seeds or [args.seed]
