@@ -70,6 +70,8 @@ from uniad_plugin.benchmark.model_cache import (
     check_model_output,
     default_cache_dir,
     load_model,
+    place_state_dict,
+    read_state_dict,
     trained_model,
 )
 from uniad_plugin.benchmark.plots import plot_heatmap, plot_histograms, plot_roc
@@ -130,6 +132,8 @@ __all__ = [
     "parse_attacks",
     "load_ood_sets",
     "load_model",
+    "place_state_dict",
+    "read_state_dict",
     "check_model_output",
     "trained_model",
     "mnist_splits",
