@@ -56,6 +56,7 @@ def validation_suite(data_root: str, arch: str, seed: int, cache_dir: str | None
         dataset="mnist",
         data_root=data_root,
         arch=ARCHS[arch],
+        train=True,
         split="validation",
         seed=seed,
         cache_dir=cache_dir,

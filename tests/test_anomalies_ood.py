@@ -231,3 +231,77 @@ def test_load_ood_errors(tmp_path):
     (tmp_path / "KMNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03")
     with pytest.raises(ValueError, match="could not load the files under root"):
         load_ood("kmnist", tmp_path, (1, 8, 8))
+
+
+# --------------------------------------------------------------------------- user's image folders
+
+
+def _flat_folder(root: Path, n: int = 7, size: tuple[int, int] = (48, 40)) -> Path:
+    """``root/<i>.png`` (and a JPEG, a text file and a hidden file, which are no images)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True)
+    for i in range(n):
+        img = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / (f"{i}.png" if i else "0.JPG"))
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("shape,levels", [((3, 32, 32), 255), ((1, 8, 8), 16)])
+def test_image_folder_flat_and_imagefolder_layouts(tmp_path, shape, levels):
+    from tests.image_data import write_image_folder
+    from uniad_plugin.anomalies import load_image_folder
+    from uniad_plugin.benchmark import load_ood_sets
+    from uniad_plugin.benchmark.anomaly_sets import check_ood_names
+
+    flat = _flat_folder(tmp_path / "my_photos")
+    tree = write_image_folder(tmp_path / "ood_tree", classes=("a", "b", "c"), n_per_class=3)
+    s = load_image_folder(flat, shape, levels=levels)
+    assert s.kind == "OOD" and s.name == "my_photos" and s.x.shape == (7, *shape)
+    assert is_on_grid(s.x, levels) and s.x.min() >= 0 and s.x.max() <= 1
+    assert s.info["grid_levels"] == levels and s.info["n_total"] == 7
+    t = load_image_folder(tree, shape, n=5, seed=1, levels=levels)
+    assert t.name == "ood_tree" and len(t) == 5 and t.info["n_total"] == 9
+    assert len(load_image_folder(tree, shape, n=50)) == 9  # all there are
+    # through the command's keys: paths become folder:<absolute path>, named after the folder
+    keys = check_ood_names(["letters", str(flat), f"folder:{tree}"], "cifar10")
+    assert keys == ["letters", f"folder:{flat.resolve()}", f"folder:{tree.resolve()}"]
+    sets, notes = load_ood_sets(keys, shape, n=4, levels=levels)
+    assert [a.name for a in sets] == ["letters", "my_photos", "ood_tree"] and notes == []
+    assert all(len(a) == 4 and is_on_grid(a.x, levels) for a in sets)
+
+
+def test_image_folder_is_read_as_the_id_images(tmp_path):
+    """An RGB 40x48 image: resized (shorter side) and centre-cropped as the ID folder data."""
+    from tests.image_data import write_image_folder
+    from uniad_plugin.anomalies import load_image_folder
+    from uniad_plugin.data import image_folder
+
+    tree = write_image_folder(tmp_path / "imgs", n_per_class=2)
+    as_id, _ = image_folder(tree, 16)
+    assert torch.equal(load_image_folder(tree, (3, 16, 16)).x, as_id.tensors[0])
+
+
+def test_image_folder_errors(tmp_path):
+    from uniad_plugin.anomalies import load_image_folder
+    from uniad_plugin.benchmark import ConfigError
+    from uniad_plugin.benchmark.anomaly_sets import check_ood_names
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match="no image files in the OOD folder"):
+        load_image_folder(tmp_path / "empty", (3, 8, 8))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_folder(tmp_path / "nowhere", (3, 8, 8))
+    with pytest.raises(ConfigError, match="no image files in the OOD folder"):
+        check_ood_names([str(tmp_path / "empty")], "digits")
+    with pytest.raises(ConfigError, match="OOD folder '.*nowhere' does not exist"):
+        check_ood_names([str(tmp_path / "nowhere")], "digits")
+    with pytest.raises(ConfigError, match="unknown OOD set 'nowhere'"):
+        check_ood_names(["nowhere"], "digits")  # a bare word that is no folder: a set name
+    letters = _flat_folder(tmp_path / "letters")
+    with pytest.raises(ConfigError, match="two OOD sets would be named 'letters'"):
+        check_ood_names(["letters", str(letters)], "digits")

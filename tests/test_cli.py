@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,7 +171,9 @@ def test_selected_detectors_sets_and_metric(first_run, tmp_path, capsys):
         capsys,
     )
     assert code == 0
-    assert out.startswith("FPR95TPR (lower is better)")
+    # the classifier's accuracy, then the table
+    assert out.startswith("Classifier accuracy on the 269 ID test images: ")
+    assert "\n\nFPR95TPR (lower is better)" in out
     rows = _rows(tmp_path / "o")
     sanity = {"PixelGrid", "PixelCount", "PixelKNN"}
     assert {r["Detector"] for r in rows} == {"MaxSoftmax", "KNN", *sanity}
@@ -229,7 +232,10 @@ def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
             ["--dataset", "folder", "--train-dir", p / "nowhere", "--test-dir", p],
             "does not exist",
         ),
-        "unknown torchvision model": (["--arch", "torchvision:resnet_nope"], "has no model"),
+        "unknown torchvision model": (
+            ["--arch", "torchvision:resnet_nope", "--train"],
+            "has no model",
+        ),
         "missing model": (["--model", p / "missing.pt"], "model file not found"),
         "output does not match classes": (
             ["--model", p / "five.pt", "--arch", f"{p / 'arch.py'}:five"],
@@ -241,6 +247,16 @@ def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
         ),
         "bad arch": (["--model", p / "ten.pt", "--arch", "nomodule_xyz:f"], "cannot import"),
         "bad device": (["--device", "toaster"], "bad device"),
+        "own arch, no weights": (
+            ["--arch", "uniad_plugin.models:digits_cnn"],
+            "your own architecture: pass --model WEIGHTS (its trained weights), --pretrained "
+            "(the function returns a trained model) or --train (train it on the ID training data)",
+        ),
+        "train without arch": (["--train"], "--train applies to --arch only"),
+        "model and train": (
+            ["--arch", "uniad_plugin.models:digits_cnn", "--model", p / "ten.pt", "--train"],
+            "--model and --train exclude each other",
+        ),
     }
 
 
@@ -321,6 +337,43 @@ def test_arguments_map_onto_one_config():
     assert defaults == RunConfig()
 
 
+def test_own_architecture_is_trained_only_when_asked(tmp_path):
+    """--arch alone stops (command and library); --train trains it; --pretrained uses what the
+    factory returns, weights and all, with no training."""
+    from uniad_plugin.benchmark import ConfigError, RunConfig
+    from uniad_plugin.benchmark.run import _model
+    from uniad_plugin.data import digits_splits
+
+    parse = cli.build_parser().parse_args
+    with pytest.raises(cli.UsageError, match="pass --model WEIGHTS"):
+        cli.config_from_args(parse(["--arch", "uniad_plugin.models:digits_cnn"]))
+    own = {"arch": "uniad_plugin.models:digits_cnn", "fast": True, "cache_dir": tmp_path}
+    with pytest.raises(ConfigError, match="not trained unless asked"):
+        RunConfig(**own).resolve()
+    with pytest.raises(ConfigError, match="expected arch with train=True"):
+        RunConfig(train=True).resolve()
+    with pytest.raises(ConfigError, match="built untrained"):
+        RunConfig(arch="torchvision:resnet18", pretrained=True).resolve()
+    config = cli.config_from_args(parse(["--arch", "uniad_plugin.models:digits_cnn", "--train"]))
+    assert config.train and not config.pretrained
+    # a factory that loads its own weights
+    trained = digits_cnn().eval()
+    torch.save(trained.state_dict(), tmp_path / "own.pt")
+    (tmp_path / "own.py").write_text(
+        "import torch\nfrom uniad_plugin.models import digits_cnn\n\n\ndef build():\n"
+        "    model = digits_cnn()\n"
+        f"    model.load_state_dict(torch.load({str(tmp_path / 'own.pt')!r}))\n"
+        "    return model\n"
+    )
+    config = cli.config_from_args(parse(["--arch", f"{tmp_path / 'own.py'}:build", "--pretrained"]))
+    splits = digits_splits(0)
+    model, info = _model(config.replace(fast=True, cache_dir=tmp_path).resolve(), splits)
+    assert info["source"].startswith("pretrained")
+    x = splits.test.tensors[0][:4]
+    assert torch.equal(model(x), trained(x))
+    assert not (tmp_path / "models").exists()  # nothing trained or cached
+
+
 def test_usage_errors_belong_to_the_command():
     parse = cli.build_parser().parse_args
     with pytest.raises(cli.UsageError, match="needs --data-root"):
@@ -385,7 +438,7 @@ def test_cifar10_end_to_end_on_a_tiny_copy(tmp_path, capsys):
 
     root = write_tiny_cifar10(tmp_path / "data", n_per_batch=20, n_test=300)
     args = ["--dataset", "cifar10", "--data-root", root, "--n-test", "20", *_TINY]
-    args += ["--arch", "tests.tiny_models:tiny_rgb_cnn", "--epochs", "40"]
+    args += ["--arch", "tests.tiny_models:tiny_rgb_cnn", "--train", "--epochs", "40"]
     code, out, err = _run([*args, "--out", tmp_path / "o", "--cache-dir", tmp_path / "c"], capsys)
     assert code == 0, err
     for name in ("results.json", "results.csv", "table.txt", "table.md"):
@@ -417,3 +470,94 @@ def test_image_folder_end_to_end_with_a_torchvision_model(tmp_path, capsys):
     assert (meta["n_train"], meta["n_test"], meta["n_attack_split"], meta["n_val"]) == (20, 8, 4, 4)
     kinds = _kinds(tmp_path / "o")
     assert all(kinds[k] == {"UniformDetector", "MaxSoftmax"} for k in ("OOD", "AD", "NS")), kinds
+
+
+_SIBLING = """\
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.relu(self.bn1(self.conv1(x)))).flatten(1))
+"""
+
+_FACTORY = """\
+from {sibling} import Net
+
+from uniad_plugin.models import Normalized
+
+
+def build():
+    return Normalized(Net(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+"""
+
+
+def test_newcomer_with_a_published_checkpoint_and_own_ood_folder(tmp_path, capsys, monkeypatch):
+    """A checkpoint saved as published CIFAR ResNets are ({"state_dict": ..., "best_prec1": ...},
+    DataParallel's ``module.`` prefix, the inner network only, trained on normalised inputs),
+    a factory in its own folder that imports a module beside it and wraps the network in
+    Normalized, folder data and an OOD folder given by path: the run reports the folder under
+    its name and prints the classifier's accuracy."""
+    import sys
+
+    from tests.image_data import write_image_folder
+    from uniad_plugin.data import folder_splits
+    from uniad_plugin.models import train_classifier
+
+    train_dir = write_image_folder(tmp_path / "data" / "train", n_per_class=10)
+    test_dir = write_image_folder(tmp_path / "data" / "test", n_per_class=8, seed=1)
+    ood_dir = tmp_path / "data" / "street_signs"
+    ood_dir.mkdir()
+    from PIL import Image
+
+    for i, img in enumerate(np.random.default_rng(5).integers(0, 256, (6, 24, 24, 3))):
+        Image.fromarray(img.astype(np.uint8)).save(ood_dir / f"sign_{i}.jpg")
+    sibling = f"newcomer_models_{tmp_path.name.replace('-', '_')}"
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / f"{sibling}.py").write_text(_SIBLING)
+    (code_dir / "factory.py").write_text(_FACTORY.format(sibling=sibling))
+    # the newcomer's training, elsewhere: the inner network on normalised inputs, saved
+    # through DataParallel with the best accuracy beside it
+    monkeypatch.syspath_prepend(str(code_dir))
+    net = __import__(sibling).Net()
+    sys.modules.pop(sibling)
+    x, y = folder_splits(train_dir, test_dir, image_size=16).train.tensors
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset((x - 0.5) / 0.25, y), batch_size=10, shuffle=True
+    )
+    train_classifier(net, loader, epochs=15, lr=0.01, progress=False)
+    saved = {"state_dict": torch.nn.DataParallel(net).state_dict(), "best_prec1": 100.0}
+    torch.save(saved, tmp_path / "checkpoint.th")
+    sys.path.remove(str(code_dir))  # the command finds the sibling module by itself
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--dataset", "folder", "--train-dir", train_dir, "--test-dir", test_dir]
+    args += ["--image-size", "16", "--arch", "code/factory.py:build"]
+    args += ["--model", "checkpoint.th", "--ood", "data/street_signs", "--fast"]
+    args += ["--detectors", "MaxSoftmax", "--attacks", "fgsm@0.3", "--noise", "uniform"]
+    args += ["--n-attack", "4", "--n-noise", "10", "--no-sanity", "--no-plots", "--quiet"]
+    try:
+        code, out, err = _run([*args, "--out", "o", "--cache-dir", "c"], capsys)
+    finally:
+        sys.modules.pop(sibling, None)
+    assert code == 0, err
+    assert out.startswith("Classifier accuracy on the 8 ID test images: 1.000 (chance 0.500")
+    assert "Warning" not in out and "street_signs" in out
+    assert "Run: 20 training and 8 ID test images of 3x16x16 on cpu; 1 OOD sets" in err
+    rows = _rows(tmp_path / "o")
+    ood = {r["Dataset"] for r in rows if r["Class"] == "OOD"}
+    assert ood == {"street_signs", "mean", "worst"}
+    row = next(r for r in rows if r["Dataset"] == "street_signs")
+    assert row["N"] == 6 and row["AUROC"] is not None
+    meta = json.loads((tmp_path / "o" / "results.json").read_text())["meta"]
+    assert meta["model"]["source"] == "checkpoint.th" and meta["test_accuracy"] == 1.0
+    assert (tmp_path / "o" / "table.md").read_text().startswith("Classifier accuracy on the 8")

@@ -79,6 +79,7 @@ def test_cifar10_with_openood_near_and_far_sets(tmp_path, capsys):
             *_TINY,
             "--arch",
             _ARCH,
+            "--train",
             "--detectors",
             *_DETECTORS,
         ],
@@ -115,7 +116,7 @@ def test_cifar10_with_a_torchvision_resnet18_and_openood_sets(tmp_path, capsys):
 def test_missing_openood_files_a_note_by_default_an_error_when_named(tmp_path, capsys):
     root = write_tiny_cifar10(tmp_path / "data", n_per_batch=20, n_test=300)
     args = ["--dataset", "cifar10", "--data-root", root, *_TINY, "--attacks", "--noise"]
-    args += ["--arch", _ARCH, "--detectors", "MaxSoftmax"]
+    args += ["--train", "--arch", _ARCH, "--detectors", "MaxSoftmax"]
     code, out, err = _run(args, tmp_path, capsys)
     assert code == 0, err
     notes = [line for line in out.splitlines() if line.startswith("note: ")]
@@ -133,7 +134,7 @@ def test_cifar100_end_to_end(tmp_path, capsys):
     root = write_tiny_cifar100(tmp_path / "data", n_train=100, n_test=300)
     write_openood_sets(root, "cifar100", n_per_set=12)
     args = ["--dataset", "cifar100", "--data-root", root, *_TINY, "--epochs", "20"]
-    args += ["--arch", f"{_ARCH}_100", "--detectors", *_FEW_CLASSES]
+    args += ["--train", "--arch", f"{_ARCH}_100", "--detectors", *_FEW_CLASSES]
     code, out, err = _run([*args, "--ood", "openood"], tmp_path, capsys)
     assert code == 0, err
     rows, meta = _results(tmp_path)
@@ -147,7 +148,15 @@ def test_imagenet200_end_to_end(tmp_path, capsys):
     root = write_imagenet200(tmp_path / "data", n_train_per_class=8, n_test=170, n_val=4)
     write_openood_sets(root, "imagenet200", n_per_set=12)
     args = ["--dataset", "imagenet200", "--data-root", root, *_TINY, "--epochs", "10"]
-    args += ["--arch", f"{_ARCH}_200", "--detectors", *_FEW_CLASSES, "--image-size", "64"]
+    args += [
+        "--train",
+        "--arch",
+        f"{_ARCH}_200",
+        "--detectors",
+        *_FEW_CLASSES,
+        "--image-size",
+        "64",
+    ]
     code, out, err = _run([*args, "--ood", "openood"], tmp_path, capsys)
     assert code == 0, err
     rows, meta = _results(tmp_path)
@@ -161,7 +170,7 @@ def test_imagenet_folders_end_to_end(tmp_path, capsys):
     root = write_imagenet_folders(tmp_path / "data", n_train_per_class=10, n_val_per_class=57)
     write_openood_sets(root, "imagenet", n_per_set=12)
     args = ["--dataset", "imagenet", "--data-root", root, *_TINY, "--epochs", "20"]
-    args += ["--arch", f"{_ARCH}_3", "--detectors", *_DETECTORS]
+    args += ["--train", "--arch", f"{_ARCH}_3", "--detectors", *_DETECTORS]
     code, out, err = _run([*args, "--ood", "openood", "--image-size", "64"], tmp_path, capsys)
     assert code == 0, err
     rows, meta = _results(tmp_path)

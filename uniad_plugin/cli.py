@@ -13,6 +13,7 @@ Examples::
     uniad --detectors UniformDetector Mahalanobis --attacks pgd_linf@0.1,0.2 --noise gaussian
     uniad --dataset mnist --data-root ../shared/data --out results/mnist
     uniad --model my_cnn.pt --arch my_package.models:build_cnn
+    uniad --dataset folder --train-dir imgs/train --test-dir imgs/test --arch my.py:build --train
     uniad --dataset cifar10 --data-root ../shared/data --arch torchvision:resnet18
     uniad --dataset cifar100 --data-root data --ood openood_near openood_far
     uniad --dataset imagenet200 --data-root data --model r18.pt --arch torchvision:resnet18
@@ -47,17 +48,30 @@ OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifa
   (DIR/<set>/...); the tables add a 'near-OOD mean' and a 'far-OOD mean' line. By default the
   CIFAR and ImageNet runs add them when their files are there (a note says which are missing);
   named with --ood, missing files stop the run. An empty list (e.g. '--attacks') means none.
+  --ood DIR (a path: with a '/', or starting with '.' or '~'; or folder:DIR) makes a folder of
+  your images an OOD set, named after the folder: image files in it or in its subfolders
+  (ImageFolder layout), read as the ID images are (RGB or gray, resized and center-cropped to
+  the ID size, 8-bit, on the ID data's value grid). --ood replaces the default OOD sets: add
+  their names to keep them (e.g. --ood letters photos ./my_ood).
 
-your own model (--model PATH): PATH is a state_dict saved with
-  torch.save(model.state_dict(), PATH); it is read with torch.load(weights_only=True), which
-  runs no code from the file. --arch MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a
-  function that returns the untrained nn.Module (default: the reference model of the data set,
-  uniad_plugin.models:digits_cnn, :lenet, :resnet_cifar or :imagenet_resnet18); --arch
+your own model: --arch MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a function,
+  called without arguments, that returns the nn.Module; modules are found in the current
+  directory and beside the file, as python -m and python file.py find them. --arch
   torchvision:NAME builds torchvision.models.NAME(weights=None, num_classes=<the data set's
-  classes>). The model must map images in [0, 1] of the data set's shape (1x8x8 digits,
-  1x28x28 MNIST, 3x32x32 CIFAR-10/100, 3x224x224 ImageNet, 3xSxS folder) to logits of its
-  classes; put a model trained on normalised inputs behind
-  uniad_plugin.models.Normalized(model, mean, std).
+  classes>). With --arch give one of: --model PATH, its weights; --pretrained, if the function
+  returns a trained model; or --train, to train it on the ID training data (a user's
+  architecture is never trained unless asked). --model PATH holds a state_dict
+  (torch.save(model.state_dict(), PATH)) or a checkpoint dict with one under state_dict,
+  model_state_dict, model or net (other entries, e.g. epoch, best_prec1, are ignored); keys
+  saved through DataParallel (module.) and the inner network's weights of a Normalized model
+  are placed onto the model's keys. It is read with torch.load(weights_only=True), which runs
+  no code from the file. Without --arch, the data set's reference model
+  (uniad_plugin.models:digits_cnn, :lenet, :resnet_cifar or :imagenet_resnet18) is trained
+  and cached, or --model loads weights into it. The model must map images in [0, 1] of the
+  data set's shape (1x8x8 digits, 1x28x28 MNIST, 3x32x32 CIFAR-10/100, 3x224x224 ImageNet,
+  3xSxS folder) to logits of its classes; put a model trained on normalised inputs behind
+  uniad_plugin.models.Normalized(model, mean, std). The accuracy on the ID test images is
+  printed above the tables, with a warning when it is below 1.5 times chance.
 
 ImageNet: --dataset imagenet200 reads OpenOOD's ImageNet-200 image lists (200 classes) with
   images in DIR/imagenet_1k/ (train/<wnid>/..., val/ILSVRC2012_val_*.JPEG); --dataset
@@ -156,16 +170,31 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
         help="let torchvision and pytorch-ood download missing data sets (OpenOOD: needs gdown)",
     )
     data.add_argument(
-        "--model", metavar="PATH", help="state_dict of your own classifier (see below)"
+        "--model",
+        metavar="PATH",
+        help="weights of your own classifier: a state_dict or a checkpoint dict (see below)",
     )
     data.add_argument(
         "--arch",
         metavar="MODULE:FUNCTION",
         help="function that builds the model architecture, or torchvision:NAME (default: the "
-        "reference model)",
+        "reference model, trained here); needs --model, --pretrained or --train",
     )
     data.add_argument(
-        "--epochs", type=_positive_int, metavar="N", help="training epochs of the reference model"
+        "--pretrained",
+        action="store_true",
+        help="the --arch function returns a trained model (loads its own weights): use it as it is",
+    )
+    data.add_argument(
+        "--train",
+        action="store_true",
+        help="train the --arch architecture on the ID training data (cached)",
+    )
+    data.add_argument(
+        "--epochs",
+        type=_positive_int,
+        metavar="N",
+        help="training epochs of the reference model (or of --arch with --train)",
     )
 
 
@@ -191,7 +220,12 @@ def _selection_arguments(p: argparse.ArgumentParser) -> None:
         help="default L2 budgets (pgd_l2, deepfool, cw_l2)",
     )
     sel.add_argument("--noise", nargs="*", metavar="NAME", help="noise sets")
-    sel.add_argument("--ood", nargs="*", metavar="NAME", help="OOD sets")
+    sel.add_argument(
+        "--ood",
+        nargs="*",
+        metavar="NAME|DIR",
+        help="OOD sets: names, or folders of your own images (each a set named after its folder)",
+    )
     sel.add_argument(
         "--split",
         choices=("report", "validation"),
@@ -295,6 +329,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     from uniad_plugin.benchmark import RunConfig
 
     _check_data_args(args)
+    _check_model_args(args)
     eps = {}
     if args.eps_linf:
         eps["linf"] = tuple(args.eps_linf)
@@ -315,6 +350,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         n_fit=args.n_fit,
         model_path=args.model,
         arch=args.arch,
+        train=args.train,
+        pretrained=args.pretrained,
         epochs=args.epochs,
         data_root=args.data_root,
         download=args.download,
@@ -361,8 +398,34 @@ def _check_data_args(args: argparse.Namespace) -> None:
         raise UsageError("--train-dir and --test-dir apply to --dataset folder only")
 
 
+def _check_model_args(args: argparse.Namespace) -> None:
+    """:raises UsageError: unless the model comes from one place (a user's --arch is never
+    trained unless asked)"""
+    given = [
+        flag
+        for flag, on in (
+            ("--model", args.model is not None),
+            ("--pretrained", args.pretrained),
+            ("--train", args.train),
+        )
+        if on
+    ]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} exclude each other: give one")
+    if args.arch is None and (args.pretrained or args.train):
+        raise UsageError(
+            f"{given[0]} applies to --arch only (the reference model is trained anyway)"
+        )
+    if args.arch is not None and not given:
+        raise UsageError(
+            f"--arch {args.arch} is your own architecture: pass --model WEIGHTS (its trained "
+            "weights), --pretrained (the function returns a trained model) or --train (train "
+            "it on the ID training data)"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from uniad_plugin.benchmark import results_to_table, run
+    from uniad_plugin.benchmark import accuracy_lines, results_to_table, run
 
     if args.version:
         from uniad_plugin import __version__
@@ -380,7 +443,7 @@ def _run(args: argparse.Namespace) -> int:
         joined = distributed.init_from_env(config.device, args.dist_backend, args.dist_timeout)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    result = run(config)
+    result = run(config, echo=lambda text: print(text, file=sys.stderr, flush=True))
     main_rank = distributed.is_main()
     if joined:  # on an error the process just ends: torchrun stops the others
         import torch.distributed
@@ -389,7 +452,8 @@ def _run(args: argparse.Namespace) -> int:
     if not main_rank:  # rank 0 prints and writes
         return 0
     table = result.table if args.metric == "AUROC" else results_to_table(result.rows, args.metric)
-    print(table, end="")
+    head = accuracy_lines(result.meta)  # above the table: a model at chance explains a table
+    print("".join(f"{line}\n" for line in head) + ("\n" if head else "") + table, end="")
     for note in result.meta.get("notes", []):
         print(f"note: {note}")
     if result.files:

@@ -38,7 +38,7 @@ from uniad_plugin.anomalies.ood import (
     photo_patches,
 )
 from uniad_plugin.anomalies.openood import OpenOODSet, load_openood
-from uniad_plugin.anomalies.real import OOD_DATASETS, load_ood
+from uniad_plugin.anomalies.real import OOD_DATASETS, load_image_folder, load_ood
 
 __all__ = [
     "KINDS",
@@ -63,6 +63,7 @@ __all__ = [
     "font_letters",
     "photo_patches",
     "load_ood",
+    "load_image_folder",
     "OpenOODSet",
     "load_openood",
 ]

@@ -1,4 +1,5 @@
-"""Real OOD sets (kind ``"OOD"``) through torchvision and pytorch-ood: :func:`load_ood`.
+"""Real OOD sets (kind ``"OOD"``) through torchvision and pytorch-ood (:func:`load_ood`), and
+any folder of the user's images (:func:`load_image_folder`).
 
 The files hold 8-bit images; they are centre-cropped, resized and converted to the classifier's
 input shape, then rounded back onto the value grid (``levels``, default 255).
@@ -20,7 +21,7 @@ from uniad_plugin._utils import seeded_generator
 from uniad_plugin.anomalies.base import DEFAULT_LEVELS, _check_levels, _check_n, _check_shape
 from uniad_plugin.anomalies.ood import _CHUNK, OODSet, _finish, _to_channels
 
-__all__ = ["OODSource", "OOD_DATASETS", "load_ood"]
+__all__ = ["OODSource", "OOD_DATASETS", "image_files", "load_image_folder", "load_ood"]
 
 # ----------------------------------------------------------------------------- real datasets
 
@@ -244,4 +245,107 @@ def load_ood(
     x = _to_channels(x, c)
     info = {"dataset": name, "root": str(root), "split": "test", "n": len(idx), "seed": seed}
     info |= {"n_total": total, "shape": [c, h, w], "source": source.description}
+    return _finish(x, name, info, levels)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Image files through a transform, each labelled ``-1``."""
+
+    def __init__(self, files: list[Path], transform: Callable[[Any], Tensor]) -> None:
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as img:
+            return self.transform(img), -1
+
+
+def image_files(root: str | os.PathLike[str]) -> list[Path]:
+    """The image files under ``root`` (its own and those of its subfolders, at any depth, so
+    a flat folder and an ``ImageFolder`` tree alike), by torchvision's image extensions, in
+    sorted order; hidden files and folders are passed over."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = Path(root)
+    out = []
+    for path in sorted(root.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+        if not hidden and path.suffix.lower() in IMG_EXTENSIONS and path.is_file():
+            out.append(path)
+    return out
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    shape: tuple[int, int, int],
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    levels: int | None = DEFAULT_LEVELS,
+    crop: float = 1.0,
+    name: str | None = None,
+) -> OODSet:
+    """A folder of image files as an :class:`OODSet` of images of ``shape`` in [0, 1]: a flat
+    folder of images or an ``ImageFolder`` tree (``root/<class>/<image>``; the class folders
+    are ignored, every image is an anomaly), see :func:`image_files`.
+
+    The images go through the evaluation transform of the ID data (RGB, resize of the shorter
+    side to ``side / crop``, centre crop to the side, 8-bit; see
+    :func:`~uniad_plugin._images.eval_transform`), are converted to ``shape``'s channels
+    (luminance for one channel) and put on the grid ``levels``, as the other OOD sets are.
+
+    :param root: the folder
+    :param shape: image shape :math:`(C, H, W)` with ``H == W``, ``C`` in {1, 3}
+    :param n: at most this many images, a random subset chosen with ``seed`` (kept in file
+        order); ``None``, or more than the folder holds: all
+    :param levels: value grid: values ``k / levels`` (default 255, 8-bit), ``None`` for
+        continuous values (the name gets ``" (continuous)"``)
+    :param crop: crop ratio of the ID data's evaluation transform (1 for the 32x32 data sets,
+        0.875 for ImageNet's resize to 256 and crop to 224)
+    :param name: the set's name (default: the folder's name)
+    :raises FileNotFoundError: if ``root`` is not a folder
+    :raises ValueError: if it holds no image file, an image cannot be read, or on a bad
+        ``shape``, ``n`` or ``levels``
+    """
+    from uniad_plugin._images import eval_transform, load_images
+
+    c, h, w = _check_shape(shape)
+    if c not in (1, 3) or h != w:
+        raise ValueError(f"expected a square shape with 1 or 3 channels, got {shape}")
+    if n is not None:
+        _check_n(n)
+    levels = _check_levels(levels)
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"OOD image folder {str(root)!r} does not exist")
+    files = image_files(path)
+    if not files:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        raise ValueError(
+            f"no image files in the OOD folder {str(root)!r} (nor in its subfolders); expected "
+            f"files ending in {', '.join(IMG_EXTENSIONS[:4])}, ..."
+        )
+    name = name or path.resolve().name
+    gen = seeded_generator(seed)
+    total = len(files)
+    if n is None or n >= total:
+        idx = torch.arange(total)
+    else:
+        idx = torch.randperm(total, generator=gen)[:n].sort().values
+    data = _ImageFiles(files, eval_transform(h, crop))
+    try:
+        x, _ = load_images(data, idx)
+    except Exception as e:  # noqa: BLE001 - PIL's errors on broken files
+        raise ValueError(f"cannot read the images of the OOD folder {str(root)!r}: {e}") from e
+    x = _to_channels(x, c)
+    info = {"dataset": name, "root": str(path), "n": len(idx), "n_total": total, "seed": seed}
+    info |= {"shape": [c, h, w], "source": "image folder", "crop": crop}
     return _finish(x, name, info, levels)

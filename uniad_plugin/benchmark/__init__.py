@@ -67,6 +67,7 @@ from uniad_plugin.benchmark.evaluation import (
 )
 from uniad_plugin.benchmark.fitting import fit_detectors
 from uniad_plugin.benchmark.model_cache import (
+    build_model,
     check_model_output,
     default_cache_dir,
     load_model,
@@ -76,6 +77,8 @@ from uniad_plugin.benchmark.model_cache import (
 )
 from uniad_plugin.benchmark.plots import plot_heatmap, plot_histograms, plot_roc
 from uniad_plugin.benchmark.reporting import (
+    NEAR_CHANCE,
+    accuracy_lines,
     results_to_csv,
     results_to_json,
     results_to_table,
@@ -89,6 +92,7 @@ from uniad_plugin.benchmark.run import (
     run_benchmark,
     run_default,
     run_mnist,
+    work_lines,
 )
 from uniad_plugin.benchmark.sanity import PixelCount, PixelGrid, PixelKNN
 from uniad_plugin.benchmark.wiring import (
@@ -122,6 +126,9 @@ __all__ = [
     "results_to_csv",
     "results_to_json",
     "save_results",
+    "NEAR_CHANCE",
+    "accuracy_lines",
+    "work_lines",
     "plot_roc",
     "plot_histograms",
     "DEFAULT_ATTACKS",
@@ -131,6 +138,7 @@ __all__ = [
     "default_cache_dir",
     "parse_attacks",
     "load_ood_sets",
+    "build_model",
     "load_model",
     "place_state_dict",
     "read_state_dict",

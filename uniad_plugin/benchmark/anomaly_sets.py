@@ -28,6 +28,7 @@ __all__ = [
     "attack_norms",
     "build_anomaly_sets",
     "check_choice",
+    "FOLDER_PREFIX",
     "check_ood_names",
     "load_ood_sets",
     "noise_sets",
@@ -107,23 +108,75 @@ def ood_set_names() -> list[str]:
     return [*OFFLINE_OOD_SETS, *real, *short_names()]
 
 
+#: prefix of the key of an OOD set read from a folder of the user's images
+FOLDER_PREFIX = "folder:"
+
+
+def _is_folder(name: str) -> bool:
+    """Whether the OOD set ``name`` means a folder: ``folder:PATH``, a path (with a separator,
+    or starting with ``.`` or ``~``) or a word that is no set name but an existing folder."""
+    if name.startswith(FOLDER_PREFIX) or os.sep in name or name.startswith((".", "~")):
+        return True
+    return "/" in name or (name.strip().lower() not in ood_set_names() and Path(name).is_dir())
+
+
+def _folder_key(name: str) -> str:
+    """``folder:<absolute path>`` of an OOD folder.
+
+    :raises ConfigError: if it does not exist or holds no image file
+    """
+    from uniad_plugin.anomalies.real import image_files
+
+    path = Path(name.removeprefix(FOLDER_PREFIX)).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"OOD folder {name!r} does not exist (--ood takes OOD set names and folders of images)"
+        )
+    if not image_files(path):
+        raise ConfigError(
+            f"no image files in the OOD folder {name!r} (nor in its subfolders); expected e.g. "
+            ".png or .jpg files"
+        )
+    return FOLDER_PREFIX + str(path.resolve())
+
+
+def folder_set_name(key: str) -> str:
+    """The name an OOD folder's set is reported under: the folder's name."""
+    return Path(key.removeprefix(FOLDER_PREFIX)).name
+
+
 def check_ood_names(names: Sequence[str], dataset: str) -> list[str]:
     """OOD set names checked and with the OpenOOD names made keys of ``dataset``'s OpenOOD
     benchmark (``openood`` -> ``openood:cifar10:cifar100``, ...; see
     :func:`~uniad_plugin.anomalies.openood.expand_openood_names`); keys
-    ``openood:<data set>:<set>`` are accepted as they are.
+    ``openood:<data set>:<set>`` are accepted as they are. A folder of images (a path, or
+    ``folder:PATH``) becomes the key ``folder:<absolute path>`` (see :func:`load_ood_sets`).
 
-    :raises ConfigError: on an unknown name, or an OpenOOD name that ``dataset`` has no set of
+    :raises ConfigError: on an unknown name, an OpenOOD name that ``dataset`` has no set of,
+        a folder that does not exist or holds no image, or two sets of one name
     """
     from uniad_plugin.anomalies.openood import expand_openood_names
 
-    keys = [n.strip().lower() for n in names]
-    plain = [n for n in names if n.strip().lower().count(":") < 2]
+    folders = {i: _folder_key(n) for i, n in enumerate(names) if _is_folder(n)}
+    others = [n for i, n in enumerate(names) if i not in folders]
+    keys = [n.strip().lower() for n in others]
+    plain = [n for n in others if n.strip().lower().count(":") < 2]
     check_choice("OOD set", plain, ood_set_names())
     try:
-        return expand_openood_names(keys, dataset)
+        expanded = expand_openood_names(keys, dataset)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    taken = set(expanded)
+    for key in dict.fromkeys(folders.values()):
+        name = folder_set_name(key)
+        if name.lower() in taken:
+            raise ConfigError(
+                f"two OOD sets would be named {name!r} (the folder {key.removeprefix(FOLDER_PREFIX)!r}"
+                " and another set or folder); rename the folder"
+            )
+        taken.add(name.lower())
+        expanded.append(key)
+    return expanded
 
 
 def check_choice(kind: str, names: Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -148,10 +201,12 @@ def load_ood_sets(
     seed: int = 0,
     levels: int | None = 255,
     split: str = "report",
+    crop: float = 1.0,
 ) -> tuple[list[Any], list[str]]:
     """Load OOD sets by name: ``letters`` and ``photos`` offline, real sets from ``data_root``
     (torchvision's, pytorch-ood's and OpenOOD's: keys ``openood:<ID data set>:<set>``, see
-    :func:`check_ood_names`).
+    :func:`check_ood_names`) and folders of the user's images (keys ``folder:PATH``, read by
+    :func:`~uniad_plugin.anomalies.real.load_image_folder` and named after the folder).
 
     :param names: set names
     :param shape: image shape ``(C, H, W)`` the sets are converted to
@@ -160,6 +215,8 @@ def load_ood_sets(
     :param levels: the ID data's value grid the sets are put on (``None``: continuous)
     :param split: fonts and photos of the ``"report"`` or the ``"validation"`` sources (and
         the disjoint halves of the OpenOOD sets)
+    :param crop: crop ratio of the ID data's evaluation transform, for the folders (1 for the
+        32x32 data sets, 0.875 for ImageNet's)
     :return: the sets and notes about optional sets left out (one note for all OpenOOD sets)
     :raises ConfigError: if a set that is not optional cannot be loaded
     """
@@ -175,6 +232,14 @@ def load_ood_sets(
             sets.append(an.font_letters(n, shape, seed=seed, split=split, levels=levels))
         elif name == "photos":
             sets.append(an.photo_patches(n, shape, seed=seed, split=split, levels=levels))
+        elif name.startswith(FOLDER_PREFIX):
+            folder = name.removeprefix(FOLDER_PREFIX)
+            try:
+                sets.append(
+                    an.load_image_folder(folder, shape, n=n, seed=seed, levels=levels, crop=crop)
+                )
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"cannot load the OOD folder {folder!r}: {one_line(e)}") from e
         else:
             try:
                 if data_root is None:

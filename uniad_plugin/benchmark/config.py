@@ -33,7 +33,7 @@ from uniad_plugin.benchmark.anomaly_sets import (
     check_ood_names,
     parse_attacks,
 )
-from uniad_plugin.benchmark.model_cache import default_cache_dir
+from uniad_plugin.benchmark.model_cache import TORCHVISION_PREFIX, default_cache_dir
 from uniad_plugin.benchmark.profiles import (
     CIFAR10,
     CIFAR10_FAST,
@@ -96,8 +96,13 @@ class RunConfig:
     :param arch: ``"module:function"`` (or ``"file.py:function"``, or the function) building
         the architecture, or ``"torchvision:NAME"`` (``torchvision.models.NAME(weights=None,
         num_classes=...)``, see :func:`~uniad_plugin.benchmark.model_cache.torchvision_architecture`)
-        (default: the profile's reference model)
-    :param epochs: training epochs of the reference model
+        (default: the profile's reference model). A user's architecture is never trained
+        unless asked: give its weights (``model_path``), ``pretrained=True`` or ``train=True``
+    :param train: train ``arch`` on the ID training data (cached as the reference models
+        are); the reference model (no ``arch``) is always trained
+    :param pretrained: ``arch`` returns a trained model (its own weights): evaluate it as it
+        is, with no ``model_path`` and no training
+    :param epochs: training epochs of the reference model (or of ``arch`` with ``train``)
     :param data_root: folder of torchvision data sets (MNIST, CIFAR-10, real OOD sets)
     :param download: let torchvision download missing data sets
     :param seed: seed of every random choice (splits, training, attacks, noise, detectors)
@@ -138,6 +143,8 @@ class RunConfig:
     detector_kwargs: Mapping[str, Mapping[str, Any]] | None = None
     model_path: str | os.PathLike | None = None
     arch: str | Callable[[], nn.Module] | None = None
+    train: bool = False
+    pretrained: bool = False
     epochs: int | None = None
     data_root: str | os.PathLike | None = None
     download: bool = False
@@ -318,6 +325,40 @@ def _check_sizes(c: RunConfig) -> None:
         )
 
 
+def _check_model_source(c: RunConfig) -> None:
+    """:raises ConfigError: unless the model comes from one place: ``model_path``,
+    ``pretrained`` or ``train`` (the last two with ``arch``), or the profile's reference model
+    (no ``arch`` and none of them)"""
+    given = [
+        name
+        for name, on in (
+            ("model_path", c.model_path is not None),
+            ("pretrained=True", c.pretrained),
+            ("train=True", c.train),
+        )
+        if on
+    ]
+    if len(given) > 1:
+        raise ConfigError(
+            f"expected one of model_path, pretrained and train, got {' and '.join(given)}"
+        )
+    if c.arch is None and (c.pretrained or c.train):
+        raise ConfigError(
+            f"expected arch with {given[0]} (the reference model is trained anyway), got None"
+        )
+    if c.arch is not None and not given:
+        raise ConfigError(
+            f"expected model_path (the weights of arch {str(c.arch)!r}), pretrained=True (it "
+            "returns a trained model) or train=True (train it on the ID training data), got "
+            "none: a user's architecture is not trained unless asked"
+        )
+    if c.pretrained and str(c.arch).startswith(TORCHVISION_PREFIX):
+        raise ConfigError(
+            f"expected pretrained=True with a factory of a trained model, got arch {c.arch!r}, "
+            "which is built untrained (weights=None); give its weights with model_path"
+        )
+
+
 #: data sets read from ``data_root``, and what they expect inside it
 _ROOT_LAYOUT: Mapping[str, str] = {
     "mnist": "MNIST/raw",
@@ -369,6 +410,7 @@ def _resolve(c: RunConfig) -> RunPlan:
     noise = check_choice("noise set", _default(c.noise, NOISE_SETS), NOISE_SETS)
     ood = check_ood_names(_default(c.ood, profile.ood), c.dataset)
     _check_sizes(c)
+    _check_model_source(c)
     if not (detectors or attacks or noise or ood):
         raise ConfigError("nothing to evaluate")
     if not (attacks or noise or ood):

@@ -27,6 +27,8 @@ from uniad_plugin.benchmark.evaluation import (
 )
 
 __all__ = [
+    "NEAR_CHANCE",
+    "accuracy_lines",
     "results_notes",
     "results_to_csv",
     "results_to_json",
@@ -40,6 +42,37 @@ _LEGEND = (
     f"{SEPARABLE_MARK} = a model-free Pixel* baseline separates this set from the ID test set "
     "(AUROC >= 0.9): a detector needs no model to score well on it"
 )
+
+
+#: a classifier whose accuracy on the ID test images is below this multiple of chance
+#: (1 / the number of classes) gets a warning: it is near chance
+NEAR_CHANCE: float = 1.5
+
+
+def accuracy_lines(meta: Mapping[str, Any]) -> list[str]:
+    """The classifier's accuracy on the ID test images (``meta["test_accuracy"]``, of
+    ``meta["n_test"]`` images and ``meta["num_classes"]`` classes) in one line, and a warning
+    when it is below :data:`NEAR_CHANCE` times chance (a wrong input normalisation or label
+    order); none if ``meta`` has no accuracy."""
+    acc, classes = meta.get("test_accuracy"), meta.get("num_classes")
+    if acc is None or not classes:
+        return []
+    chance = 1.0 / classes
+    n = meta.get("n_test")
+    images = f"the {n:,} ID test images" if n else "the ID test images"
+    lines = [
+        f"Classifier accuracy on {images}: {acc:.3f} (chance {chance:.3f}, {classes} classes)."
+    ]
+    if acc < NEAR_CHANCE * chance:
+        lines.append(
+            f"Warning: the accuracy is near chance (below {NEAR_CHANCE:g} x {chance:.3f}), so "
+            "the model does not classify these images: check the input normalisation (the "
+            "model gets images in [0, 1]; wrap a model trained on normalised inputs in "
+            "uniad_plugin.models.Normalized(model, mean, std)) and the label order (folder "
+            "data: class k is the k-th folder name in sorted order, as torchvision's "
+            "ImageFolder numbers them)."
+        )
+    return lines
 
 
 def _detectors_in(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -237,7 +270,8 @@ def save_results(
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.csv``, ``table.txt``, ``table.md`` and ``notes.md``
-    (the run's notes in plain words, see :func:`results_notes`) to ``out_dir``.
+    (the run's notes in plain words, see :func:`results_notes`) to ``out_dir``; the tables
+    start with the classifier's accuracy (see :func:`accuracy_lines`).
 
     :return: file kind -> path
     """
@@ -250,22 +284,23 @@ def save_results(
         "markdown": out / "table.md",
         "notes": out / "notes.md",
     }
+    head = "".join(f"{line}\n\n" for line in accuracy_lines(meta or {}))
     files["json"].write_text(results_to_json(rows, meta) + "\n")
     files["csv"].write_text(results_to_csv(rows))
-    files["table"].write_text("\n".join(results_to_table(rows, m) for m in METRICS))
+    files["table"].write_text(head + "\n".join(results_to_table(rows, m) for m in METRICS))
     files["markdown"].write_text(
-        "\n".join(results_to_table(rows, m, fmt="markdown") for m in METRICS)
+        head + "\n".join(results_to_table(rows, m, fmt="markdown") for m in METRICS)
     )
     files["notes"].write_text("".join(f"- {n}\n" for n in results_notes(meta or {})))
     return files
 
 
 def results_notes(meta: Mapping[str, Any]) -> list[str]:
-    """What a reader of a run's tables must know, in plain words: the value grid of the
-    generated sets, the sets a model-free baseline separates, the run's notes (e.g. real OOD
+    """What a reader of a run's tables must know, in plain words: the classifier's accuracy on
+    the ID test images (see :func:`accuracy_lines`), the value grid of the generated sets, the sets a model-free baseline separates, the run's notes (e.g. real OOD
     data that is missing) and the false positive rate each detector's held-out threshold gives
     on the ID test set."""
-    out = []
+    out = accuracy_lines(meta)
     if "grid_levels" in meta:
         levels = meta["grid_levels"]
         out.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from uniad_plugin import distributed as dist
+from uniad_plugin.anomalies.openood import CROP
 from uniad_plugin.benchmark._common import safe_name
 from uniad_plugin.benchmark.anomaly_sets import (
     NOISE_SETS,
@@ -32,13 +34,14 @@ from uniad_plugin.benchmark.anomaly_sets import (
 from uniad_plugin.benchmark.config import RunConfig, RunPlan
 from uniad_plugin.benchmark.evaluation import UnifiedBenchmark
 from uniad_plugin.benchmark.model_cache import (
+    build_model,
     check_model_output,
     load_model,
     resolve_architecture,
     trained_model,
 )
 from uniad_plugin.benchmark.plots import plot_heatmap, plot_histograms, plot_roc
-from uniad_plugin.benchmark.reporting import results_to_table, save_results
+from uniad_plugin.benchmark.reporting import accuracy_lines, results_to_table, save_results
 from uniad_plugin.benchmark.wiring import DEFAULT_DETECTORS, build_detectors
 from uniad_plugin.data import Splits
 
@@ -51,6 +54,7 @@ __all__ = [
     "run_benchmark",
     "run_default",
     "run_mnist",
+    "work_lines",
 ]
 
 _METRIC_NOTES = (
@@ -108,20 +112,70 @@ class RunResult:
     model: nn.Module
 
 
-def run(config: RunConfig) -> RunResult:
+def run(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> RunResult:
     """Run the benchmark that ``config`` describes.
 
     Checks the configuration first (:meth:`RunConfig.resolve`), then loads the ID splits and
     the OOD sets, loads the user's model or trains (or loads from the cache) the reference
-    model, crafts the adversarial sets from the attack split, makes the noise sets, builds the
-    detectors, fits them on the ID training data, evaluates them with
-    :class:`UnifiedBenchmark` and writes results and plots to ``config.out_dir``.
+    model, measures its accuracy on the ID test images, crafts the adversarial sets from the
+    attack split, makes the noise sets, builds the detectors, fits them on the ID training
+    data, evaluates them with :class:`UnifiedBenchmark` and writes results and plots to
+    ``config.out_dir``.
 
+    :param echo: called once (by the main process) before the attacks start with a short
+        block of lines: the data, the classifier's accuracy (see
+        :func:`~uniad_plugin.benchmark.reporting.accuracy_lines`) and the work ahead (see
+        :func:`work_lines`); the ``uniad`` command prints it
     :raises ConfigError: on a bad configuration (before any heavy work), missing data or a
         model that does not fit the data set
     """
+    from uniad_plugin.models import accuracy
+
     plan, splits, model, ood_sets, notes, meta = _setup(config)
+    loader = DataLoader(splits.test, batch_size=config.batch_size)
+    meta.update(
+        num_classes=splits.num_classes,
+        n_test=len(splits.test),
+        test_accuracy=accuracy(model, loader, plan.device),
+    )
+    if echo is not None and dist.is_main():
+        echo("\n".join([*accuracy_lines(meta), *work_lines(plan, splits, ood_sets)]))
     return evaluate_plan(model, splits, plan, prebuilt=ood_sets, notes=notes, meta=meta)
+
+
+#: on the CPU, a run that attacks more than this many input values (attacked inputs times
+#: values per input) gets a warning that it may take hours: the full CIFAR-10 run does
+#: (5,000 attacked 3x32x32 inputs), the full MNIST run does not (5,000 of 1x28x28)
+CPU_WARNING_VALUES: int = 10_000_000
+
+
+def work_lines(plan: RunPlan, splits: Splits, ood_sets: Sequence[Any] = ()) -> list[str]:
+    """A rough estimate of a run's work, in one or two lines: the ID images, the sets, the
+    attacks and budgets, the inputs attacked (at most; only correctly classified sources are
+    attacked, and cached sets are not attacked again), the detectors and the device; a
+    warning on the CPU when the attacked input values exceed :data:`CPU_WARNING_VALUES`.
+
+    :param ood_sets: the OOD sets already loaded (default: ``plan.ood`` counts them)
+    """
+    shape = tuple(splits.test.tensors[0].shape[1:])
+    dims = "x".join(str(d) for d in shape)
+    n_src = len(splits.attack)
+    per_budget = min(plan.n_attack, n_src) if plan.n_attack is not None else n_src
+    budgets = sum(len(b) for b in plan.attacks.values())
+    attacked = per_budget * budgets
+    n_ood = len(ood_sets) or len(plan.ood)
+    lines = [
+        f"Run: {len(splits.train):,} training and {len(splits.test):,} ID test images of "
+        f"{dims} on {plan.device}; {n_ood} OOD sets, {len(plan.attacks)} attacks at {budgets} "
+        f"budgets on up to {per_budget:,} inputs each ({attacked:,} attacked), "
+        f"{len(plan.noise)} noise sets; {len(plan.detectors)} detectors."
+    ]
+    if plan.device.type == "cpu" and attacked * math.prod(shape) > CPU_WARNING_VALUES:
+        lines.append(
+            f"Warning: attacking {attacked:,} inputs of {dims} on the CPU may take hours; "
+            "add --device cuda (a GPU) or --fast (smaller sizes)."
+        )
+    return lines
 
 
 def _setup(config: RunConfig) -> tuple[RunPlan, Splits, nn.Module, list[Any], list[str], dict]:
@@ -218,13 +272,18 @@ def _factory(plan: RunPlan, num_classes: int) -> Callable[[], nn.Module]:
 
 
 def _model(plan: RunPlan, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
-    """The user's model, or the reference model trained on ``splits.train`` (cached)."""
+    """The user's model (weights from ``model_path``, or the factory's own with
+    ``pretrained``), or the reference model (or ``arch`` with ``train``) trained on
+    ``splits.train`` (cached)."""
     c = plan.config
     arch = c.arch or c.profile.arch
     if c.model_path is not None:
         named = c.arch if c.arch is not None else _factory(plan, splits.num_classes)
         model = load_model(c.model_path, named, splits.num_classes)
         return model, {"source": str(c.model_path), "arch": str(arch)}
+    if c.pretrained:
+        model = build_model(c.arch, splits.num_classes).eval()
+        return model, {"source": "pretrained (the factory's own weights)", "arch": str(arch)}
     factory = _factory(plan, splits.num_classes)
     if c.arch is not None:
         arch_name = safe_name(str(c.arch).rpartition(":")[2])
@@ -340,6 +399,7 @@ def _ood_sets(plan: RunPlan, shape: tuple[int, ...]) -> tuple[list[Any], list[st
         seed=plan.anomaly_seed,
         levels=plan.grid_levels,
         split=c.split,
+        crop=CROP.get(c.profile.name, 1.0),
     )
 
 
@@ -359,7 +419,9 @@ def _run_meta(
     from uniad_plugin.models import accuracy
 
     c = plan.config
-    loader = DataLoader(splits.test, batch_size=c.batch_size)
+    if "test_accuracy" not in meta:  # run() measured it before the attacks
+        loader = DataLoader(splits.test, batch_size=c.batch_size)
+        meta["test_accuracy"] = accuracy(model, loader, plan.device)
     meta.update(
         seed=c.seed,
         device=str(plan.device),
@@ -371,7 +433,6 @@ def _run_meta(
         n_test=len(splits.test),
         n_attack_split=len(splits.attack),
         n_val=len(splits.val) if splits.val is not None else 0,
-        test_accuracy=accuracy(model, loader, plan.device),
     )
     return meta
 
