@@ -552,7 +552,8 @@ def test_newcomer_with_a_published_checkpoint_and_own_ood_folder(tmp_path, capsy
     assert code == 0, err
     assert out.startswith("Classifier accuracy on the 8 ID test images: 1.000 (chance 0.500")
     assert "Warning" not in out and "street_signs" in out
-    assert "Run: 20 training and 8 ID test images of 3x16x16 on cpu; 1 OOD sets" in err
+    run_line = "Run: 20 training and 8 ID test images of 3x16x16 on cpu; 1 OOD set, 1 attack at 1 "
+    assert run_line + "budget on up to 4 inputs each (4 attacked), 1 noise set; 1 detector." in err
     rows = _rows(tmp_path / "o")
     ood = {r["Dataset"] for r in rows if r["Class"] == "OOD"}
     assert ood == {"street_signs", "mean", "worst"}

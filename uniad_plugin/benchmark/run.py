@@ -164,11 +164,15 @@ def work_lines(plan: RunPlan, splits: Splits, ood_sets: Sequence[Any] = ()) -> l
     budgets = sum(len(b) for b in plan.attacks.values())
     attacked = per_budget * budgets
     n_ood = len(ood_sets) or len(plan.ood)
+    counts = [
+        _count(n_ood, "OOD set"),
+        f"{_count(len(plan.attacks), 'attack')} at {_count(budgets, 'budget')} on up to "
+        f"{per_budget:,} inputs each ({attacked:,} attacked)",
+        _count(len(plan.noise), "noise set"),
+    ]
     lines = [
         f"Run: {len(splits.train):,} training and {len(splits.test):,} ID test images of "
-        f"{dims} on {plan.device}; {n_ood} OOD sets, {len(plan.attacks)} attacks at {budgets} "
-        f"budgets on up to {per_budget:,} inputs each ({attacked:,} attacked), "
-        f"{len(plan.noise)} noise sets; {len(plan.detectors)} detectors."
+        f"{dims} on {plan.device}; {', '.join(counts)}; {_count(len(plan.detectors), 'detector')}."
     ]
     if plan.device.type == "cpu" and attacked * math.prod(shape) > CPU_WARNING_VALUES:
         lines.append(
@@ -176,6 +180,10 @@ def work_lines(plan: RunPlan, splits: Splits, ood_sets: Sequence[Any] = ()) -> l
             "add --device cuda (a GPU) or --fast (smaller sizes)."
         )
     return lines
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
 
 
 def _setup(config: RunConfig) -> tuple[RunPlan, Splits, nn.Module, list[Any], list[str], dict]:
