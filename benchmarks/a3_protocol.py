@@ -163,7 +163,8 @@ def run_seed(args, seed: int, data) -> dict:
             ya = torch.cat([y_norm, torch.full((len(known_idx),), -1)])
         else:
             xa, ya = x_norm, y_norm
-        det = A3(clf, **a3_kwargs).fit(DataLoader(TensorDataset(xa, ya), batch_size=512))
+        det = A3(clf, known_anomalies=with_known, **a3_kwargs)
+        det.fit(DataLoader(TensorDataset(xa, ya), batch_size=512))
         res["methods"][name] = metrics(batched(det.predict, x_test))
         res["timings_s"][name] = time.time() - t
         res["a3_layers"] = dict(zip(det.layer_names, det.layer_dims, strict=True))

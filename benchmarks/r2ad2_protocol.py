@@ -145,7 +145,8 @@ def run_seed(args, seed: int, data) -> dict:
     r2_kwargs = dict(epochs=args.r2ad2_epochs, seed=seed)
     fit_bs = 512
     t = time.time()
-    det = R2AD2(clf, **r2_kwargs).fit(DataLoader(with_known, batch_size=fit_bs))
+    det = R2AD2(clf, known_anomalies=True, **r2_kwargs)
+    det.fit(DataLoader(with_known, batch_size=fit_bs))
     res["r2ad2_classifier_params"] = det.params
     record(f"R2AD2, LeNet target ({len(known_idx)} known)", t, batched(det, x_test))
     if args.r2ad2_unsupervised:
@@ -153,7 +154,7 @@ def run_seed(args, seed: int, data) -> dict:
         det = R2AD2(clf, **r2_kwargs).fit(DataLoader(only_normal, batch_size=fit_bs))
         record("R2AD2, LeNet target (no known)", t, batched(det, x_test))
     t = time.time()
-    det = R2AD2(ae, target="autoencoder", **r2_kwargs).fit(
+    det = R2AD2(ae, target="autoencoder", known_anomalies=True, **r2_kwargs).fit(
         DataLoader(with_known, batch_size=fit_bs)
     )
     res["r2ad2_autoencoder_params"] = det.params
@@ -164,7 +165,8 @@ def run_seed(args, seed: int, data) -> dict:
     det = ConfoundingGradients(clf, seed=seed).fit(DataLoader(only_normal, batch_size=fit_bs))
     record("ConfoundingGradients (no known)", t, batched(det, x_test))
     t = time.time()
-    det = ConfoundingGradients(clf, seed=seed).fit(DataLoader(with_known, batch_size=fit_bs))
+    det = ConfoundingGradients(clf, known_anomalies=True, seed=seed)
+    det.fit(DataLoader(with_known, batch_size=fit_bs))
     record(f"ConfoundingGradients ({len(known_idx)} known)", t, batched(det, x_test))
     del det
 

@@ -50,7 +50,7 @@ def test_known_anomalies_are_used_and_help(digits, digits_model):
     xt = digits.test.tensors[0]
     known = x[:40].flip(2)  # upside-down digits, labelled as known anomalies
     plain = A3(digits_model, epochs=5).fit(DataLoader(TensorDataset(x, y), batch_size=128))
-    semi = A3(digits_model, epochs=5).fit(
+    semi = A3(digits_model, epochs=5, known_anomalies=True).fit(
         DataLoader(
             TensorDataset(torch.cat([x, known]), torch.cat([y, torch.full((40,), -1)])),
             batch_size=128,

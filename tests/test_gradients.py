@@ -35,7 +35,8 @@ def supervised(digits, digits_model):
     x, y = digits.train.tensors
     xa = blur(x[-100:])
     ds = TensorDataset(torch.cat([x, xa]), torch.cat([y, -torch.ones(100, dtype=torch.long)]))
-    return ConfoundingGradients(digits_model).fit(DataLoader(ds, batch_size=128, shuffle=False))
+    det = ConfoundingGradients(digits_model, known_anomalies=True)
+    return det.fit(DataLoader(ds, batch_size=128, shuffle=False))
 
 
 def reference_features(model, x, target_fn):
@@ -126,7 +127,8 @@ def test_known_anomalies_the_gaussian_cannot_see():
     feats = torch.cat([t_id, t_anom]).exp()
     y = torch.cat([torch.zeros(600), -torch.ones(60)]).long()
     pred = torch.zeros(660, dtype=torch.long)
-    det = ConfoundingGradients(None, epochs=200).fit_structured(feats, y, pred, num_classes=2)
+    det = ConfoundingGradients(None, epochs=200, known_anomalies=True)
+    det.fit_structured(feats, y, pred, num_classes=2)
     t_test_id, t_test_anom = (
         torch.randn(300, 4, generator=g),
         0.05 * torch.randn(60, 4, generator=g),

@@ -88,7 +88,7 @@ def test_known_anomalies_are_used(digits, digits_model):
     ds = TensorDataset(
         torch.cat([x, anomalies]), torch.cat([y, -torch.ones(100, dtype=torch.long)])
     )
-    det = R2AD2(digits_model, n_snapshots=2, noise_std=None, **FAST)
+    det = R2AD2(digits_model, n_snapshots=2, noise_std=None, known_anomalies=True, **FAST)
     det.fit(DataLoader(ds, batch_size=256))
     with torch.no_grad():
         assert auroc(det(digits.test.tensors[0]), det(uniform(300, 3))) > 0.85
@@ -194,7 +194,7 @@ def test_errors(fitted, digits_model, digits):
         R2AD2(digits_model).fit(DataLoader(TensorDataset(x[:0], x[:0]), batch_size=4))
     with pytest.raises(ValueError, match="ID samples"):
         ds = TensorDataset(x[:10], -torch.ones(10, dtype=torch.long))
-        R2AD2(digits_model).fit(DataLoader(ds, batch_size=4))
+        R2AD2(digits_model, known_anomalies=True).fit(DataLoader(ds, batch_size=4))
 
 
 def test_deprecated_names_still_work(fitted, digits):
@@ -241,7 +241,7 @@ def test_alarm_samples_are_held_out_from_snapshot_training(monkeypatch, digits, 
     ds = TensorDataset(torch.cat([x, anomalies]), torch.cat([y, -torch.ones(20, dtype=torch.long)]))
     loader = DataLoader(ds, batch_size=128)
     cheap = {**FAST, "n_snapshots": 2, "epochs": 1}
-    seen = _spy_fit(monkeypatch, R2AD2(digits_model, **cheap), loader)
+    seen = _spy_fit(monkeypatch, R2AD2(digits_model, known_anomalies=True, **cheap), loader)
     snap_idx, alarm_idx = seen["split"]
     n = len(x)
     assert len(alarm_idx) == round(0.25 * n) and len(snap_idx) == n - len(alarm_idx)

@@ -14,6 +14,9 @@ _bridge.install()
 #: public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
     "UniformDetector": "uniad_plugin.detectors.uniform",
+    "A3": "uniad_plugin.detectors.a3",
+    "ConfoundingGradients": "uniad_plugin.detectors.gradients",
+    "R2AD2": "uniad_plugin.detectors.r2ad2",
 }
 
 __all__ = ["__version__", *_LAZY]

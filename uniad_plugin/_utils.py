@@ -39,6 +39,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.train(mode)
 
 
+def first_output(out: Any) -> Any:
+    """The logits of a model's output: the output itself, or the first element of a tuple or
+    list (models that also return features, e.g. ``(logits, features)``)."""
+    if isinstance(out, (tuple, list)) and out:
+        return out[0]
+    return out
+
+
 def model_device(model: nn.Module | None, default: torch.device | None = None) -> torch.device:
     """The device of the model's first parameter or buffer (``default``, else CPU, if none)."""
     if model is not None:

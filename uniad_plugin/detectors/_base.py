@@ -38,7 +38,7 @@ from pytorch_ood.api import (
 )
 from torch import Tensor, nn
 
-from uniad_plugin._utils import eval_mode, model_dtype
+from uniad_plugin._utils import eval_mode, first_output, model_dtype
 
 __all__ = [
     "STATE_FORMAT_VERSION",
@@ -51,9 +51,11 @@ __all__ = [
     "classification_info",
     "deprecated_alias",
     "eval_mode",
+    "first_output",
     "flag",
     "hp",
     "integer",
+    "known_rows",
     "model_outputs",
     "positive_ints",
     "real",
@@ -221,17 +223,60 @@ def check_inputs(
 
 
 def check_labels(y: object, batch_size: int) -> Tensor:
-    """Validate a batch of integer class labels of length ``batch_size``."""
+    """Validate a batch of class labels of length ``batch_size`` and return them as int64.
+
+    Integer labels of any dtype are taken as they are; floating point labels are taken when
+    every value is a whole number (pytorch-ood's own tests fit on ``torch.zeros(n)``), so
+    ``1.0`` is class 1 and ``-1.0`` a known anomaly, while ``0.5`` or NaN is refused.
+
+    :raises ValueError: for labels that are not a 1-d tensor of ``batch_size`` whole numbers
+    """
     if not isinstance(y, Tensor):
         y = torch.as_tensor(y)
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex() or y.dim() != 1:
+    if y.dtype == torch.bool or y.is_complex() or y.dim() != 1:
         raise ValueError(
             f"expected integer class labels of shape ({batch_size},), got dtype {y.dtype} and "
             f"shape {tuple(y.shape)}"
         )
     if len(y) != batch_size:
         raise ValueError(f"expected {batch_size} labels for {batch_size} inputs, got {len(y)}")
+    if y.dtype.is_floating_point:
+        whole = torch.isfinite(y) & (y == torch.round(y))
+        if not bool(whole.all()):
+            bad = y[~whole][0].item()
+            raise ValueError(
+                f"expected class labels that are whole numbers (integer or integral float "
+                f"tensors), got {bad!r} in a {y.dtype} tensor"
+            )
     return y.long()
+
+
+def known_rows(y: Tensor, use_known: bool | None, who: str) -> Tensor:
+    """The rows of ``y`` a detector fits on, by the rule every detector here shares.
+
+    Labels ``>= 0`` are in-distribution classes and always used. Labels ``< 0`` mark known
+    anomalies: a detector built with ``known_anomalies=True`` (the semi-supervised option of
+    A3, ConfoundingGradients and R2AD2) trains on them; otherwise (the default, and always for
+    a detector without the option, ``use_known=None``) they are dropped with a warning, as
+    pytorch-ood's built-in detectors fit on ID rows only.
+
+    :return: a boolean mask of the rows to keep
+    """
+    keep = y >= 0
+    if use_known:
+        return torch.ones_like(keep)
+    if not bool(keep.all()):
+        hint = (
+            ""
+            if use_known is None
+            else " (pass known_anomalies=True to train on them as known anomalies)"
+        )
+        warnings.warn(
+            f"{who} is fitted on in-distribution data only; ignoring {int((~keep).sum())} "
+            f"samples with labels < 0{hint}",
+            stacklevel=3,
+        )
+    return keep
 
 
 def check_label_range(y: Tensor, num_classes: int, who: str) -> None:
@@ -243,17 +288,14 @@ def check_label_range(y: Tensor, num_classes: int, who: str) -> None:
         )
 
 
-def split_known(x_list: list[Tensor], y: Tensor, who: str) -> tuple[list[Tensor], Tensor]:
-    """Drop samples with labels < 0 (known anomalies) that an unsupervised detector ignores."""
-    known = y >= 0
-    if not bool(known.all()):
-        warnings.warn(
-            f"{who} is fitted on in-distribution data only; ignoring {int((~known).sum())} "
-            "samples with labels < 0",
-            stacklevel=3,
-        )
-        x_list = [t[known] for t in x_list]
-        y = y[known]
+def split_known(
+    x_list: list[Tensor], y: Tensor, who: str, use_known: bool | None = None
+) -> tuple[list[Tensor], Tensor]:
+    """The rows of ``x_list`` and ``y`` that :func:`known_rows` keeps."""
+    keep = known_rows(y, use_known, who)
+    if not bool(keep.all()):
+        x_list = [t[keep.to(t.device)] for t in x_list]
+        y = y[keep]
     return x_list, y
 
 
@@ -278,11 +320,10 @@ def check_classes(y: Tensor, num_classes: int, who: str) -> None:
 def model_outputs(model: nn.Module, x: Tensor) -> int:
     """Number of outputs (classes) of ``model`` for a probe batch ``x``."""
     with torch.no_grad(), eval_mode(model):
-        out = model(x[:1])
-    if out.dim() != 2:
-        raise ValueError(
-            f"expected the model to return logits of shape (B, classes), got {tuple(out.shape)}"
-        )
+        out = first_output(model(x[:1]))
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"expected the model to return logits of shape (B, classes), got {got}")
     return int(out.shape[1])
 
 

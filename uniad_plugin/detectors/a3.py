@@ -80,6 +80,10 @@ class A3(UniadDetector, StructuredDetector):
     :param noise_std: standard deviation of the Gaussian counter-examples
     :param anomaly_weight: weight :math:`w` of the counter-example loss
     :param known_anomaly_weight: weight of the loss terms of known anomalies (targets < 0)
+    :param known_anomalies: train on the rows of the fit data with labels < 0 as known
+        anomalies (the paper's semi-supervised option); ``False`` (the default): they are
+        ignored with a warning, as by every detector of this package and pytorch-ood's
+        built-ins
     :param vae_epochs: training epochs of the VAE (only ``anomaly="vae"``)
     :param seed: seed of every random choice made while fitting (initialisation, counter-examples,
         shuffling, dropout, VAE); the global torch RNG is also seeded for the duration of
@@ -119,6 +123,7 @@ class A3(UniadDetector, StructuredDetector):
         "noise_std": hp.real(0.0),
         "anomaly_weight": hp.real(0.0, low_open=False),
         "known_anomaly_weight": hp.real(0.0, low_open=False),
+        "known_anomalies": hp.flag(),
         "vae_epochs": hp.integer(0),
         "seed": hp.integer(None),
     }
@@ -141,6 +146,7 @@ class A3(UniadDetector, StructuredDetector):
         noise_std: float = 1.0,
         anomaly_weight: float = 1.0,
         known_anomaly_weight: float = 1.0,
+        known_anomalies: bool = False,
         vae_epochs: int = 30,
         seed: int = 0,
         device: str | torch.device | None = None,
@@ -217,19 +223,16 @@ class A3(UniadDetector, StructuredDetector):
         _check_finite(out, "the activations")
         return out
 
-    @staticmethod
-    def _check_fit_labels(y: Tensor, n: int) -> Tensor:
+    def _check_fit_labels(self, y: Tensor, n: int) -> Tensor:
+        """Checked labels (whole numbers, see :func:`~uniad_plugin.detectors._base.check_labels`)."""
         if not isinstance(y, Tensor):
             raise TypeError(f"expected labels as a torch.Tensor, got {type(y).__name__}")
-        if y.dim() != 1 or y.shape[0] != n:
-            raise ValueError(f"expected labels of shape ({n},), got {tuple(y.shape)}")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"expected integer class labels, got dtype {y.dtype}")
+        y = _base.check_labels(y, n)
         if not (y >= 0).any():
             raise ValueError(
                 "expected normal samples (targets >= 0) to fit on, got only known anomalies"
             )
-        return y.long()
+        return y
 
     def _set_stats(self, mean: Tensor, var: Tensor) -> None:
         std = var.clamp_min(0).sqrt()
@@ -294,6 +297,7 @@ class A3(UniadDetector, StructuredDetector):
             batches = [(x.detach().cpu(), y.cpu()) for x, y in self._iter_batches(data_loader)]
         x = torch.cat([b[0] for b in batches])
         y = self._check_fit_labels(torch.cat([b[1] for b in batches]), len(x))
+        (x,), y = _base.split_known([x], y, "A3", self.known_anomalies)
         return self._fit(x=x, y=y, acts=None)
 
     def fit_structured(
@@ -328,7 +332,10 @@ class A3(UniadDetector, StructuredDetector):
                 )
             _check_finite(inputs, "the inputs")
             input_shape = tuple(inputs.shape[1:])
-        elif input_shape is None:
+            (a, inputs), y = _base.split_known([a, inputs], y, "A3", self.known_anomalies)
+        else:
+            (a,), y = _base.split_known([a], y, "A3", self.known_anomalies)
+        if input_shape is None:
             input_shape = self.input_shape
         if input_shape is None:
             raise ValueError(
@@ -409,6 +416,7 @@ class A3(UniadDetector, StructuredDetector):
         x_tilde = torch.randn(shape, generator=gen, device=device, dtype=self._model_dtype())
         return x_tilde * self.noise_std + self.noise_mean
 
+    @torch.enable_grad()  # the alarm trains under an outer torch.no_grad() too
     def _train_alarm(self, x, y: Tensor, acts, input_shape, gen: torch.Generator) -> AlarmNet:
         """Train the alarm on labelled batches plus as many counter-examples per step."""
         device = self._target_device()

@@ -19,6 +19,8 @@ from uniad_plugin.nn.alarms import binary_mlp, train_binary_mlp
 from uniad_plugin.nn.gaussian import shrunk_gaussian
 from uniad_plugin.nn.pergrad import check_param_shapes, per_sample_grad_features, resolve_params
 
+__all__ = ["ConfoundingGradients"]
+
 log = logging.getLogger(__name__)
 
 _TRANSFORMS = ("log", "log1p", "none")
@@ -80,13 +82,16 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
     :param transform: ``"log"``, ``"log1p"`` or ``"none"``, applied to the squared norms
     :param shrinkage: covariance shrinkage in [0, 1]; ``None`` = Ledoit-Wolf estimate
     :param scoring: ``"auto"`` (classifier if anomalies were given, else Gaussian),
-        ``"gaussian"`` or ``"classifier"`` (requires anomalies)
+        ``"gaussian"`` or ``"classifier"`` (requires anomalies and ``known_anomalies=True``)
     :param hidden: hidden units of the 2-layer classifier
     :param epochs: training epochs of the classifier
     :param lr: Adam learning rate of the classifier
     :param weight_decay: Adam weight decay of the classifier
     :param batch_size: minibatch size of the classifier
     :param chunk_size: samples per vectorised per-sample-gradient chunk (bounds memory)
+    :param known_anomalies: train the 2-layer classifier on the rows of the fit data with
+        labels < 0 as labelled anomalies; ``False`` (the default): they are ignored with a
+        warning, as by every detector of this package and pytorch-ood's built-ins
     :param seed: seed of every random choice (classifier initialisation and minibatches)
     """
 
@@ -102,11 +107,10 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
     )
 
     hyperparameter_space = {
-        "n_ones": [None, 0, 2],
+        "n_ones": [None, 2],
         "activation": ["sigmoid", "softmax"],
         "per_class": [True, False],
-        "transform": ["log", "log1p", "none"],
-        "shrinkage": [None, 0.0, 0.1, 0.5],
+        "transform": ["log", "log1p"],
     }
 
     fitted_attribute = "centers"
@@ -124,6 +128,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         "weight_decay": hp.real(0.0, low_open=False),
         "batch_size": hp.integer(1),
         "chunk_size": hp.integer(1, optional=True),
+        "known_anomalies": hp.flag(),
         "seed": hp.integer(None),
     }
 
@@ -144,6 +149,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         weight_decay: float = 1e-4,
         batch_size: int = 256,
         chunk_size: int | None = 64,
+        known_anomalies: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -331,6 +337,10 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
                 f"{tuple(features.shape) if isinstance(features, Tensor) else type(features)}"
             )
         y = _base.check_labels(y, len(features)).cpu()
+        keep = _base.known_rows(y, self.known_anomalies, "ConfoundingGradients")
+        if not bool(keep.all()):
+            features, y = features[keep.to(features.device)], y[keep]
+            logits = logits[keep.to(logits.device)] if isinstance(logits, Tensor) else logits
         if torch.isnan(features).any():
             raise ValueError("expected features without NaN, got NaN")
         if self.model is not None and features.shape[1] != len(self._param_names()):
@@ -347,7 +357,8 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             raise ValueError(f"expected at least 2 ID samples (labels >= 0), got {n_id}")
         if self.scoring == "classifier" and not bool(known.any()):
             raise ValueError(
-                "expected labelled anomalies (labels < 0) for scoring='classifier', got none"
+                "expected labelled anomalies (labels < 0, with known_anomalies=True) for "
+                "scoring='classifier', got none"
             )
         device = self._target_device()
         t = self._transform(features.cpu())

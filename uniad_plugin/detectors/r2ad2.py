@@ -110,6 +110,10 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     :param noise_pool: ``None`` = fresh counter-examples for every minibatch (paper); an int =
         a pool of that many drawn once
     :param chunk_size: samples per vectorised per-sample-gradient chunk (bounds memory)
+    :param known_anomalies: train the alarm on the rows of the fit data with labels < 0 as
+        known anomalies (the paper's semi-supervised setting); ``False`` (the default): they are
+        ignored with a warning, as by every detector of this package and pytorch-ood's
+        built-ins
     :param seed: seed of every random choice (snapshot training, initialisation, minibatches,
         dropout and counter-examples)
     """
@@ -128,8 +132,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
 
     hyperparameter_space = {
         "n_snapshots": [3, 1, 2, 4],
-        "snapshot_epochs": [5, 1, 2],
-        "epochs": [30, 10, 100],
+        "snapshot_epochs": [5, 1],
         "dropout": [0.4, 0.1],
     }
 
@@ -152,6 +155,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         "noise_std": hp.real(0.0, optional=True),
         "noise_pool": hp.integer(1, optional=True),
         "chunk_size": hp.integer(1, optional=True),
+        "known_anomalies": hp.flag(),
         "seed": hp.integer(None),
     }
 
@@ -177,6 +181,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         noise_std: float | None = 1.0,
         noise_pool: int | None = None,
         chunk_size: int | None = 256,
+        known_anomalies: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -318,6 +323,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             xs.append(x.cpu())
             ys.append(y.cpu())
         x, y = torch.cat(xs), torch.cat(ys)
+        (x,), y = _base.split_known([x], y, "R2AD2", self.known_anomalies)
         known = y >= 0
         if not bool(known.any()):
             raise ValueError("R2AD2: expected ID samples (labels >= 0) in the fit loader, got none")
@@ -395,6 +401,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                 f"{tuple(features.shape) if isinstance(features, Tensor) else type(features)}"
             )
         y = _base.check_labels(y, len(features))
+        (features,), y = _base.split_known([features], y, "R2AD2", self.known_anomalies)
         if len(y) == 0:
             raise ValueError("R2AD2: expected training samples, got an empty set")
         if torch.isnan(features).any():
@@ -405,8 +412,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             raise ValueError("expected input_shape for the counter-examples, got None")
         if self.noise_std is None and not bool((y < 0).any()):
             raise ValueError(
-                "expected known anomalies (labels < 0) when noise_std=None disables the "
-                "counter-examples, got none"
+                "expected known anomalies (labels < 0, with known_anomalies=True) when "
+                "noise_std=None disables the counter-examples, got none"
             )
         if self.num_classes is None and self.target == "classifier":
             self.num_classes = self._model_outputs(torch.zeros((1, *self.input_shape)))
@@ -419,7 +426,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
 
     def _noise(self, n: int, gen: torch.Generator) -> Tensor:
         noise = torch.randn((n, *self.input_shape), generator=gen)
-        return (self.noise_mean + self.noise_std * noise).to(self._target_device())
+        noise = self.noise_mean + self.noise_std * noise
+        return noise.to(device=self._target_device(), dtype=self._model_dtype())
 
     def _train_alarm(self, g: Tensor, labels: Tensor, dims: tuple[int, ...]) -> GradientAlarm:
         device = self._target_device()
@@ -439,7 +447,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             pool = None
             use_noise = self.noise_std is not None
             if use_noise and self.noise_pool is not None:
-                pool = self._gradients(self._noise(self.noise_pool, gen))
+                pool = self._gradients(self._noise(self.noise_pool, gen)).float()
             g, labels = g.to(device), labels.to(device)
             bce = nn.functional.binary_cross_entropy_with_logits
             with torch.enable_grad():
@@ -448,7 +456,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                     if not use_noise:
                         gn = gb[:0]
                     elif pool is None:
-                        gn = self._gradients(self._noise(len(idx), gen))
+                        gn = self._gradients(self._noise(len(idx), gen)).float()
                     else:
                         pick = torch.randint(len(pool), (len(idx),), generator=gen)
                         gn = pool[pick.to(device)]

@@ -33,6 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from uniad_plugin._utils import first_output
+
 LossFn = Callable[[Tensor, Tensor | None], Tensor]
 
 __all__ = [
@@ -205,11 +207,11 @@ def per_sample_grads(
         if not with_outputs:
             return empty
         with torch.no_grad():
-            out = functional_call(model, {**tensors, **selected}, (x,))
+            out = first_output(functional_call(model, {**tensors, **selected}, (x,)))
         return empty, out
 
     def sample_loss(p: dict[str, Tensor], xi: Tensor, ti: Tensor | None) -> tuple[Tensor, Tensor]:
-        out = functional_call(model, {**tensors, **p}, (xi.unsqueeze(0),))
+        out = first_output(functional_call(model, {**tensors, **p}, (xi.unsqueeze(0),)))
         loss = loss_fn(out, None if ti is None else ti.unsqueeze(0))
         if loss.numel() != 1:
             raise ValueError(

@@ -30,7 +30,6 @@ again given the summed class counts.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import torch
@@ -239,9 +238,11 @@ class BoundedSample:
 
 
 def stratified_holdout(y: Tensor, num_classes: int, fraction: float, generator) -> Tensor:
-    """A hold-out mask: a random ``fraction`` (rounded down) of each class's rows.
+    """A hold-out mask: a random ``fraction`` (rounded down) of each class's rows, and at least
+    one row of every class with two or more rows (so that small classes are represented).
 
-    :raises ValueError: if a class would keep no row or fewer than 2 rows are held out in all
+    Nothing is held out of a class with a single row; the caller decides what to do when too
+    few rows are held out in all (see :func:`~uniad_plugin.detectors.uniform.UniformDetector`).
     """
     keys = torch.rand(len(y), generator=generator)
     ranks = torch.empty(len(y))
@@ -250,13 +251,5 @@ def stratified_holdout(y: Tensor, num_classes: int, fraction: float, generator) 
     starts = torch.cumsum(counts, 0) - counts
     ranks[order] = (torch.arange(len(y)) - starts[y[order]]).float()
     n_hold = (counts.float() * fraction).floor()
-    held = ranks < n_hold[y]
-    if int((~held).sum()) == 0 or int(held.sum()) < 2:
-        need = math.ceil(1 / fraction)
-        raise ValueError(
-            f"expected at least {need} ID samples per class to hold out {fraction:.0%} "
-            f"of each class for score standardisation (and 2 held out in all), got "
-            f"{int(counts.min())} in the smallest class ({len(y)} samples, {num_classes} "
-            f"classes); fit on more samples per class, or raise holdout (it is per class)"
-        )
-    return held
+    n_hold = torch.where((n_hold < 1) & (counts >= 2), torch.ones_like(n_hold), n_hold)
+    return ranks < n_hold[y]

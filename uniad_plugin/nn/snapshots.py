@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from uniad_plugin._utils import minibatches, seeded_generator
+from uniad_plugin._utils import first_output, minibatches, seeded_generator
 
 __all__ = ["as_state", "predicted_label_ce", "reconstruction_bce", "train_snapshots"]
 
@@ -78,9 +78,9 @@ def train_snapshots(
             for idx in minibatches(len(x), batch_size, epochs, gen):
                 xb = x[idx].to(device)
                 if autoencoder:
-                    loss = reconstruction_bce(target(xb), xb)
+                    loss = reconstruction_bce(first_output(target(xb)), xb)
                 else:
-                    loss = nn.functional.cross_entropy(target(xb), y[idx].to(device))
+                    loss = nn.functional.cross_entropy(first_output(target(xb)), y[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

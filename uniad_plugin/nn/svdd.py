@@ -291,6 +291,7 @@ class SVDDTraining:
     shrinkage: float = 1e-3
 
 
+@torch.enable_grad()  # the spheres train under an outer torch.no_grad() too
 def fit_svdd(
     model: BatchedSVDD,
     z: Tensor,

@@ -111,6 +111,7 @@ class AnomalyVAE(nn.Module):
         return self.decode(mu + VAE_SAMPLING_STD * eps)
 
 
+@torch.enable_grad()  # trains under an outer torch.no_grad() too
 def fit_vae(
     x: Tensor,
     epochs: int,
