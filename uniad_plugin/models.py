@@ -127,31 +127,47 @@ class _BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """A small ResNet (BatchNorm, residual blocks, a custom ``forward``) for small images.
 
-    Stem: conv 3x3 with ``widths[0]`` channels, BatchNorm, ReLU; then one
-    :class:`_BasicBlock` per stage (``layer1``, ``layer2``, ``layer3``; stride 2 from the second
+    Stem: conv 3x3 with ``widths[0]`` channels, BatchNorm, ReLU; then ``blocks``
+    :class:`_BasicBlock` s per stage (``layer1``, ``layer2``, ``layer3``; stride 2 from the second
     stage on: 28x28, 14x14, 7x7 for MNIST), global average pooling and a linear head ``fc``.
     """
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, ...] = (16, 32, 64)
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        widths: tuple[int, ...] = (16, 32, 64),
+        blocks: int = 1,
     ) -> None:
         super().__init__()
+        if blocks < 1:
+            raise ValueError(f"expected blocks >= 1 per stage, got {blocks}")
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
         c_in = widths[0]
         for i, width in enumerate(widths):
-            setattr(self, f"layer{i + 1}", _BasicBlock(c_in, width, 1 if i == 0 else 2))
+            stage: nn.Module = _BasicBlock(c_in, width, 1 if i == 0 else 2)
+            if blocks > 1:
+                stage = nn.Sequential(
+                    stage, *(_BasicBlock(width, width, 1) for _ in range(blocks - 1))
+                )
+            setattr(self, f"layer{i + 1}", stage)
             c_in = width
         self.num_stages = len(widths)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features ``(B, widths[-1])``: what the head ``fc`` reads (the
+        encoder that pytorch-ood's feature-based detectors such as ``Mahalanobis`` take)."""
         x = self.relu(self.bn1(self.conv1(x)))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return torch.flatten(self.pool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
 
 
 def resnet_mnist(num_classes: int = 10, in_channels: int = 1) -> SmallResNet:
@@ -165,6 +181,32 @@ def resnet_cifar(num_classes: int = 10, in_channels: int = 3) -> SmallResNet:
     :class:`SmallResNet` with stages of 16, 32 and 64 channels on RGB inputs (32x32, 16x16,
     8x8; about 78k parameters). Inputs in [0, 1], no normalisation."""
     return SmallResNet(num_classes, in_channels, (16, 32, 64))
+
+
+def resnet20_cifar(num_classes: int = 10, in_channels: int = 3) -> SmallResNet:
+    """ResNet-20 for 3x32x32 images (He et al., 2016, section 4.2): :class:`SmallResNet` with
+    three stages of three residual blocks (16, 32 and 64 channels; about 272k parameters),
+    global average pooling and a linear head. Inputs in [0, 1], no normalisation. The
+    reference ResNet of the CIFAR-10 evaluation (``benchmarks/train_cifar_reference.py``)."""
+    return SmallResNet(num_classes, in_channels, (16, 32, 64), blocks=3)
+
+
+def vgg_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """A VGG-style network without residual connections for 3x32x32 images: three stages of two
+    3x3 convolutions with BatchNorm and ReLU (32, 64 and 128 channels), max-pooling after each
+    stage, global average pooling and a linear head (about 288k parameters). An
+    ``nn.Sequential``, so every layer has a name (``"2"``, ``"5"``, ... the ReLUs). Inputs in
+    [0, 1], no normalisation. The second reference network of the CIFAR-10 evaluation."""
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for width in (32, 64, 128):
+        for _ in range(2):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+            layers.append(nn.ReLU())
+            c_in = width
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*layers)
 
 
 def imagenet_resnet18(num_classes: int = 1000) -> nn.Module:
