@@ -52,7 +52,7 @@ def test_build_detectors_by_name_and_skips():
         "UniformDetector": "ok",
     }
     multi = next(e for e in entries if e.name == "MultiMahalanobis")
-    assert "nn.Sequential" in multi.reason
+    assert "named stages" in multi.reason
     entries = build_detectors(["Mahalanobis", "MaxSoftmax"], _NoLinear().eval(), x)
     assert entries[0].status == "skipped" and "penultimate" in entries[0].reason
     assert entries[1].ok
@@ -87,3 +87,68 @@ def test_check_detector_names_is_case_insensitive():
     assert check_detector_names(["knn", "MAXSOFTMAX"]) == ["KNN", "MaxSoftmax"]
     with pytest.raises(ConfigError, match="unknown detector 'x'"):
         check_detector_names(["x"])
+
+
+class _ExtraBetweenStages(nn.Module):
+    """Named stages, but forward does more between them than apply them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.layer1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.layer2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.layer1(self.conv1(x))
+        return self.fc(self.layer2(h * 2).mean(dim=(2, 3)))
+
+
+def _stage_models():
+    from torchvision.models import resnet18
+
+    from uniad_plugin.models import Normalized, resnet20_cifar, resnet_cifar
+
+    torch.manual_seed(0)
+    return {
+        "SmallResNet": resnet_cifar(3),
+        "ResNet-20": resnet20_cifar(3),
+        "torchvision ResNet-18": resnet18(num_classes=3),
+        "Normalized ResNet-20": Normalized(resnet20_cifar(3), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_stage_models()))
+def test_multimahalanobis_is_wired_to_named_stages(name):
+    """A ResNet's layer1, layer2, ... become MultiMahalanobis's consecutive blocks: the stem
+    (and a Normalized wrapper's normalisation) in front of the first, checked on the probe."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from uniad_plugin.benchmark.wiring import named_stage_blocks
+
+    model = _stage_models()[name].eval()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    blocks, why = named_stage_blocks(model, x)
+    assert why is None and len(blocks) == (4 if "18" in name else 3)
+    stages = [m for n, m in dict(model.named_modules()).items() if n.endswith("layer2")]
+    seen = []
+    hook = stages[0].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        model(x)
+        composed = blocks[1](blocks[0](x))
+    hook.remove()
+    assert torch.allclose(composed, seen[0], atol=1e-5)
+    (entry,) = build_detectors(["MultiMahalanobis"], model, x[:2])
+    assert entry.ok, entry.reason
+    y = torch.arange(12) % 3
+    xs = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    entry.detector.fit(DataLoader(TensorDataset(xs, y), batch_size=6))
+    scores = entry.detector(x)
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+
+
+def test_named_stages_with_more_in_forward_are_refused():
+    from uniad_plugin.benchmark.wiring import named_stage_blocks
+
+    blocks, why = named_stage_blocks(_ExtraBetweenStages().eval(), torch.rand(2, 3, 8, 8))
+    assert blocks is None and "more between the named stages" in why

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from pytorch_ood.api import Detector
 from torch import Tensor, nn
 
-from uniad_plugin._utils import model_device
+from uniad_plugin._utils import eval_mode, model_device
 from uniad_plugin.benchmark._common import ConfigError, one_line
 from uniad_plugin.nn.taps import INPUT_SUFFIX, OUTPUTS, LayerTaps, default_layers
 
@@ -32,6 +33,7 @@ __all__ = [
     "ModelParts",
     "PenultimateEncoder",
     "available_detectors",
+    "named_stage_blocks",
     "build_detectors",
     "check_detector_names",
     "is_builtin",
@@ -136,9 +138,9 @@ class ModelParts:
             notes["features"] = "the model has no nn.Linear head whose input is the features"
         blocks, split = _sequential_parts(model, layers, head_layer if head is not None else None)
         if not isinstance(model, nn.Sequential):
-            notes["sequential"] = (
-                "needs consecutive layers; only nn.Sequential models are split automatically"
-            )
+            blocks, why = named_stage_blocks(model, example)
+            if blocks is None:
+                notes["sequential"] = f"needs consecutive layers: {why}"
         return cls(
             model=model,
             num_classes=int(logits.shape[1]),
@@ -182,6 +184,72 @@ def _sequential_parts(
             h = top.index(name)
             split = (model[:h], model[h:])
     return blocks, split
+
+
+#: names of the stage modules of a network (torchvision's ResNets: layer1..layer4)
+_STAGE_NAME = re.compile(r"^(layer|stage|block)(\d+)$")
+
+
+class _Normalise(nn.Module):
+    """The normalisation of a :class:`~uniad_plugin.models.Normalized` wrapper, as a block."""
+
+    def __init__(self, wrapper: nn.Module) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.wrapper.mean) / self.wrapper.std
+
+
+def named_stage_blocks(
+    model: nn.Module, example: Tensor
+) -> tuple[list[nn.Module] | None, str | None]:
+    """Consecutive blocks of a network with named stages, for ``MultiMahalanobis``.
+
+    The stages are the direct children named ``layer1``, ``layer2``, ... (or ``stage1``...,
+    ``block1``...), as in torchvision's ResNets and :class:`~uniad_plugin.models.SmallResNet`;
+    the children registered before the first stage (the stem) go into the first block, and a
+    :class:`~uniad_plugin.models.Normalized` wrapper's normalisation in front of it. The split
+    is checked on ``example``: the blocks applied one after the other must give the stages'
+    outputs of the model's own forward pass, so a model whose ``forward`` does more between
+    the stages is refused, not silently mis-wired.
+
+    :return: ``(blocks, None)``, or ``(None, reason)`` where the model has no such stages
+    """
+    from uniad_plugin.models import Normalized
+
+    prefix: list[nn.Module] = []
+    net = model
+    if isinstance(model, Normalized):
+        prefix, net = [_Normalise(model)], model.model
+    children = list(net.named_children())
+    idx = [i for i, (name, _) in enumerate(children) if _STAGE_NAME.match(name)]
+    if len(idx) < 2:
+        return None, "found neither nn.Sequential nor named stages (layer1, layer2, ...)"
+    if idx != list(range(idx[0], idx[0] + len(idx))):
+        return None, "the named stages are not consecutive children of the model"
+    stages = [children[i][1] for i in idx]
+    stem = [m for _, m in children[: idx[0]]]
+    blocks: list[nn.Module] = [nn.Sequential(*prefix, *stem, stages[0]), *stages[1:]]
+    seen: list[Tensor] = []
+    hooks = [s.register_forward_hook(lambda _m, _i, out: seen.append(out)) for s in stages]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example)
+            for hook in hooks:
+                hook.remove()
+            h = example
+            for block, out in zip(blocks, seen, strict=True):
+                h = block(h)
+                same = isinstance(out, Tensor) and h.shape == out.shape
+                if not (same and torch.allclose(h, out, rtol=1e-4, atol=1e-5)):
+                    return None, "its forward does more between the named stages than apply them"
+    except Exception as e:  # noqa: BLE001 - a model that cannot be split this way is skipped
+        return None, f"its named stages cannot be applied one after the other ({one_line(e)})"
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return blocks, None
 
 
 def _need(parts: ModelParts, what: str) -> str | None:
@@ -292,7 +360,7 @@ _BUILTINS: dict[str, tuple[str | None, Callable[[ModelParts, dict], Detector], s
     "MultiMahalanobis": (
         "sequential",
         lambda p, kw: _builtin("MultiMahalanobis")(p.blocks, **kw),
-        "every stage + penultimate features, fitted (nn.Sequential only)",
+        "every stage, fitted (nn.Sequential, or named stages layer1, layer2, ...)",
     ),
     "ReAct": ("split", _react, "clipped penultimate features (nn.Sequential only), fitted"),
 }
