@@ -35,6 +35,7 @@ def test_every_example_is_tested():
         "compare_builtin.py",
         "bring_your_own_model.py",
         "generate_anomalies.py",
+        "pytorch_ood_in_python.py",
     }
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
@@ -92,3 +93,54 @@ def test_generate_anomalies(tmp_path):
     assert "y = -1" in out
     assert png.stat().st_size > 1000
     assert any((tmp_path / "c").iterdir())  # adversarial sets were cached
+
+
+@pytest.mark.slow
+def test_pytorch_ood_in_python(tmp_path):
+    """The docs page "pytorch-ood in Python", line by line: class folders, a pre-trained
+    ResNet-20 loaded with weights_only, the three detectors, OODMetrics, the saved detector and
+    the 5% FPR threshold."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import ToTensor
+
+    from tests.image_data import _pattern_images, write_image_folder
+    from uniad_plugin.models import accuracy, resnet20_cifar, train_classifier
+
+    classes = ("cat", "dog", "ship")
+    write_image_folder(tmp_path / "train", classes, n_per_class=30, seed=0)
+    write_image_folder(tmp_path / "test", classes, n_per_class=20, seed=1)
+    (tmp_path / "ood" / "unknown").mkdir(parents=True)
+    for i, img in enumerate(_pattern_images(20, "RGB", 48, 40, 0, np.random.default_rng(2))):
+        img.save(tmp_path / "ood" / "unknown" / f"{i}.png")
+    torch.manual_seed(0)
+    model = resnet20_cifar(num_classes=3)
+    train = ImageFolder(tmp_path / "train", transform=ToTensor())
+    loader = DataLoader(
+        train, batch_size=30, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    train_classifier(model, loader, epochs=8, lr=3e-3, seed=0)
+    test = ImageFolder(tmp_path / "test", transform=ToTensor())
+    assert accuracy(model, DataLoader(test, batch_size=60)) > 0.9
+    torch.save(model.state_dict(), tmp_path / "resnet20.pt")
+    assert isinstance(Image.open(tmp_path / "ood" / "unknown" / "0.png"), Image.Image)
+
+    out = run(
+        "pytorch_ood_in_python.py",
+        *("--train-dir", str(tmp_path / "train"), "--test-dir", str(tmp_path / "test")),
+        *("--ood-dir", str(tmp_path / "ood"), "--weights", str(tmp_path / "resnet20.pt")),
+        *("--out", str(tmp_path / "out")),
+    )
+    for name in ("UniformDetector", "EnergyBased", "Mahalanobis"):
+        m = re.search(rf"^{name}\s+{AUROC}\s+\d\.\d{{3}}$", out, re.MULTILINE)
+        assert m, out
+    # stripes against flat colours: the feature-space detectors separate them
+    uniform = re.search(rf"^UniformDetector\s+{AUROC}", out, re.MULTILINE)
+    assert float(uniform.group(1)) > 0.9, out
+    m = re.search(r"flagged: (\d+\.\d)% of the other ID test images, (\d+\.\d)% of the OOD", out)
+    assert m, out
+    assert float(m.group(1)) <= 30.0  # 30 held-out ID images: 5% is one or two of them
+    assert (tmp_path / "out" / "uniform_detector.pt").stat().st_size > 1000
