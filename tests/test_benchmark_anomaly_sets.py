@@ -27,6 +27,8 @@ def test_parse_attacks():
         parse_attacks(["pgd"], eps)
     with pytest.raises(ConfigError, match="bad budget"):
         parse_attacks(["fgsm@x"], eps)
+    with pytest.raises(ConfigError, match="bad budget.*8/255"):
+        parse_attacks(["fgsm@8/0"], eps)
     with pytest.raises(ConfigError, match="positive"):
         parse_attacks(["fgsm@-1"], eps)
     with pytest.raises(ConfigError, match="twice"):
@@ -65,3 +67,19 @@ def test_build_anomaly_sets_orders_and_checks_keywords(digits_model, digits):
         build_anomaly_sets(
             digits_model, digits.attack, SHAPE, attacks={}, noise=[], ood=[], n_nois=3
         )
+
+
+def test_budgets_as_people_write_them():
+    """``pgd_linf@2/255,8/255`` in, ``pgd_linf@8/255`` in the set names; short decimals stay."""
+    from uniad_plugin.anomalies.attacks import budget_label
+
+    parsed = parse_attacks(["pgd_linf@2/255,8/255", "pgd_l2@0.5"], {})
+    assert parsed == {"pgd_linf": (2 / 255, 8 / 255), "pgd_l2": (0.5,)}
+    assert [budget_label(e) for e in parsed["pgd_linf"]] == ["2/255", "8/255"]
+    assert [budget_label(e) for e in (0.3, 0.2, 2.0, 0.03, 1.25)] == [
+        "0.3",
+        "0.2",
+        "2",
+        "0.03",
+        "1.25",
+    ]

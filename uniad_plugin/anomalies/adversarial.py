@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from uniad_plugin import distributed as dist
 from uniad_plugin._utils import atomic_save, eval_mode, hash_tensor, model_device
-from uniad_plugin.anomalies.attacks import ATTACKS, AttackSpec
+from uniad_plugin.anomalies.attacks import ATTACKS, AttackSpec, budget_label
 from uniad_plugin.anomalies.base import (
     DEFAULT_LEVELS,
     AnomalySet,
@@ -87,7 +87,7 @@ class AdversarialSet(AnomalySet):
     """Successful adversarial examples (kind ``"AD"``), all labelled ``-1``.
 
     :param x: adversarial images of shape :math:`(N, C, H, W)`
-    :param name: short name, ``f"{attack}@{eps:g}"``
+    :param name: short name, ``f"{attack}@{budget_label(eps)}"`` (``pgd_linf@8/255``, ``pgd_l2@0.5``)
     :param info: details (see :func:`make_adversarial`)
     :param source_labels: true label of the clean input each adversarial was made from
     :param adv_pred: the model's prediction on each adversarial
@@ -199,7 +199,7 @@ def _from_record(record: dict[str, Any]) -> AdversarialSet:
     info = record["info"]
     return AdversarialSet(
         record["x"],
-        name=grid_name(f"{info['attack']}@{info['eps']:g}", info["grid_levels"]),
+        name=grid_name(f"{info['attack']}@{budget_label(info['eps'])}", info["grid_levels"]),
         info=info,
         source_labels=record["source_labels"],
         adv_pred=record["adv_pred"],
@@ -481,7 +481,7 @@ def make_adversarial(
     :param kwargs: any field of :class:`AdversarialOptions` (``bounds``, ``levels``,
         ``batch_size``, ``device``, ``seed``, ``cache_dir``, ``progress``, ``max_samples``,
         ``attack_params``), overriding ``options``
-    :return: the successful adversarials (on the grid), named ``f"{attack}@{eps:g}"`` (plus
+    :return: the successful adversarials (on the grid), named ``f"{attack}@{budget_label(eps)}"`` (``pgd_linf@8/255``, ``pgd_l2@0.5``) (plus
         ``" (continuous)"`` for ``levels=None``); ``info`` holds ``attack``, ``eps``,
         ``norm``, ``grid_levels``, ``n_attacked``, ``n_success_continuous``,
         ``success_rate_continuous`` (before rounding), ``n_success``, ``success_rate`` (after
@@ -522,7 +522,7 @@ def make_adversarial(
         if dist.all_true(path.is_file()):
             return _from_record(torch.load(path, weights_only=True))
 
-    out = _attack_correct(model, x, y, spec, params, eps, opts, f"{attack}@{eps:g}")
+    out = _attack_correct(model, x, y, spec, params, eps, opts, f"{attack}@{budget_label(eps)}")
     record = _record(out, len(x), attack, eps, spec, params, opts)
     if path is not None and dist.is_local_main():  # one writer per machine
         atomic_save(record, path)

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ATTACKS", "AttackSpec"]
+__all__ = ["ATTACKS", "AttackSpec", "budget_label", "parse_budget"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,23 @@ ATTACKS: dict[str, AttackSpec] = {
         "projected onto the L2 ball eps",
     ),
 }
+
+
+def budget_label(eps: float) -> str:
+    """An attack budget as people write it: ``8/255`` for a multiple of 1/255 whose decimal
+    form is long (``0.0313725``), the shortest decimal otherwise (``0.3``, ``2``)."""
+    text = f"{eps:g}"
+    steps = round(eps * 255)
+    if len(text) > 5 and 1 <= steps < 255 and abs(eps - steps / 255) < 1e-9:
+        return f"{steps}/255"
+    return text
+
+
+def parse_budget(text: str) -> float:
+    """A budget written as a number (``0.5``) or a fraction (``8/255``).
+
+    :raises ValueError: if ``text`` is neither
+    """
+    num, sep, den = text.strip().partition("/")
+    value = float(num) / float(den) if sep else float(num)
+    return value

@@ -62,13 +62,16 @@ def attack_norms() -> dict[str, str]:
 def parse_attacks(
     specs: Sequence[str], default_eps: Mapping[str, Sequence[float]]
 ) -> dict[str, tuple[float, ...]]:
-    """Parse attack specs ``"name"`` (default budgets) or ``"name@eps1,eps2"``.
+    """Parse attack specs ``"name"`` (default budgets) or ``"name@eps1,eps2"``, each budget a
+    number or a fraction (``pgd_linf@2/255,8/255``).
 
-    :param specs: e.g. ``["fgsm", "pgd_l2@0.5,1"]``
+    :param specs: e.g. ``["fgsm", "pgd_l2@0.5,1", "pgd_linf@8/255"]``
     :param default_eps: budgets per attack norm (``"linf"``, ``"l2"``) or per attack name
     :return: attack name -> budgets, in the order given
     :raises ConfigError: on an unknown attack, a bad or non-positive eps, or a repeated attack
     """
+    from uniad_plugin.anomalies.attacks import parse_budget
+
     norms = attack_norms()
     out: dict[str, tuple[float, ...]] = {}
     for spec in specs:
@@ -83,10 +86,11 @@ def parse_attacks(
             raise ConfigError(f"attack {name!r} was given twice; list its budgets once: {name}@a,b")
         if eps_text:
             try:
-                eps = tuple(float(e) for e in eps_text.split(","))
-            except ValueError:
+                eps = tuple(parse_budget(e) for e in eps_text.split(","))
+            except (ValueError, ZeroDivisionError):
                 raise ConfigError(
-                    f"bad budget in {spec!r}; expected numbers, e.g. {name}@0.1,0.2"
+                    f"bad budget in {spec!r}; expected numbers or fractions, e.g. "
+                    f"{name}@0.1,0.2 or {name}@8/255"
                 ) from None
             if not all(math.isfinite(e) and e > 0 for e in eps):
                 raise ConfigError(f"expected positive finite budgets in {spec!r}")
