@@ -152,3 +152,52 @@ def test_named_stages_with_more_in_forward_are_refused():
 
     blocks, why = named_stage_blocks(_ExtraBetweenStages().eval(), torch.rand(2, 3, 8, 8))
     assert blocks is None and "more between the named stages" in why
+
+
+def test_every_builtin_wired_to_resnets_and_vggs():
+    """ReAct, VRA, SHE, NNGuide, DICE, ASH, SCALE, RankFeat, ... for any model with a linear
+    head (feature maps: those the head's input is the spatial mean of); each fits and scores."""
+    import warnings
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from uniad_plugin.benchmark.wiring import _BUILTINS, NOT_WIRED
+    from uniad_plugin.models import resnet20_cifar, train_classifier, vgg_cifar
+
+    assert not set(NOT_WIRED) & set(_BUILTINS)
+    import pytorch_ood.detector as d
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(3)
+    import numpy as np
+
+    from tests.image_data import class_images
+
+    y = torch.arange(60) % 3  # flat class colours plus noise: learnt in a few steps
+    images = class_images(y.numpy(), 32, np.random.default_rng(0))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    for model in (resnet20_cifar(3), vgg_cifar(3)):
+        # a few steps on the data: SHE keeps the patterns of correctly classified inputs
+        loader = DataLoader(TensorDataset(x, y), batch_size=20, shuffle=True, generator=gen)
+        train_classifier(model, loader, epochs=10, lr=3e-3, seed=0)
+        entries = build_detectors(list(_BUILTINS), model, x[:4])
+        assert all(e.ok for e in entries), [(e.name, e.reason) for e in entries if not e.ok]
+        for e in entries:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if e.name == "KNN":
+                    e.detector.k = 5
+                if e.detector.requires_fit:
+                    e.detector.fit(DataLoader(TensorDataset(x, y), batch_size=20))
+                s = e.detector(x[:5])
+            assert s.shape == (5,) and torch.isfinite(s).all(), e.name
+        assert all(isinstance(e.detector, getattr(d, e.name)) for e in entries)
+
+
+def test_feature_map_detectors_are_skipped_with_the_reason_without_maps():
+    from tests.benchmark_helpers import SHAPE
+
+    entries = build_detectors(
+        ["ASH", "SCALE", "RankFeat"], _NoLinear().eval(), torch.rand(2, *SHAPE)
+    )
+    assert all(e.status == "skipped" and "feature maps" in e.reason for e in entries)

@@ -34,6 +34,10 @@ __all__ = [
     "PenultimateEncoder",
     "available_detectors",
     "named_stage_blocks",
+    "NOT_WIRED",
+    "FeatureMapEncoder",
+    "PooledHead",
+    "feature_map_layer",
     "build_detectors",
     "check_detector_names",
     "is_builtin",
@@ -81,6 +85,70 @@ class PenultimateEncoder(nn.Module):
         return z, logits
 
 
+class FeatureMapEncoder(nn.Module):
+    """The feature maps ``(B, C, H, W)`` whose spatial mean is a classifier's penultimate
+    features, for the built-ins that reshape feature maps (``ASH``, ``SCALE``, ``RankFeat``).
+
+    :param model: the classifier
+    :param layer: the module whose output the features are averaged from
+    """
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        self.taps = LayerTaps(model, [layer], reduce=None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.taps(x)[1][0].contiguous()  # SCALE and ASH view the maps as (B, -1)
+
+
+class PooledHead(nn.Module):
+    """``head(mean over space of the feature maps)``: the rest of the classifier after a
+    :class:`FeatureMapEncoder`."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, fmap: Tensor) -> Tensor:
+        return self.head(fmap.mean(dim=(2, 3)))
+
+
+def feature_map_layer(model: nn.Module, example: Tensor, head: nn.Linear) -> str | None:
+    """The last module whose output is a feature map ``(B, C, H, W)`` whose spatial mean, put
+    through ``head``, gives the model's logits on ``example`` (maps larger than 1 x 1 first, so
+    that the global pooling's own output is taken only where the maps are 1 x 1); ``None`` if
+    there is none (the features are not a global average of feature maps)."""
+    outputs: list[tuple[str, Tensor]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, Tensor) and out.dim() == 4:
+                outputs.append((name, out))
+
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+    outputs.sort(key=lambda item: item[1].shape[2] * item[1].shape[3] > 1)  # stable
+    for name, out in reversed(outputs):
+        if out.shape[1] != head.in_features:
+            continue
+        with torch.no_grad():
+            again = head(out.mean(dim=(2, 3)))
+        if again.shape == logits.shape and torch.allclose(again, logits, rtol=1e-4, atol=1e-4):
+            return name
+    return None
+
+
 class _As4d(nn.Module):
     """``(B, D)`` -> ``(B, D, 1, 1)`` so that MultiMahalanobis can average over space."""
 
@@ -101,6 +169,8 @@ class ModelParts:
     :param split: ``(backbone, head)`` halves of an ``nn.Sequential`` split before its last
         ``nn.Linear`` (``None`` otherwise)
     :param feature_dim: width of the penultimate features
+    :param feature_maps: the feature maps averaged into the penultimate features
+        (:class:`FeatureMapEncoder`), ``None`` if the features are not such an average
     :param notes: why a part is missing, by part (``"features"``, ``"sequential"``)
     """
 
@@ -112,6 +182,7 @@ class ModelParts:
     blocks: list[nn.Module] | None = None
     split: tuple[nn.Module, nn.Module] | None = None
     feature_dim: int | None = None
+    feature_maps: FeatureMapEncoder | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -136,6 +207,15 @@ class ModelParts:
                 feature_dim = head.in_features
         if head is None:
             notes["features"] = "the model has no nn.Linear head whose input is the features"
+        fmap = None
+        if head is not None:
+            fmap_layer = feature_map_layer(model, example, head)
+            if fmap_layer is not None:
+                fmap = FeatureMapEncoder(model, fmap_layer)
+            else:
+                notes["feature_maps"] = (
+                    "the penultimate features are not the spatial mean of feature maps"
+                )
         blocks, split = _sequential_parts(model, layers, head_layer if head is not None else None)
         if not isinstance(model, nn.Sequential):
             blocks, why = named_stage_blocks(model, example)
@@ -150,6 +230,7 @@ class ModelParts:
             blocks=blocks,
             split=split,
             feature_dim=feature_dim,
+            feature_maps=fmap,
             notes=notes,
         )
 
@@ -253,7 +334,8 @@ def named_stage_blocks(
 
 
 def _need(parts: ModelParts, what: str) -> str | None:
-    """Reason why ``parts`` lacks ``what`` ("features", "bias", "sequential", "split")."""
+    """Reason why ``parts`` lacks ``what`` ("features", "bias", "sequential", "split",
+    "feature_maps")."""
     if what in ("features", "bias", "split") and parts.encoder is None:
         return "needs penultimate features: " + parts.notes.get("features", "none found")
     if what == "bias" and parts.head is not None and parts.head.bias is None:
@@ -262,6 +344,9 @@ def _need(parts: ModelParts, what: str) -> str | None:
         return "MultiMahalanobis " + parts.notes.get("sequential", "found no layer boundaries")
     if what == "split" and parts.split is None:
         return "needs the model split before its last nn.Linear; only nn.Sequential is split"
+    if what == "feature_maps" and parts.feature_maps is None:
+        why = parts.notes.get("feature_maps") or parts.notes.get("features", "none found")
+        return "needs feature maps before a global average pooling: " + why
     return None
 
 
@@ -318,9 +403,26 @@ def _vim(p: ModelParts, kw: dict) -> Detector:
     return _builtin("ViM")(p.encoder, **{"d": d, "w": p.head.weight, "b": p.head.bias, **kw})
 
 
-def _react(p: ModelParts, kw: dict) -> Detector:
-    backbone, head = p.split
-    return _builtin("ReAct")(backbone, head, **kw)
+def _maps(name: str, **defaults: Any) -> Callable[[ModelParts, dict], Detector]:
+    """A built-in on the feature maps (backbone) and the pooled head."""
+
+    def factory(p: ModelParts, kw: dict) -> Detector:
+        return _builtin(name)(p.feature_maps, PooledHead(p.head), **{**defaults, **kw})
+
+    return factory
+
+
+def _features_head(name: str, **defaults: Any) -> Callable[[ModelParts, dict], Detector]:
+    """A built-in on the penultimate features (encoder or backbone) and the linear head."""
+
+    def factory(p: ModelParts, kw: dict) -> Detector:
+        return _builtin(name)(p.encoder, p.head, **{**defaults, **kw})
+
+    return factory
+
+
+def _dice(p: ModelParts, kw: dict) -> Detector:
+    return _builtin("DICE")(p.encoder, w=p.head.weight, b=p.head.bias, **{"p": 0.9, **kw})
 
 
 #: built-in pytorch-ood detectors the benchmark can wire to a classifier:
@@ -362,7 +464,33 @@ _BUILTINS: dict[str, tuple[str | None, Callable[[ModelParts, dict], Detector], s
         lambda p, kw: _builtin("MultiMahalanobis")(p.blocks, **kw),
         "every stage, fitted (nn.Sequential, or named stages layer1, layer2, ...)",
     ),
-    "ReAct": ("split", _react, "clipped penultimate features (nn.Sequential only), fitted"),
+    "ReAct": ("features", _features_head("ReAct"), "clipped penultimate features, fitted"),
+    "VRA": ("features", _features_head("VRA"), "rectified penultimate features, fitted"),
+    "SHE": ("features", _features_head("SHE"), "stored class patterns of the features, fitted"),
+    "NNGuide": ("features", _features_head("NNGuide"), "guided nearest neighbours, fitted"),
+    "PNML": ("features", _features_head("PNML"), "penultimate features + head, fitted"),
+    "GMM": ("features", lambda p, kw: _builtin("GMM")(p.encoder, **kw), "class GMMs, fitted"),
+    "DICE": ("bias", _dice, "sparsified head (p = 0.9), fitted"),
+    "ASH": ("feature_maps", _maps("ASH"), "pruned and sharpened feature maps (ASH-S)"),
+    "SCALE": ("feature_maps", _maps("SCALE"), "rescaled feature maps"),
+    "RankFeat": ("feature_maps", _maps("RankFeat"), "feature maps without their rank-1 part"),
+    "TemperatureScaling": (
+        None,
+        lambda p, kw: _builtin("TemperatureScaling")(p.model, **kw),
+        "logits, temperature fitted on ID data",
+    ),
+}
+
+#: pytorch-ood 0.4 detectors the benchmark does not wire, and why (listed, never dropped)
+NOT_WIRED: dict[str, str] = {
+    "GradNorm": "needs a parameter filter for the layer whose gradient norm it reads",
+    "GradUncertainty": "needs a parameter filter for the layers whose gradients it reads",
+    "Gram": "needs the feature layers and the number of poles per layer chosen for the model",
+    "NACUE": "needs per-layer bins, smoothing and neuron counts chosen for the model",
+    "LTS": "needs a detector of its own on the features (a second choice per model)",
+    "MCD": "needs dropout layers, kept active at test time",
+    "MCM": "needs the text embeddings of a vision-language model (CLIP)",
+    "WeightedEBO": "needs per-class weights from data other than the ID training set",
 }
 
 
