@@ -257,8 +257,12 @@ def test_alarm_samples_are_held_out_from_snapshot_training(monkeypatch, digits, 
     labels = seen["alarm_labels"]
     assert int((labels >= 0).sum()) == len(alarm_idx) and int((labels < 0).sum()) == 20
     # seeded: the same split again, another one for another seed
-    again = _spy_fit(monkeypatch, R2AD2(digits_model, **cheap), loader)["split"]
-    other = _spy_fit(monkeypatch, R2AD2(digits_model, seed=1, **cheap), loader)["split"]
+    again = _spy_fit(monkeypatch, R2AD2(digits_model, known_anomalies=True, **cheap), loader)[
+        "split"
+    ]
+    other = _spy_fit(
+        monkeypatch, R2AD2(digits_model, seed=1, known_anomalies=True, **cheap), loader
+    )["split"]
     assert torch.equal(again[1], alarm_idx) and not torch.equal(other[1], alarm_idx)
 
 
