@@ -1,4 +1,4 @@
-"""UniformDetector's layer scores: the class layout of issue 12's last round beside the previous.
+"""UniformDetector's layer scores: the current class layout beside the previous one.
 
 Side by side in one run, interleaved, medians reported: the raw layer scores (the spheres of
 every layer under the predicted class, and the rival contrasts) of the MNIST test images, from
@@ -42,7 +42,7 @@ ARCHS = {"lenet": lenet, "resnet": resnet_mnist}
 
 
 def previous_layer_scores(spheres, zs: list[Tensor], k: Tensor) -> Tensor:
-    """The grouped scorer before issue 12's last round (ratio scores, fitted spheres)."""
+    """The grouped scorer of the previous layout (ratio scores, fitted spheres)."""
     n = len(k)
     order = torch.argsort(k, stable=True)
     present, counts = torch.unique_consecutive(k[order], return_counts=True)
@@ -75,7 +75,7 @@ def previous_layer_scores(spheres, zs: list[Tensor], k: Tensor) -> Tensor:
 
 
 def previous_raw(det: UniformDetector, zs: list[Tensor], logits: Tensor) -> Tensor:
-    """``_layer_scores`` before issue 12's last round (score ``"ratio"``)."""
+    """``_layer_scores`` with the previous layout (score ``"ratio"``)."""
     K = det.num_classes
     ranked = as_ranked(logits, K, det._rivals_in_effect(K))
     zs = [z.float() for z in zs]

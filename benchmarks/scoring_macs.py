@@ -1,6 +1,6 @@
 """Multiply-accumulates per image: the classifier's forward pass against UniformDetector's scoring.
 
-Why the LeNet misses the 1.25x scoring goal of issue 12 when the ResNet meets it: a count of the
+Why the LeNet misses the project's 1.25x scoring goal when the ResNet meets it: a count of the
 arithmetic, not a timing. For the two reference models of the benchmark (the LeNet and the
 ResNet of ``uniad_plugin.models``, at MNIST's input size; the weights do not change the count,
 so untrained models are probed), this counts per image:

@@ -47,7 +47,7 @@ ALL_LAYERS = ["1", "4", "5", "11:input", "logits", "log_softmax"]
 STAGES = ["1", "4", "5", "11:input"]
 
 OUT = "log_softmax"
-#: the defaults before issue 12 (sum of z-scores, no softmax layer, no rival contrasts; the
+#: the original defaults (sum of z-scores, no softmax layer, no rival contrasts; the
 #: activations are pooled by ``avg`` below), kept so that the committed table reproduces;
 #: ``uniform_fusion.py`` compares them with the current defaults
 DEFAULT = {"layers": [*STAGES, OUT], "whiten": "full", "fusion": "zsum", "rivals": 0}
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         acc = float((batched(model, x_test).argmax(1) == y_test).float().mean())
     print(f"LeNet accuracy on the {len(x_test)} validation ID test images {acc:.4f}")
-    # the first row is what UniformDetector(model) did on this model before issue 12
+    # the first row is what UniformDetector(model) did on this model with the original defaults
     assert default_layers(model, train.tensors[0][:2]) == [*DEFAULT["layers"], "softmax"]
 
     empty = [a.name for a in suite.anomalies if len(a.x) == 0]

@@ -1,12 +1,12 @@
-"""UniformDetector's defaults of issue 12's sixth round, chosen on the validation split.
+"""UniformDetector's defaults, chosen on the validation split.
 
-Candidates for the defaults, each given by explicit keyword arguments (the defaults of
-the sixth round's start pinned, so that the table does not change meaning when the
+Candidates for the defaults, each given by explicit keyword arguments (the previous
+defaults pinned, so that the table does not change meaning when the
 package's defaults do), fitted per detector seed on the MNIST
 training images and scored on the sets of ``uniad --dataset mnist --split validation`` (never
 the reported sets), for the LeNet or the ResNet the benchmark trains:
 
-- the fifth round's defaults (Fisher's combination, grid pooling) and the three ways to
+- the previous defaults (Fisher's combination, grid pooling) and the three ways to
   change its fusion and pooling: the sum of z-scores, the grid's cells with their standard
   deviations (``pooling="gridstd"``), and both;
 - on top of both: encoders of 128 hidden units, or the input image as one more layer;
@@ -71,7 +71,7 @@ class NearestSphereDetector(UniformDetector):
 def candidates(first: str, layers: list[str]) -> list[tuple[str, dict, type]]:
     """(label, keyword arguments, detector class) of every candidate; ``first``: the model's
     first module (its input is the input image), ``layers``: the default layers."""
-    # the defaults at the sixth round's start that the candidates vary or could, pinned
+    # the previous defaults that the candidates vary or could, pinned
     base = {"nu": 0.1, "hidden": (64,), "rep_dim": 32, "epochs": 30, "rivals": 3}
     base |= {"whiten": "full", "score": "ratio", "holdout": 0.1, "layers": list(layers)}
     both = {**base, "fusion": "zsum", "pooling": "gridstd"}

@@ -5,8 +5,8 @@ One ``UniformDetector(model)`` with the defaults is fitted (its layers: the mode
 head's input, ``log_softmax`` and ``softmax``; a rival contrast for each layer but the last
 two). Every row is computed from that one fit, from its per-layer scores: the fusion rules
 (Fisher's combination of empirical p-values, the sum of z-scores, the smallest p-value) over
-all default scores, without the rival contrasts (issue 12's second round), without
-``softmax``, and without both (the defaults before issue 12), with the contrasts of the two
+all default scores, without the rival contrasts (an earlier default), without
+``softmax``, and without both (the original defaults), with the contrasts of the two
 deepest contrasted layers only (a cheaper detector), and every score alone. Six more fits per
 seed vary the rest: 1 and 9 rivals searched instead of 3, encoders with 32 hidden units
 instead of 64 (a cheaper detector), the feature maps pooled by a global average (``avg``, the
@@ -107,9 +107,9 @@ def _uniform_rows(
     names = det.score_names  # the layers, then their rival contrasts
     L = len(det.layers)
     every = list(range(len(names)))
-    spheres_only = list(range(L))  # without rival contrasts (the second round of issue 12)
+    spheres_only = list(range(L))  # without rival contrasts (an earlier default)
     no_softmax = [i for i, n in enumerate(names) if n != "softmax"]
-    old = [i for i in spheres_only if names[i] != "softmax"]  # the defaults before issue 12
+    old = [i for i in spheres_only if names[i] != "softmax"]  # the original defaults
     deep_contrasts = spheres_only + every[L:][-2:]
     default = {how: " (the default)" if how == det.fusion else "" for how in ("fisher", "zsum")}
     variants = [

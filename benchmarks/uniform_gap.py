@@ -1,7 +1,7 @@
 """Where UniformDetector stands against the best built-in detector, set by set, in a ``uniad`` run.
 
 Reads the ``results.json`` a run wrote and writes ``GAP.md`` beside it: per set, UniformDetector's
-AUROC, the best built-in detector's and the gap (the goal of issue 12: no set more than 0.02
+AUROC, the best built-in detector's and the gap (the project's goal: no set more than 0.02
 behind, the worst set of every class at least 0.95, the overall mean above every built-in),
 with the sets a model-free ``Pixel*`` baseline separates marked.
 
@@ -21,7 +21,7 @@ from uniad_plugin.benchmark import SANITY_DETECTORS
 
 OURS = "UniformDetector"
 PLUGINS = {"UniformDetector", "A3", "ConfoundingGradients", "R2AD2"}
-#: the goal of issue 12
+#: the project's goal
 MAX_GAP = 0.02
 MIN_WORST = 0.95
 

@@ -1,4 +1,4 @@
-"""Peak memory and fit time of UniformDetector as the number of ID samples grows (issue 13).
+"""Peak memory and fit time of UniformDetector as the number of ID samples grows.
 
 The fit streams N synthetic samples through a small MLP classifier (class-conditional Gaussian
 inputs of 64 dimensions, 100 classes, hidden widths 256; the default layers tap 64 + 256 + 256

@@ -26,9 +26,9 @@ never the reported sets), for the LeNet or the ResNet the benchmark trains:
     python benchmarks/uniform_worst_set.py --data-root ../shared/data --arch lenet \\
         --detector-seeds 0 1 2
 
-Every fit uses the defaults of issue 12's fifth round, when this page was made: today's
-defaults with Fisher's combination as the fusion (``FIFTH_ROUND``); the sixth round's choice
-is in ``benchmarks/uniform_defaults.py``.
+Every fit uses the previous defaults, with which this page was made: today's defaults with
+Fisher's combination as the fusion (``FIFTH_ROUND``); the choice of today's fusion is in
+``benchmarks/uniform_defaults.py``.
 
 Writes ``benchmarks/results/uniform_worst_set_<arch>.md`` and ``.json``.
 """

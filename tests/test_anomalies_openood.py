@@ -1,5 +1,5 @@
 """OpenOOD v1.5's near- and far-OOD sets, read with pytorch-ood's loaders from tiny copies in
-OpenOOD's format (image lists and image folders written by the tests) (issue 13)."""
+OpenOOD's format (image lists and image folders written by the tests)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every built-in detector the benchmark wires works on CUDA (issue 12).
+"""Every built-in detector the benchmark wires works on CUDA.
 
 pytorch-ood's KNN hands the features it is fitted on to scikit-learn without moving them to
 the CPU, so on ``--device cuda`` it failed with "can't convert cuda:0 device type tensor to
@@ -132,7 +132,7 @@ def _fit_and_score_builtins(digits_model, digits, device: str) -> tuple[dict, di
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_every_wired_builtin_fits_and_scores_on_the_device(digits_model, digits, device):
-    """Issue 12: no built-in of the wiring table fails on CUDA (KNN did)."""
+    """No built-in of the wiring table fails on CUDA (KNN did)."""
     entries, scores = _fit_and_score_builtins(digits_model, digits, device)
     failed = {n: e.reason for n, e in entries.items() if e.status == "failed"}
     assert failed == {}

@@ -1,5 +1,5 @@
 """Anomaly sets with a group (OpenOOD's near- and far-OOD): a mean row per group of a class,
-in the rows and in the tables (issue 13)."""
+in the rows and in the tables."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``uniad`` end to end (fast mode, a tiny model) on CIFAR-10, CIFAR-100, ImageNet-200 and
-ImageNet with OpenOOD's near- and far-OOD sets, all from tiny copies on disk (issue 13)."""
+ImageNet with OpenOOD's near- and far-OOD sets, all from tiny copies on disk."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_cifar10_with_openood_near_and_far_sets(tmp_path, capsys):
 
 
 def test_cifar10_with_a_torchvision_resnet18_and_openood_sets(tmp_path, capsys):
-    """The issue's command: uniad --dataset cifar10 --data-root DIR --arch torchvision:resnet18
+    """End to end with a user's weights: uniad --dataset cifar10 --data-root DIR --arch torchvision:resnet18
     --model W.pt, with near-OOD, far-OOD, AD and NS in the report."""
     from tests.tiny_models import fitted_resnet18
     from uniad_plugin.data import cifar10_dataset

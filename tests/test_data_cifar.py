@@ -1,5 +1,5 @@
 """CIFAR-10 and ImageFolder data (read through torchvision from tiny copies written by the
-tests), ``torchvision:NAME`` architectures and the :class:`Normalized` wrapper (issue 13)."""
+tests), ``torchvision:NAME`` architectures and the :class:`Normalized` wrapper."""
 
 from __future__ import annotations
 

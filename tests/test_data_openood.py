@@ -1,5 +1,5 @@
 """CIFAR-100, OpenOOD's ImageNet-200 and ImageNet-1K as ID data, read with torchvision's and
-pytorch-ood's loaders from tiny copies in their on-disk formats (issue 13)."""
+pytorch-ood's loaders from tiny copies in their on-disk formats."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def _rows(path: Path) -> dict[tuple[str, str], dict]:
 
 
 def test_cli_under_torchrun_gives_the_single_process_table(tmp_path):
-    """The issue's check: torchrun --nproc_per_node 2 -m uniad_plugin.cli == uniad (fast)."""
+    """Two processes match one: torchrun --nproc_per_node 2 -m uniad_plugin.cli == uniad (fast)."""
     common = ["--fast", "--quiet", "--no-plots", "--cache-dir"]
     one = _python(
         "-m", "uniad_plugin.cli", *common, str(tmp_path / "c1"), "--out", str(tmp_path / "one")

@@ -176,7 +176,7 @@ def test_default_layers_of_the_reference_models_are_unchanged():
 
 
 def test_default_layers_of_a_vision_transformer_are_its_blocks():
-    """Issue 12: the transformer blocks, not only the patch embedding and the head."""
+    """The transformer blocks, not only the patch embedding and the head."""
     torch.manual_seed(0)
     blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(4)]
     model = tiny_vit().eval()

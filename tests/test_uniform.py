@@ -247,7 +247,7 @@ def test_defaults_work_on_common_architectures(factory, shape, expected):
     ids=["vit", "resnet"],
 )
 def test_fits_and_predicts_with_default_layers_of_a_vit_and_a_resnet(factory, expected):
-    """Issue 12: the default layers of token models and BatchNorm/residual CNNs are usable."""
+    """The default layers of token models and BatchNorm/residual CNNs are usable."""
     torch.manual_seed(0)
     model = factory().eval()
     det = UniformDetector(model, epochs=2, batch_size=64).fit(
@@ -394,7 +394,7 @@ def test_fit_from_collected_shards_equals_fit(digits, digits_model):
     torch.testing.assert_close(det(x_test), whole(x_test))
 
 
-# ------------------------------------------------------------------ bounded memory (issue 13)
+# ------------------------------------------------------------------ bounded memory
 def test_the_bound_keeps_a_seeded_class_balanced_sample(digits, digits_model):
     x, y = digits.train.tensors
     det = UniformDetector(digits_model, max_fit_rows=500, seed=1)

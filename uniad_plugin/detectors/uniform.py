@@ -119,8 +119,7 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
     :param whiten: normalisation of each layer before the encoders: ``"full"`` (whitening with
         the tied within-class covariance) or ``"diag"`` (per-feature standardisation)
     :param fusion: how the layers' scores are combined: ``"zsum"`` (the sum of z-scores; the
-        default) or ``"fisher"`` (the sum of :math:`-\\log p_l`, the default of issue 12's
-        first to fifth rounds)
+        default) or ``"fisher"`` (the sum of :math:`-\\log p_l`, the earlier default)
     :param max_fit_rows: the most ID samples the fit keeps (``None``: all of them). Beyond it, a
         seeded sample of each class is kept: the same number :math:`c` of each class (classes
         with fewer samples whole), the largest :math:`c` that keeps at most ``max_fit_rows`` in
