@@ -19,7 +19,8 @@ images (for ``resnet20_open``, the 6,000 of its classes) at the end.
 The images are read once from an ``ImageFolder`` layout (``ROOT/train/<class>/*.jpg``,
 ``ROOT/test/<class>/*.jpg``, the classes in sorted order) and cached as one uint8 tensor file
 under ``--work``. The final weights go to ``--out`` as ``<name>.pt`` (a plain ``state_dict``)
-with their SHA-256 and the test accuracy in ``<name>.json``.
+with their SHA-256 and the test accuracy in ``<name>.json``; ``--report`` writes the table of
+every trained network (``benchmarks/results/cifar10_reference.md``) from those files.
 
 Usage (from the project root, after extracting ``../shared/data/CIFAR-10-jpeg`` as its README
 says)::
@@ -187,9 +188,27 @@ def train(name: str, args: argparse.Namespace, data: dict) -> dict:
     return record
 
 
+def write_report(out: Path, path: Path) -> str:
+    """The Markdown table of the networks trained into ``out`` (from their JSON records)."""
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    lines = [
+        "| network | architecture | classes | epochs | test accuracy | test images | SHA-256 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['net']}` | `{r['architecture']}` | {r['num_classes']} | {r['epochs']} | "
+            f"{r['test_accuracy']:.4f} | {r['test_images']:,} | `{r['sha256'][:16]}...` |"
+        )
+    commands = sorted({r["command"] for r in rows})
+    text = "\n".join(lines) + "\n\nProduced by:\n\n" + "".join(f"    {c}\n" for c in commands)
+    path.write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, required=True, help="folder with train/ and test/")
+    parser.add_argument("--root", type=Path, help="folder with train/ and test/ (ImageFolder)")
     parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=["resnet20"])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=0.1)
@@ -201,7 +220,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="use only the first N training images (smoke)"
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="?",
+        const=ROOT / "benchmarks" / "results" / "cifar10_reference.md",
+        default=None,
+        help="only write the table of the records in --out to this file (default: "
+        "benchmarks/results/cifar10_reference.md)",
+    )
     args = parser.parse_args(argv)
+    if args.report is not None:
+        print(write_report(args.out, args.report))
+        return
+    if args.root is None:
+        parser.error("--root is required to train")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
