@@ -1,7 +1,7 @@
 """Fit time and scoring cost of UniformDetector on MNIST, beside Mahalanobis and MultiMahalanobis.
 
 For the two reference models of the benchmark: the LeNet and the ResNet (BatchNorm, residual
-blocks), as ``uniad --dataset mnist [--arch uniad_plugin.models:resnet_mnist]`` trains them.
+blocks), as ``uniad --dataset mnist [--arch uniad_plugin.models:resnet_mnist --train]`` trains them.
 Goals: fit on the 60,000 training images in under 60 s on 2 CPU cores (LeNet); scoring under
 1.25x the model's plain forward pass. All detectors are measured in the same run, scoring rounds
 interleaved, medians reported (the machine is noisy). The built-ins are wired as the benchmark

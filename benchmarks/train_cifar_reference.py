@@ -58,18 +58,22 @@ NETS = {
 
 
 def read_split(root: Path, split: str, work: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of ``root/split`` as a uint8 tensor ``(N, 3, 32, 32)`` and their labels,
-    decoded once and cached under ``work``."""
-    cache = work / f"cifar10_{split}_uint8.pt"
+    """All images of ``root/split`` as a uint8 tensor ``(N, 3, H, W)`` and their labels,
+    decoded once and cached under ``work`` (keyed by the folder and its files)."""
+    classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    files = {name: sorted((root / split / name).iterdir()) for name in classes}
+    key = hashlib.sha256(
+        f"{(root / split).resolve()}|{[(n, len(f)) for n, f in files.items()]}".encode()
+    ).hexdigest()[:12]
+    cache = work / f"images_{split}_{key}_uint8.pt"
     if cache.is_file():
         data = torch.load(cache, weights_only=True)
         return data["x"], data["y"]
     from torchvision.io import ImageReadMode, decode_image
 
-    classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
     xs, ys = [], []
     for label, name in enumerate(classes):
-        for path in sorted((root / split / name).iterdir()):
+        for path in files[name]:
             xs.append(decode_image(str(path), mode=ImageReadMode.RGB))
             ys.append(label)
     x, y = torch.stack(xs), torch.tensor(ys)
@@ -127,7 +131,8 @@ def train(name: str, args: argparse.Namespace, data: dict) -> dict:
     total = steps_per_epoch * args.epochs
     gen = torch.Generator().manual_seed(args.seed)
     start = 0
-    ckpt = args.work / f"{name}-seed{args.seed}-e{args.epochs}-n{len(x_train)}.ckpt"
+    recipe = f"seed{args.seed}-e{args.epochs}-lr{args.lr:g}-b{args.batch_size}-n{len(x_train)}"
+    ckpt = args.work / f"{name}-{recipe}.ckpt"
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])

@@ -24,7 +24,7 @@ from pytorch_ood.metrics import OODMetrics
 from pytorch_ood.utils import ToUnknown
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import ToTensor
+from torchvision.transforms import CenterCrop, Compose, Resize, ToTensor
 
 from uniad_plugin.models import resnet20_cifar
 
@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     # --8<-- [start:data]
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    # --- data: class folders, labels = sorted folder names; images in [0, 1] ---------------
-    train = ImageFolder(args.train_dir, transform=ToTensor())
-    test = ImageFolder(args.test_dir, transform=ToTensor())
-    # every OOD image gets the label -1 (pytorch-ood's convention for "unknown")
-    ood = ImageFolder(args.ood_dir, transform=ToTensor(), target_transform=ToUnknown())
+    # --- data: class folders, labels = sorted folder names; images in [0, 1], 32 x 32 -------
+    transform = Compose([Resize(32), CenterCrop(32), ToTensor()])
+    train = ImageFolder(args.train_dir, transform=transform)
+    test = ImageFolder(args.test_dir, transform=transform)
+    # OOD images in one or more subfolders (ood/<any name>/*.png); every one gets the label -1
+    ood = ImageFolder(args.ood_dir, transform=transform, target_transform=ToUnknown())
     # half of the ID test images choose the threshold, the other half report it
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
     calibration, report = Subset(test, order[::2].tolist()), Subset(test, order[1::2].tolist())

@@ -158,9 +158,13 @@ def test_known_anomalies_are_used_only_when_asked(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_class_missing_from_the_fit_data(name):
     labels = torch.arange(24) % 2  # the model has 3 outputs; class 2 has no sample
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det = make(name, model()).fit(loader(labels))
+    if name == "UniformDetector":
+        with pytest.warns(UserWarning, match=r"no ID samples of class\(es\) \[2\]"):
+            det = make(name, model()).fit(loader(labels))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            det = make(name, model()).fit(loader(labels))
     assert_scores(det, X_EVAL)
 
 
@@ -188,3 +192,45 @@ def test_every_detector_is_exported(name):
     assert name in uniad_plugin.__all__ and getattr(uniad_plugin, name) is cls
     assert name in uniad_plugin.detectors.__all__
     assert getattr(uniad_plugin.detectors, name) is cls
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_samples_per_class_fit_with_a_clear_warning_or_quietly(name):
+    """Six samples, two per class: nothing can be held out of a class without leaving one
+    sample to fit on; UniformDetector standardises on the fitting samples and says so."""
+    if name == "UniformDetector":
+        with pytest.warns(UserWarning, match="standardised on the samples the spheres"):
+            det = make(name, model()).fit(loader(n=6))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            det = make(name, model()).fit(loader(n=6))
+    assert_scores(det, X_EVAL)
+
+
+def test_uniform_detector_needs_two_samples():
+    with pytest.raises(ValueError, match="at least 2 ID samples"):
+        make("UniformDetector", model()).fit(loader(n=1))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "UniformDetector"])
+def test_known_anomalies_survive_a_state_round_trip(name):
+    import io
+
+    det = make(name, model(), known_anomalies=True).fit(loader())
+    buf = io.BytesIO()
+    torch.save(det.state_dict(), buf)
+    buf.seek(0)
+    restored = make(name, model()).load_state_dict(torch.load(buf, weights_only=True))
+    assert restored.known_anomalies is True
+    assert torch.equal(det(X_EVAL), restored(X_EVAL))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_set_hyperparameters_takes_every_declared_hyperparameter(name):
+    """GridSearch's space is small; pytorch-ood's setter still reaches every hyperparameter."""
+    det = make(name, model())
+    declared = sorted(type(det).hyperparameters)
+    det.set_hyperparameters(**{declared[0]: getattr(det, declared[0])})
+    with pytest.raises(ValueError, match="expected hyperparameters of"):
+        det.set_hyperparameters(bogus=1)

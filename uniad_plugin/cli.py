@@ -14,7 +14,7 @@ Examples::
     uniad --dataset mnist --data-root ../shared/data --out results/mnist
     uniad --model my_cnn.pt --arch my_package.models:build_cnn
     uniad --dataset folder --train-dir imgs/train --test-dir imgs/test --arch my.py:build --train
-    uniad --dataset cifar10 --data-root ../shared/data --arch torchvision:resnet18
+    uniad --dataset cifar10 --data-root ../shared/data --arch torchvision:resnet18 --train
     uniad --dataset cifar100 --data-root data --ood openood_near openood_far
     uniad --dataset imagenet200 --data-root data --model r18.pt --arch torchvision:resnet18
     uniad --dataset folder --train-dir imgs/train --test-dir imgs/test --image-size 32

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from uniad_plugin._utils import first_output
+
 
 def digits_cnn(num_classes: int = 10) -> nn.Sequential:
     """CNN for 1x8x8 inputs in [0, 1] (scikit-learn's digits)."""
@@ -95,7 +97,7 @@ def accuracy(model: nn.Module, loader: DataLoader, device: str | torch.device = 
     model.eval()
     correct = total = 0
     for x, y in loader:
-        pred = model(x.to(device)).argmax(1).cpu()
+        pred = first_output(model(x.to(device))).argmax(1).cpu()
         correct += (pred == y).sum().item()
         total += y.numel()
     return correct / max(total, 1)
@@ -184,8 +186,10 @@ def resnet_cifar(num_classes: int = 10, in_channels: int = 3) -> SmallResNet:
 
 
 def resnet20_cifar(num_classes: int = 10, in_channels: int = 3) -> SmallResNet:
-    """ResNet-20 for 3x32x32 images (He et al., 2016, section 4.2): :class:`SmallResNet` with
-    three stages of three residual blocks (16, 32 and 64 channels; about 272k parameters),
+    """The ResNet-20 layout for 3x32x32 images (He et al., 2016, section 4.2), with 1x1
+    projection shortcuts where the shape changes (the paper's CIFAR networks pad with zeros
+    instead): :class:`SmallResNet` with three stages of three residual blocks (16, 32 and 64
+    channels; 272,474 parameters),
     global average pooling and a linear head. Inputs in [0, 1], no normalisation. The
     reference ResNet of the CIFAR-10 evaluation (``benchmarks/train_cifar_reference.py``)."""
     return SmallResNet(num_classes, in_channels, (16, 32, 64), blocks=3)

@@ -276,10 +276,11 @@ class _Normalise(nn.Module):
 
     def __init__(self, wrapper: nn.Module) -> None:
         super().__init__()
-        self.wrapper = wrapper
+        self.register_buffer("mean", wrapper.mean.detach().clone(), persistent=False)
+        self.register_buffer("std", wrapper.std.detach().clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.wrapper.mean) / self.wrapper.std
+        return (x - self.mean) / self.std
 
 
 def named_stage_blocks(

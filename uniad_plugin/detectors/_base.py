@@ -400,6 +400,26 @@ class UniadDetector:
     def _derive(self) -> None:
         """Check relations between hyperparameters and compute derived values (override)."""
 
+    def set_hyperparameters(self, **params: Any) -> Any:
+        """Set hyperparameters by name, as pytorch-ood's ``set_hyperparameters`` does, for every
+        declared hyperparameter (:attr:`hyperparameters`), not only the few that
+        ``hyperparameter_space`` offers :class:`~pytorch_ood.utils.GridSearch`. The values
+        are checked at the next fit, where they take effect.
+
+        :raises ValueError: for a name that is not a hyperparameter of the detector
+        :return: self
+        """
+        known = set(self.hyperparameters) | set(getattr(self, "hyperparameter_space", {}))
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(
+                f"expected hyperparameters of {type(self).__name__} ({', '.join(sorted(known))}), "
+                f"got {', '.join(unknown)}"
+            )
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
     def all_hyperparameters(self) -> dict[str, Any]:
         """Every declared hyperparameter and its current value."""
         return {name: getattr(self, name) for name in self.hyperparameters}

@@ -281,9 +281,10 @@ class A3(UniadDetector, StructuredDetector):
     def fit(self, data_loader: DataLoader | Iterable) -> Self:
         """Fit the alarm network on a loader of ``(x, y)`` batches.
 
-        Targets ``y >= 0`` are normal data (the class label itself is not used), targets
-        ``y < 0`` are known anomalies and enter the alarm's loss with label 1. The model is only
-        run forward, in eval mode, without gradients.
+        Targets ``y >= 0`` are normal data (the class label itself is not used). Targets
+        ``y < 0`` are known anomalies: with ``known_anomalies=True`` they enter the alarm's loss
+        with label 1, otherwise they are ignored with a warning. The model is only run
+        forward, in eval mode, without gradients.
 
         :param data_loader: yields ``(x, y)`` with ``x`` of shape :math:`B \\times \\ldots`
         :return: self
@@ -316,7 +317,8 @@ class A3(UniadDetector, StructuredDetector):
 
         :param features: one tensor per tapped layer (in the order of :attr:`layer_names`, as
             produced by :meth:`extract`), each of shape :math:`N \\times D_l`
-        :param y: targets of shape :math:`N`; ``>= 0`` normal, ``< 0`` known anomalies
+        :param y: targets of shape :math:`N`; ``>= 0`` normal, ``< 0`` known anomalies (used
+            with ``known_anomalies=True``, otherwise ignored with a warning)
         :param inputs: the model inputs the activations came from, shape :math:`N \\times \\ldots`
         :param input_shape: shape of one model input, if ``inputs`` is not given
         :return: self

@@ -250,7 +250,8 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         """Compute gradient features of the loader's inputs and fit the scorer(s).
 
         :param data_loader: yields ``(x, y)``: ID inputs with class labels ``>= 0``, optionally
-            known anomalies with labels ``< 0`` (which train the supervised classifier)
+            known anomalies with labels ``< 0`` (which train the supervised classifier with
+            ``known_anomalies=True``, and are otherwise ignored with a warning)
         :return: self
         :raises ValueError: for an empty loader, NaN/inf inputs, a changing input shape,
             labels >= the model's number of outputs or an invalid hyperparameter

@@ -66,7 +66,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
 
     computed with :mod:`torch.func` (no loop over samples). The alarm network (shared batch
     normalisation over time, LSTM, LSTM, dense layers with dropout 0.4, sigmoid output) is
-    trained with BCE: ID samples are 0, known anomalies (targets < 0 in the fit loader) and
+    trained with BCE: ID samples are 0, known anomalies (targets < 0 in the fit loader, with
+    ``known_anomalies=True``) and
     Gaussian counter-examples :math:`\\tilde x \\sim \\mathcal{N}(0.5, 1)` drawn in input space
     for every minibatch are 1. The score is the alarm's logit (monotone in its sigmoid output).
     As in the authors' code, the alarm is trained on ID samples the snapshots never saw: by
@@ -106,7 +107,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     :param batch_size: minibatch size of the alarm network (as many counter-examples are added)
     :param noise_mean: mean of the Gaussian counter-examples
     :param noise_std: standard deviation of the Gaussian counter-examples; ``None`` = no
-        counter-examples (then known anomalies are required, as in the authors' option)
+        counter-examples (then known anomalies and ``known_anomalies=True`` are required, as
+        in the authors' option)
     :param noise_pool: ``None`` = fresh counter-examples for every minibatch (paper); an int =
         a pool of that many drawn once
     :param chunk_size: samples per vectorised per-sample-gradient chunk (bounds memory)
@@ -304,7 +306,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         split). Otherwise the alarm is trained on every sample.
 
         :param data_loader: yields ``(x, y)``: ID inputs with class labels ``>= 0``, optionally
-            known anomalies with labels ``< 0``
+            known anomalies with labels ``< 0`` (used with ``known_anomalies=True``, otherwise
+            ignored with a warning)
         :return: self
         :raises ValueError: for an empty loader, NaN/inf inputs, a changing input shape, labels
             >= the model's number of outputs, no ID sample, or an ``alarm_fraction`` that leaves

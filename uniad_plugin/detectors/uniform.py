@@ -490,8 +490,10 @@ class UniformDetector(UniformBound, UniformRoles, UniformState, UniadDetector, S
         zs, extra = split[: len(zs)], split[len(zs) :]
         pred = extra.pop(0) if pred is not None else None
         keys = extra.pop(0) if keys is not None else None
-        if len(y) == 0:
-            raise ValueError("UniformDetector: expected ID samples with labels >= 0, got none")
+        if len(y) < 2:
+            raise ValueError(
+                f"UniformDetector: expected at least 2 ID samples with labels >= 0, got {len(y)}"
+            )
         K = int(num_classes) if num_classes is not None else int(y.max()) + 1
         _base.check_label_range(y, K, "UniformDetector")
         pred = kept_ranking(y if pred is None else pred, K, self._rivals_in_effect(K))

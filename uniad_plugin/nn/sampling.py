@@ -239,10 +239,12 @@ class BoundedSample:
 
 def stratified_holdout(y: Tensor, num_classes: int, fraction: float, generator) -> Tensor:
     """A hold-out mask: a random ``fraction`` (rounded down) of each class's rows, and at least
-    one row of every class with two or more rows (so that small classes are represented).
+    one row of every class with three or more rows (so that small classes are represented
+    while at least two rows stay to fit on).
 
-    Nothing is held out of a class with a single row; the caller decides what to do when too
-    few rows are held out in all (see :func:`~uniad_plugin.detectors.uniform.UniformDetector`).
+    Nothing is held out of a class with one or two rows; the caller decides what to do when
+    too few rows are held out in all (see
+    :class:`~uniad_plugin.detectors.uniform.UniformDetector`).
     """
     keys = torch.rand(len(y), generator=generator)
     ranks = torch.empty(len(y))
@@ -251,5 +253,5 @@ def stratified_holdout(y: Tensor, num_classes: int, fraction: float, generator) 
     starts = torch.cumsum(counts, 0) - counts
     ranks[order] = (torch.arange(len(y)) - starts[y[order]]).float()
     n_hold = (counts.float() * fraction).floor()
-    n_hold = torch.where((n_hold < 1) & (counts >= 2), torch.ones_like(n_hold), n_hold)
+    n_hold = torch.where((n_hold < 1) & (counts >= 3), torch.ones_like(n_hold), n_hold)
     return ranks < n_hold[y]
