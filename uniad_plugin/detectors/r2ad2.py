@@ -66,7 +66,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
 
     computed with :mod:`torch.func` (no loop over samples). The alarm network (shared batch
     normalisation over time, LSTM, LSTM, dense layers with dropout 0.4, sigmoid output) is
-    trained with BCE: ID samples are 0, known anomalies (targets < 0 in the fit loader, with
+    trained with BCE: ID samples are 0, known anomalies (negative targets in the fit loader, with
     ``known_anomalies=True``) and
     Gaussian counter-examples :math:`\\tilde x \\sim \\mathcal{N}(0.5, 1)` drawn in input space
     for every minibatch are 1. The score is the alarm's logit (monotone in its sigmoid output).
