@@ -184,7 +184,7 @@ def test_recheck_with_a_hand_built_model(monkeypatch):
     kw = {"progress": False, "batch_size": 8}
     s = make_adversarial(model, TensorDataset(x, y), "fgsm", 2 / 255, **kw)
     cont = make_adversarial(model, TensorDataset(x, y), "fgsm", 2 / 255, levels=None, **kw)
-    assert cont.info["n_success"] == 6 and cont.name == f"fgsm@{2 / 255:g} (continuous)"
+    assert cont.info["n_success"] == 6 and cont.name == "fgsm@2/255 (continuous)"
     assert s.info["n_success_continuous"] == 6 and s.info["success_rate_continuous"] == 1.0
     assert s.info["n_success"] == 2 and s.info["success_rate"] == pytest.approx(2 / 6)
     assert torch.equal(s.x, torch.full((2, 1, 4, 4), 128 / 255))
