@@ -73,6 +73,18 @@ def _check_levels(levels: Any) -> int | None:
     return int(levels)
 
 
+def _check_square_image_set(shape: Any, n: Any, levels: Any) -> tuple[int, int, int | None]:
+    """Validate the arguments of a set of square images read from disk: a shape ``(C, S, S)``
+    with 1 or 3 channels, ``n`` (``None`` or a positive int) and ``levels``; returns
+    ``(C, S, levels)``."""
+    c, h, w = _check_shape(shape)
+    if c not in (1, 3) or h != w:
+        raise ValueError(f"expected a square shape with 1 or 3 channels, got {shape}")
+    if n is not None:
+        _check_n(n)
+    return c, h, _check_levels(levels)
+
+
 def grid_range(levels: int, bounds: tuple[float, float]) -> tuple[int, int]:
     """The smallest and largest ``k`` with ``k / levels`` inside ``bounds``.
 

@@ -39,9 +39,7 @@ from torch import Tensor
 from uniad_plugin._utils import seeded_generator
 from uniad_plugin.anomalies.base import (
     DEFAULT_LEVELS,
-    _check_levels,
-    _check_n,
-    _check_shape,
+    _check_square_image_set,
     grid_name,
     to_grid,
 )
@@ -311,12 +309,8 @@ def load_openood(
         and ``--download``)
     """
     spec = _spec(key)
-    c, h, w = _check_shape(shape)
-    if c not in (1, 3) or h != w:
-        raise ValueError(f"expected a square shape with 1 or 3 channels, got {shape}")
-    if n is not None:
-        _check_n(n)
-    levels = _check_levels(levels)
+    c, h, levels = _check_square_image_set(shape, n, levels)
+    w = h
     if split not in ("report", "validation"):
         raise ValueError(f"expected split 'report' or 'validation', got {split!r}")
     root = Path(root).expanduser()

@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from uniad_plugin._utils import seeded_generator
-from uniad_plugin.anomalies.base import DEFAULT_LEVELS, _check_levels, _check_n, _check_shape
+from uniad_plugin.anomalies.base import (
+    DEFAULT_LEVELS,
+    _check_levels,
+    _check_n,
+    _check_shape,
+    _check_square_image_set,
+)
 from uniad_plugin.anomalies.ood import _CHUNK, OODSet, _finish, _to_channels
 
 __all__ = ["OODSource", "OOD_DATASETS", "image_files", "load_image_folder", "load_ood"]
@@ -316,12 +322,8 @@ def load_image_folder(
     """
     from uniad_plugin._images import eval_transform, load_images
 
-    c, h, w = _check_shape(shape)
-    if c not in (1, 3) or h != w:
-        raise ValueError(f"expected a square shape with 1 or 3 channels, got {shape}")
-    if n is not None:
-        _check_n(n)
-    levels = _check_levels(levels)
+    c, h, levels = _check_square_image_set(shape, n, levels)
+    w = h
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"OOD image folder {str(root)!r} does not exist")
