@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, f in zip(layers, feats):
         print(f"  {name:<11} -> {tuple(f.shape[1:])} features per input")
 
-    detector = UniformDetector(model, layers=layers, epochs=10 if args.fast else 30, seed=args.seed)
+    detector = UniformDetector(model, layers=layers, seed=args.seed)
     detector.fit(DataLoader(splits.train, batch_size=128))
 
     letters = font_letters(300, splits.input_shape, seed=args.seed)  # OOD

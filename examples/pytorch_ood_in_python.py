@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ood-dir", type=Path, required=True, help="images to reject")
     parser.add_argument("--weights", type=Path, required=True, help="the classifier's weights")
     parser.add_argument("--out", type=Path, default=Path("uniad-python"), help="output folder")
-    parser.add_argument("--fast", action="store_true", help="short sphere training (tests)")
+    parser.add_argument(
+        "--fast", action="store_true", help="no effect here (every example takes it)"
+    )
     args = parser.parse_args(argv)
 
     # --8<-- [start:data]
@@ -61,9 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device).eval()
 
     # --- detectors: ours, and two built-ins made the pytorch-ood way ------------------------
-    epochs = 5 if args.fast else 30
     detectors = {
-        "UniformDetector": UniformDetector(model, epochs=epochs),
+        "UniformDetector": UniformDetector(model),
         "EnergyBased": EnergyBased(model),
         "Mahalanobis": Mahalanobis(model.features),
     }

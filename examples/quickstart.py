@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"classifier accuracy on the ID test digits: {acc:.3f}")
 
     # 2. fit the detector on ID data only: a loader of (x, y) batches
-    detector = UniformDetector(model, epochs=10 if args.fast else 30, seed=args.seed)
+    detector = UniformDetector(model, seed=args.seed)
     detector.fit(DataLoader(splits.train, batch_size=128))
     print(f"fitted {detector}")
 

@@ -64,12 +64,12 @@ def main() -> None:
     if rank == args.hang_rank:
         time.sleep(120)
     if rank == args.sphere_fail_rank:  # this rank's share of UniformDetector's spheres fails
-        import uniad_plugin.nn.svdd as svdd_module
+        from uniad_plugin.nn.spheres import ClassSpheres
 
         def boom(*_args, **_kwargs):
             raise MemoryError(f"injected sphere failure on rank {rank}")
 
-        svdd_module.fit_svdd = boom
+        ClassSpheres.fit = boom
     splits = digits_splits(seed=0)
     torch.manual_seed(0)
     model = digits_cnn()
@@ -88,7 +88,7 @@ def main() -> None:
         model,
         splits.test.tensors[0][:8],
         # a bound below the training set's size: only the kept rows travel between ranks
-        detector_kwargs={"UniformDetector": {"epochs": 3, "max_fit_rows": 500}},
+        detector_kwargs={"UniformDetector": {"max_fit_rows": 500}},
     )
     bench.fit(entries)
     rows = bench.evaluate(entries)

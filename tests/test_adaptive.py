@@ -26,7 +26,7 @@ from uniad_plugin.detectors.uniform import UniformDetector
 @pytest.fixture(scope="module")
 def detectors(digits, digits_model):
     loader = DataLoader(digits.train, batch_size=256)
-    uni = UniformDetector(digits_model, epochs=10).fit(loader)
+    uni = UniformDetector(digits_model).fit(loader)
     maha = Mahalanobis(digits_model[:8]).fit(loader)
     multi = MultiMahalanobis([digits_model[:2], digits_model[2:4], digits_model[4:5]]).fit(loader)
     return {"uniform": uni, "maha": maha, "multi": multi}

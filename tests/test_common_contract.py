@@ -24,7 +24,6 @@ NAMES = sorted(registered_detectors())
 
 #: small budgets: these models and loaders are tiny
 TINY = {
-    "UniformDetector": {"epochs": 3, "warmup_epochs": 1},
     "A3": {"epochs": 2},
     "R2AD2": {"epochs": 2, "snapshot_epochs": 1},
 }

@@ -133,7 +133,7 @@ def test_pytorch_ood_in_python(tmp_path):
         *("--train-dir", str(tmp_path / "train"), "--test-dir", str(tmp_path / "test")),
         *("--ood-dir", str(tmp_path / "ood"), "--weights", str(tmp_path / "resnet20.pt")),
         *("--out", str(tmp_path / "out")),
-    )  # run() passes --fast: 5 epochs of sphere training
+    )
     for name in ("UniformDetector", "EnergyBased", "Mahalanobis"):
         m = re.search(rf"^{name}\s+{AUROC}\s+\d\.\d{{3}}$", out, re.MULTILINE)
         assert m, out

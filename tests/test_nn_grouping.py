@@ -7,7 +7,6 @@ import torch
 
 from tests.test_nn_svdd import _spheres
 from uniad_plugin.nn.grouping import ClassGroups
-from uniad_plugin.nn.rivals import rival_contrast, rival_scores
 from uniad_plugin.nn.svdd import layer_scores
 
 
@@ -118,20 +117,3 @@ def test_a_class_that_overflows_leaves_the_gradients_of_other_classes_finite():
     assert not torch.isfinite(scores[4, 0]) and torch.isfinite(scores[:4]).all()
     scores[:4].sum().backward()
     assert torch.isfinite(z.grad[:4]).all()  # no padding slot ran their rows under class 2
-
-
-def test_rival_scores_are_the_own_scores_and_the_contrast():
-    spheres = _spheres(5, [6, 3])
-    g = torch.Generator().manual_seed(3)
-    zs = [torch.randn(30, 6, generator=g), torch.randn(30, 3, generator=g)]
-    ranked = torch.stack([torch.randperm(5, generator=g)[:3] for _ in range(30)])
-    with torch.no_grad():
-        own, contrast = rival_scores(spheres, zs, ranked)
-        # reference: each ranked column scored on its own
-        per_column = torch.stack([layer_scores(spheres, zs, ranked[:, j]) for j in range(3)], 1)
-        torch.testing.assert_close(own, per_column[:, 0])
-        logs = per_column.log()
-        torch.testing.assert_close(contrast, logs[:, 0] - logs[:, 1:].min(dim=1).values)
-        torch.testing.assert_close(contrast, rival_contrast(spheres, zs, ranked, own))
-    empty = rival_scores(spheres, [z[:0] for z in zs], ranked[:0])
-    assert [t.shape for t in empty] == [(0, 2), (0, 2)]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_nn_svdd import _spheres
-from uniad_plugin.nn.rivals import as_ranked, compact_ranking, ranked_classes, rival_contrast
-from uniad_plugin.nn.svdd import BatchedSVDD
+from uniad_plugin.nn.rivals import as_ranked, compact_ranking, log_contrast, ranked_classes
+from uniad_plugin.nn.spheres import ClassSpheres
 
 
 def test_ranked_classes_are_the_argmax_then_the_next_by_logit():
@@ -51,35 +50,21 @@ def test_compact_ranking_is_narrower_than_the_logits():
         assert torch.equal(kept[:, 1:].sort(1).values, full[:, 1:].sort(1).values)
 
 
-@pytest.mark.parametrize("with_own", [False, True])
-def test_contrast_is_the_log_ratio_to_the_nearest_rival_sphere(with_own):
-    spheres = _spheres(5, [6, 3])
-    g = torch.Generator().manual_seed(1)
-    zs = [torch.randn(40, 6, generator=g), torch.randn(40, 3, generator=g)]
-    ranked = ranked_classes(torch.randn(40, 5, generator=g), 3)
-    per_class = torch.stack(
-        [
-            torch.stack([s.score(z, torch.full((40,), k)) for k in range(5)], 1)
-            for s, z in zip(spheres, zs)
-        ],
-        1,
-    )  # (B, L, K)
-    log_score = per_class.log()
-    expected = log_score.gather(2, ranked[:, None, :1].expand(-1, 2, -1))[..., 0] - (
-        log_score.gather(2, ranked[:, None, 1:].expand(-1, 2, -1)).min(2).values
-    )
-    own = per_class.gather(2, ranked[:, None, :1].expand(-1, 2, -1))[..., 0] if with_own else None
-    got = rival_contrast(spheres, zs, ranked, own)
-    assert torch.allclose(got, expected, atol=1e-4)
+def test_contrast_is_the_log_ratio_to_the_nearest_rival():
+    ratios = torch.tensor([[4.0, 2.0, 8.0], [0.5, 1.0, 4.0]])
+    expected = torch.log(torch.tensor([4.0 / 2.0, 0.5 / 1.0]))
+    torch.testing.assert_close(log_contrast(ratios), expected)
+    with pytest.raises(ValueError, match="at least one rival"):
+        log_contrast(ratios[:, :1])
 
 
 def test_contrast_is_positive_for_a_row_inside_a_rival_sphere_and_has_gradients():
-    free = BatchedSVDD(3, 2, encoder=False)  # the centres live in the input space
-    free.center.copy_(torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]))
-    free.radius2.fill_(1.0)
+    spheres = ClassSpheres(3, 2, whiten=False)  # the centres live in the input space
+    spheres.center.copy_(torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]))
+    spheres.radius2.fill_(1.0)
     z = torch.tensor([[0.1, 0.0], [0.1, 0.0]], requires_grad=True)  # at class 0's centre
     ranked = torch.tensor([[1, 0], [0, 1]])  # predicted 1 (rival 0), predicted 0 (rival 1)
-    c = rival_contrast([free], [z], ranked)
-    assert c[0, 0] > 5 and c[1, 0] < -5
+    c = log_contrast(spheres.ratios(z, ranked))
+    assert c[0] > 5 and c[1] < -5
     c.sum().backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()

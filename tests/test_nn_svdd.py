@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores, skip_svdd
+from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd, layer_scores
 
 
 def _spheres(n_classes: int, dims: list[int], seed: int = 0) -> list[BatchedSVDD]:
@@ -95,20 +95,6 @@ def test_training_config_object_equals_keywords():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_skip_svdd_draws_what_fit_svdd_draws():
-    """A distributed fit skips the layers another process trains: the generator must end in
-    the same state as after training them."""
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(90, 5, generator=g)
-    y = torch.arange(90) % 3
-    y[:7] = 0  # unequal classes
-    training = SVDDTraining(epochs=4, warmup_epochs=1, batch_size=8)
-    trained, skipped = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    fit_svdd(BatchedSVDD(3, 5, (6,), 4), z, y, training, generator=trained)
-    skip_svdd(BatchedSVDD(3, 5, (6,), 4), y, training, generator=skipped)
-    assert torch.equal(trained.get_state(), skipped.get_state())
-
-
 def test_encoder_free_spheres_sit_on_the_raw_inputs():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(300) % 3
@@ -134,9 +120,5 @@ def test_encoder_free_spheres_sit_on_the_raw_inputs():
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
     got[:, 0].sum().backward()
     assert zs[0].grad.abs().sum() > 0
-    # a skipped encoder-free layer draws nothing either
-    before = g.get_state()
-    skip_svdd(BatchedSVDD(3, 4, encoder=False), y, generator=g)
-    assert torch.equal(g.get_state(), before)
     with pytest.raises(ValueError, match="encoder-free"):
         sphere.folded_input_layer()

@@ -212,7 +212,7 @@ def _collect_and_fit(
     ConfoundingGradients), or pytorch-ood's MultiMahalanobis (its blocks' outputs averaged
     over space, then ``fit_structured``)."""
     if hasattr(det, "collect_fit_inputs") and hasattr(det, "fit_collected"):
-        return det.collect_fit_inputs, lambda c: det.fit_collected(c, split_work=True)
+        return det.collect_fit_inputs, det.fit_collected
     if isinstance(det, MultiMahalanobis) and all(isinstance(b, nn.Module) for b in det.model):
         collect = functools.partial(_block_features, det.model, device=device)
         return collect, lambda c: det.fit_structured(c["features"], c["y"].to(device))

@@ -293,11 +293,9 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             "input_shape": input_shape,
         }
 
-    def fit_collected(self, inputs: dict[str, Any], *, split_work: bool = False) -> Self:
+    def fit_collected(self, inputs: dict[str, Any]) -> Self:
         """Fit on the output of :meth:`collect_fit_inputs` (possibly gathered over processes).
 
-        :param split_work: the inputs are the same on every process of a distributed run;
-            accepted for the protocol, nothing is split: the extraction is the heavy part
         :return: self
         """
         inputs = dict(inputs)

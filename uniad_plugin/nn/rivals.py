@@ -16,20 +16,15 @@ same per-class hyperspheres fitted on ID data; nothing new is fitted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
-
-from uniad_plugin.nn.svdd import BatchedSVDD, layer_scores
 
 __all__ = [
     "as_ranked",
     "compact_ranking",
     "kept_ranking",
+    "log_contrast",
     "ranked_classes",
-    "rival_contrast",
-    "rival_scores",
 ]
 
 
@@ -121,57 +116,12 @@ def as_ranked(classes: Tensor, num_classes: int, rivals: int) -> Tensor:
     return torch.cat([k, others], dim=1)
 
 
-def rival_scores(
-    spheres: Sequence[BatchedSVDD], zs: Sequence[Tensor], ranked: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The ratio scores :math:`d^2/R^2` under the predicted class's spheres ``(B, L)`` and the
-    contrasts with the rivals ``(B, L)``, from one grouped pass over all ``B (1 + m)``
-    (row, class) pairs per layer (:func:`~uniad_plugin.nn.svdd.layer_scores` with ``rows``:
-    the activations are not copied per rival; the padded layout holds fewer than twice the
-    pairs, whatever the classes). Differentiable with respect to ``zs``.
-
-    :param spheres: the fitted spheres of the ``L`` layers
-    :param zs: the ``(B, D_l)`` activations of those layers
-    :param ranked: ``(B, 1 + m)`` classes, the predicted class first (see :func:`as_ranked`),
-        ``m >= 1``
-    """
-    n, c = ranked.shape
-    if c < 2:
-        raise ValueError(f"expected the predicted class and at least one rival, got {c} column")
-    if n == 0:
-        return zs[0].new_zeros(0, len(spheres)), zs[0].new_zeros(0, len(spheres))
-    rows = torch.arange(n, device=ranked.device).repeat_interleave(c)
-    ratio = layer_scores(spheres, zs, ranked.reshape(-1), "ratio", rows=rows)
-    ratio = ratio.view(n, c, len(spheres))
-    log_ratio = ratio.clamp_min(1e-12).log()
-    return ratio[:, 0], log_ratio[:, 0] - log_ratio[:, 1:].min(dim=1).values
-
-
-def rival_contrast(
-    spheres: Sequence[BatchedSVDD],
-    zs: Sequence[Tensor],
-    ranked: Tensor,
-    own: Tensor | None = None,
-) -> Tensor:
-    """Contrast ``(B, L)`` of every row's predicted-class sphere with its rivals' spheres.
-
-    :param spheres: the fitted spheres of the ``L`` layers
-    :param zs: the ``(B, D_l)`` activations of those layers
-    :param ranked: ``(B, 1 + m)`` classes, the predicted class first (see :func:`as_ranked`),
-        ``m >= 1``
-    :param own: ``(B, L)`` ratio scores :math:`d^2/R^2` under the predicted class's spheres,
-        if already computed (only the rivals are scored then); without them, see
-        :func:`rival_scores`, which returns them too
-    """
-    if own is None:
-        return rival_scores(spheres, zs, ranked)[1]
-    n, c = ranked.shape
-    if c < 2:
-        raise ValueError(f"expected the predicted class and at least one rival, got {c} column")
-    if n == 0:
-        return zs[0].new_zeros(0, len(spheres))
-    reps = c - 1
-    rows = torch.arange(n, device=ranked.device).repeat_interleave(reps)
-    ratio = layer_scores(spheres, zs, ranked[:, 1:].reshape(-1), "ratio", rows=rows)
-    rivals_log = ratio.view(n, reps, len(spheres)).clamp_min(1e-12).log()
-    return own.clamp_min(1e-12).log() - rivals_log.min(dim=1).values
+def log_contrast(ratios: Tensor) -> Tensor:
+    """The contrast ``(B,)`` of ratio scores ``(B, 1 + m)`` (the predicted class's first,
+    then its ``m >= 1`` rivals'): :math:`\\log s_{\\hat{k}} - \\log \\min_j s_j`."""
+    if ratios.shape[1] < 2:
+        raise ValueError(
+            f"expected the predicted class and at least one rival, got {ratios.shape[1]} column"
+        )
+    logs = ratios.clamp_min(1e-12).log()
+    return logs[:, 0] - logs[:, 1:].min(dim=1).values

@@ -1,5 +1,9 @@
 """Per-class soft-boundary Deep SVDD, all classes trained as one batched model.
 
+The Deep SVDD baseline of the A3 and R2-AD2 protocol benchmarks (a trained encoder per class).
+:class:`~uniad_plugin.detectors.uniform.UniformDetector` fits its spheres in closed form
+instead (:mod:`uniad_plugin.nn.spheres`).
+
 For every class :math:`k` an encoder :math:`\\phi_k` (a bias-free MLP, as Deep SVDD requires to
 rule out the trivial constant solution), a centre :math:`c_k` and a radius :math:`R_k` are fitted
 with the soft-boundary objective of Ruff et al. (ICML 2018):
@@ -32,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uniad_plugin import distributed as dist
 from uniad_plugin.nn.grouping import ClassGroups
+from uniad_plugin.nn.spheres import class_quantile
 
 
 class BatchedSVDD(nn.Module):
@@ -249,17 +253,6 @@ def input_projection(z: Tensor, y: Tensor, n_classes: int, whiten: str, shrinkag
     return (evecs @ torch.diag(evals.rsqrt()) @ evecs.T).to(z.dtype)
 
 
-def _class_quantile(values: Tensor, labels: Tensor, n_classes: int, q: float) -> Tensor:
-    """Per-class ``q``-quantile (nearest rank) of ``values``, batched: one sort, no class loop."""
-    order = torch.argsort(values)
-    by_class = torch.argsort(labels[order], stable=True)
-    sorted_vals = values[order][by_class]
-    counts = torch.bincount(labels, minlength=n_classes)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.clamp(torch.ceil(q * counts.double()).long() - 1, min=0)
-    return sorted_vals[starts + torch.minimum(rank, (counts - 1).clamp_min(0))]
-
-
 @dataclass(frozen=True)
 class SVDDTraining:
     """How :func:`fit_svdd` trains: one value object instead of many keyword arguments.
@@ -380,7 +373,7 @@ def fit_svdd(
         if epoch + 1 >= warmup_epochs:
             with torch.no_grad():
                 d2 = _dist2_chunked(model, z, y, standardised=True)
-                model.radius2.copy_(_class_quantile(d2, y, K, 1 - nu))
+                model.radius2.copy_(class_quantile(d2, y, K, 1 - nu))
     return model
 
 
@@ -395,7 +388,7 @@ def _fit_raw_spheres(model: BatchedSVDD, z: Tensor, y: Tensor, nu: float) -> Bat
         center.index_add_(0, y[c], z[c].double())
     center /= torch.bincount(y, minlength=K)[:, None].double()
     model.center.copy_(center.float())
-    model.radius2.copy_(_class_quantile(_dist2_chunked(model, z, y), y, K, 1 - nu))
+    model.radius2.copy_(class_quantile(_dist2_chunked(model, z, y), y, K, 1 - nu))
     return model
 
 
@@ -405,88 +398,3 @@ def _dist2_chunked(
     """:meth:`BatchedSVDD.dist2` of every row, in chunks of 8,192 rows."""
     chunks = torch.split(torch.arange(len(z), device=z.device), 8192)
     return torch.cat([model.dist2(z[c], y[c], standardised=standardised) for c in chunks])
-
-
-def skip_svdd(
-    model: BatchedSVDD,
-    y: Tensor,
-    training: SVDDTraining | None = None,
-    *,
-    generator: torch.Generator | None = None,
-) -> None:
-    """Advance ``generator`` exactly as :func:`fit_svdd` on labels ``y`` would, without
-    training: the same draws (initialisation, then one permutation key table per epoch).
-
-    A distributed fit trains each layer's spheres on one process; the others skip that layer
-    with this function, so the layers that follow draw the same numbers on every process as in
-    a single process. ``model`` is left initialised, untrained.
-    """
-    training = training or SVDDTraining()
-    if not model.has_encoder:
-        return  # fitted without draws
-    K = model.n_classes
-    n_max = int(torch.bincount(y.cpu(), minlength=K).max())
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    model.reset_parameters(generator=generator)
-    for _ in range(training.epochs):
-        torch.rand(K, n_max, generator=generator, device=gen_device)
-
-
-def fit_layer_spheres(
-    zs: Sequence[Tensor],
-    y: Tensor,
-    n_classes: int,
-    hidden: Sequence[int],
-    rep_dim: int,
-    training: SVDDTraining,
-    *,
-    generator: torch.Generator | None = None,
-    split: bool = False,
-    encoders: Sequence[bool] | None = None,
-) -> nn.ModuleList:
-    """One :class:`BatchedSVDD` per layer of features ``zs`` (rows labelled ``y``), trained in
-    layer order from one ``generator``, in eval mode and frozen.
-
-    :param split: the inputs are the same on every process of a distributed run (see
-        :mod:`uniad_plugin.distributed`): each process trains the layers
-        :func:`~uniad_plugin.distributed.assign_work` gives it, skips the others' draws
-        (:func:`skip_svdd`) and then every layer is sent from the process that trained it, so
-        the result equals a single process's. A failure on one process is raised on all
-        before any exchange. Ignored in a single process
-    :param encoders: per layer, whether its spheres have an encoder (``False``: on the raw
-        features, see :class:`BatchedSVDD`); ``None``: all of them
-    """
-    device = y.device
-    encoders = [True] * len(zs) if encoders is None else list(encoders)
-    if len(encoders) != len(zs):
-        raise ValueError(f"expected one encoder flag per layer ({len(zs)}), got {len(encoders)}")
-    spheres = nn.ModuleList(
-        BatchedSVDD(n_classes, z.shape[1], hidden, rep_dim, encoder=e) for z, e in zip(zs, encoders)
-    )
-    spheres.to(device)
-    split = split and dist.is_active()
-    owners = [dist.rank()] * len(zs)
-    if split:  # the layers' spheres are independent: a share of them per process
-        owners = dist.assign_work([sum(p.numel() for p in s.parameters()) for s in spheres])
-    failed: BaseException | None = None
-    for z, sphere, owner in zip(zs, spheres, owners):
-        if owner != dist.rank():  # another process trains it; draw what it draws
-            skip_svdd(sphere, y, training, generator=generator)
-            continue
-        try:
-            fit_svdd(sphere, z, y, training, generator=generator)
-        except Exception as err:
-            if not split:
-                raise
-            failed = err  # the others must hear of it before any exchange
-            break
-    if split:
-        reports = dist.gather_objects(None if failed is None else repr(failed))
-        if failed is not None:
-            raise failed
-        if any(reports):
-            first = next(r for r in reports if r)
-            raise RuntimeError(f"training the spheres failed on another process: {first}")
-        for sphere, owner in zip(spheres, owners):
-            dist.broadcast_module(sphere, src=owner)
-    return spheres.eval().requires_grad_(False)
