@@ -157,29 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         r["speedup"] = ref["wall_s"] / r["wall_s"]
 
     costs = per_image_costs(args.device, args.batch, args.rounds)
-    costs["sphere_row_epoch_s"] = sphere_row_epoch_s(args.device)
     projection = project(costs, 8)
     _write(args, runs, costs, projection)
     shutil.rmtree(work, ignore_errors=True)
-
-
-def sphere_row_epoch_s(
-    device: str, classes: int = 1000, dim: int = 512, per_class: int = 20
-) -> float:
-    """Seconds per training row and epoch of UniformDetector's spheres for one layer of
-    ``dim`` features and ``classes`` classes (synthetic rows, two epochs, default widths)."""
-    from uniad_plugin.nn.svdd import BatchedSVDD, SVDDTraining, fit_svdd
-
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(classes * per_class, dim, generator=g).to(device)
-    y = torch.arange(classes).repeat_interleave(per_class).to(device)
-    sphere = BatchedSVDD(classes, dim, (64,), 32).to(device)
-    training = SVDDTraining(epochs=2, warmup_epochs=1)
-    t = time.perf_counter()
-    fit_svdd(sphere, z, y, training, generator=g)
-    if z.is_cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / (len(z) * training.epochs)
 
 
 #: counts of an ImageNet evaluation: the MNIST profile's choices with ImageNet's training set
@@ -200,32 +180,24 @@ IMAGENET = {
     # forward passes per scored image: shared logits/features 1, UniformDetector 1,
     # ODIN a forward and a forward-backward (counted as 3)
     "score_passes": 5,
-    # UniformDetector: layers with spheres (4 stages, log-softmax, softmax), epochs, and rows:
-    # its default max_fit_rows=100,000 sample, less the 10% held out
-    "sphere_layers": 6,
-    "sphere_epochs": 30,
-    "sphere_rows": 90_000,
 }
 
 
 def project(costs: dict[str, float], processes: int) -> dict[str, float]:
     """Hours of an ImageNet evaluation on one and on ``processes`` devices, each as fast as the
-    measured one: the forward and backward work is split over the processes, the spheres'
-    training over min(processes, layers) of them; data loading, communication and the
-    built-ins' own fits (covariances, KNN index) are not counted."""
+    measured one: the forward and backward work is split over the processes; data loading,
+    communication and the detectors' own fits on the extracted activations (UniformDetector's
+    spheres, covariances, KNN index) are not counted."""
     c = IMAGENET
     fit = c["train_images"] * c["fit_passes"] * costs["forward_s"]
     attack = c["attack_sources"] * c["attack_steps_per_source"] * costs["forward_backward_s"]
     score = c["scored_images"] * c["score_passes"] * costs["forward_s"]
-    spheres = c["sphere_layers"] * c["sphere_epochs"] * c["sphere_rows"]
-    spheres *= costs["sphere_row_epoch_s"]
-    one = fit + attack + score + spheres
-    many = (fit + attack + score) / processes + spheres / min(processes, c["sphere_layers"])
+    one = fit + attack + score
+    many = one / processes
     return {
         "fit extraction": fit / 3600,
         "attacks": attack / 3600,
         "scoring": score / 3600,
-        "spheres": spheres / 3600,
         "1 process": one / 3600,
         f"{processes} processes": many / 3600,
     }
@@ -268,9 +240,7 @@ def _write(args: argparse.Namespace, runs: list[dict], costs: dict, projection: 
         "",
         f"Per-image costs measured on `{args.device}` (ResNet-18, 224 px, 1,000 classes, random "
         f"weights, batch {args.batch}): forward {costs['forward_s'] * 1e3:.2f} ms, "
-        f"forward+backward {costs['forward_backward_s'] * 1e3:.2f} ms; UniformDetector's spheres "
-        f"{costs['sphere_row_epoch_s'] * 1e6:.2f} us per row and epoch (one layer of 512 "
-        "features, 1,000 classes).",
+        f"forward+backward {costs['forward_backward_s'] * 1e3:.2f} ms.",
         "",
         "| part | hours |",
         "|---|---:|",
@@ -281,7 +251,7 @@ def _write(args: argparse.Namespace, runs: list[dict], costs: dict, projection: 
         "Counts (`IMAGENET` in the script): "
         + "; ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in IMAGENET.items())
         + ". Each device is assumed as fast as the measured one; data loading, communication and "
-        "the built-ins' own fits are not counted. Run the script with `--device cuda` on a GPU "
+        "the detectors' own fits on the extracted activations are not counted. Run the script with `--device cuda` on a GPU "
         "machine for that GPU's figures.",
         "",
     ]

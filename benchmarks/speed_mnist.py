@@ -6,10 +6,7 @@ Goals: fit on the 60,000 training images in under 60 s on 2 CPU cores (LeNet); s
 1.25x the model's plain forward pass. All detectors are measured in the same run, scoring rounds
 interleaved, medians reported (the machine is noisy). The built-ins are wired as the benchmark
 wires them (:func:`~uniad_plugin.benchmark.build_detectors`). Besides the defaults: the same
-detector with fewer rivals (1, 0), with encoders of 32 hidden units instead of 64, and with
-the rival contrasts of the two deepest contrasted layers only (cheaper detectors whose quality
-on the validation sets is in ``benchmarks/uniform_fusion.py``), and with each grid cell's
-standard deviation too (``pooling="gridstd"``, see ``benchmarks/uniform_defaults.py``).
+detector with fewer rivals (1, 0).
 
     python benchmarks/speed_mnist.py --data-root ../shared/data [--arch resnet] [--rounds 5]
         [--device cuda]
@@ -89,18 +86,6 @@ def main(argv: list[str] | None = None) -> None:
         fewer[name], fits[name] = timed(
             lambda rivals=rivals: UniformDetector(model, seed=0, rivals=rivals).fit(loader)
         )
-    # other detectors (not the defaults): smaller encoders, the two deepest contrasts only,
-    # and the grid cells' standard deviations too (benchmarks/uniform_defaults.py)
-    deepest = [uni.layers[i] for i in uni._contrast_layers()][-2:]
-    cheaper = {
-        "UniformDetector, hidden=(32,)": {"hidden": (32,)},
-        f"UniformDetector, contrast={deepest}": {"contrast": deepest},
-        "UniformDetector, pooling='gridstd'": {"pooling": "gridstd"},
-    }
-    for name, kwargs in cheaper.items():
-        fewer[name], fits[name] = timed(
-            lambda kwargs=kwargs: UniformDetector(model, seed=0, **kwargs).fit(loader)
-        )
     for name, det in builtins.items():
         fits[name] = timed(lambda det=det: det.fit(loader))[1]
 
@@ -144,11 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {name} | {fit} | {t:.3f} | {n / t:,.0f} | {t / base:.2f} |")
     lines += [
         "",
-        f"UniformDetector layers: {uni.layers}, fusion {uni.fusion!r}, rivals {uni.rivals} "
-        "(the default; `rivals=0`: no rival contrasts; the `hidden` and `contrast` rows are "
-        "cheaper detectors, the `pooling` row adds each grid cell's standard deviation; none "
-        "of them is the default). Goals: fit < 60 s (LeNet), scoring < 1.25x "
-        "forward.",
+        f"UniformDetector layers: {uni.layers_}, rivals {uni.rivals_} "
+        "(the default; `rivals=0`: no rival contrasts). Goals: fit < 60 s (LeNet), "
+        "scoring < 1.25x forward.",
     ]
     if skipped:
         lines.append(f"Skipped on this model: {'; '.join(skipped)}.")

@@ -10,7 +10,7 @@ including making the synthetic batches) and the time of the spheres
 every batch from its index and the seed, so no run holds the data set itself.
 
 Rows ``bounded``: ``max_fit_rows`` (``--max-fit-rows``) below every N, so the spheres are
-trained on the same number of samples whatever N: peak memory should stay flat and the pass
+fitted on the same number of samples whatever N: peak memory should stay flat and the pass
 time grow linearly. Rows ``unbounded``: ``max_fit_rows=None`` (every sample kept, the fit
 before the bound), for comparison at the smaller N.
 
@@ -78,12 +78,13 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from uniad_plugin.detectors.uniform import UniformDetector
+    from uniad_plugin.nn.sampling import stratified_holdout
 
     torch.set_num_threads(args.threads)
     model = model_for(args.classes)
     loader = SyntheticLoader(args.worker, args.classes, args.batch_size)
     bound = None if args.bound == "none" else int(args.bound)
-    det = UniformDetector(model, epochs=args.epochs, max_fit_rows=bound, seed=0)
+    det = UniformDetector(model, max_fit_rows=bound, seed=0)
     x0, _ = next(iter(loader))
     det.extract(x0)  # layers chosen, kernels warmed up
     baseline = peak_mb()
@@ -92,15 +93,22 @@ def worker(args: argparse.Namespace) -> dict:
     t1 = time.perf_counter()
     after_pass = peak_mb()
     kept = len(collected["y"])
+    # the rows the fit holds out to standardise the scores (their number depends on the
+    # kept samples per class only, not on the random split)
+    held_out = int(
+        stratified_holdout(
+            collected["y"], collected["num_classes"], det.holdout, torch.Generator()
+        ).sum()
+    )
     det.fit_collected(collected)
     t2 = time.perf_counter()
     return {
         "n": args.worker,
         "max_fit_rows": bound,
         "kept": kept,
-        "held_out": int(det.fusion_knots.shape[1]),
-        "features_per_sample": sum(s.in_dim for s in det.spheres),
-        "layers": det.layers,
+        "held_out": held_out,
+        "features_per_sample": sum(s.in_dim for s in det.spheres_),
+        "layers": det.layers_,
         "pass_s": t1 - t0,
         "spheres_s": t2 - t1,
         "baseline_mb": baseline,
@@ -119,8 +127,6 @@ def run_one(n: int, bound: str, args: argparse.Namespace) -> dict:
         bound,
         "--classes",
         str(args.classes),
-        "--epochs",
-        str(args.epochs),
         "--batch-size",
         str(args.batch_size),
         "--threads",
@@ -157,7 +163,7 @@ def report(rows: list[dict], meta: dict) -> str:
         "synthetic samples of "
         f"{meta['classes']} classes streamed through an MLP in batches of "
         f"{meta['batch_size']}, {bounded[0]['features_per_sample']} features per sample "
-        f"over the layers {bounded[0]['layers']}, spheres trained for {meta['epochs']} epochs. "
+        f"over the layers {bounded[0]['layers']}, spheres fitted in closed form. "
         "Peak memory is the process's peak resident set (`ru_maxrss`), the baseline that "
         "peak before the fit (Python, torch, the model); the last column is the peak above "
         "the baseline during the extraction pass alone.",
@@ -180,13 +186,13 @@ def report(rows: list[dict], meta: dict) -> str:
         f"{len(bounded)} bounded fits varies by {spread:.1%} from the smallest to the largest "
         f"(goal: within 10%) from N = {bounded[0]['n']:,} to {bounded[-1]['n']:,}; the "
         f"extraction pass takes {a:.2f} s + {b * 1e5:.2f} s per 100k samples (least squares, "
-        f"R^2 = {r2:.4f}); the spheres are trained on the same sample size at every N. "
+        f"R^2 = {r2:.4f}); the spheres are fitted on the same sample size at every N. "
         f"The pass alone peaks {min(in_pass):.0f} to {max(in_pass):.0f} MB above the baseline "
         f"(the sample of {bounded[0]['max_fit_rows']:,} samples takes "
         f"{bounded[0]['max_fit_rows'] * bounded[0]['features_per_sample'] * 4 / 2**20:.0f} "
         "MB). "
         "Without the bound (`None`), every sample's activations are kept and the spheres "
-        "train on all of them: memory and sphere time grow with N.",
+        "are fitted on all of them: memory and sphere time grow with N.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -199,7 +205,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unbounded-sizes", type=int, nargs="*", default=[50_000, 100_000, 200_000])
     ap.add_argument("--max-fit-rows", type=int, default=20_000)
     ap.add_argument("--classes", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="runs per row (medians reported)")
@@ -237,7 +242,6 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "classes": args.classes,
         "batch_size": args.batch_size,
-        "epochs": args.epochs,
         "repeats": args.repeats,
     }
     meta["command"] = meta["command"].strip()
