@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> None:
         model,
         splits.test.tensors[0][:8],
         seed=seed,
-        detector_kwargs={"UniformDetector": {"epochs": 10 if args.fast else 30}},
     )
     bench = UnifiedBenchmark(splits.train, splits.test, anomalies, progress=False)
     bench.fit(entries)  # every detector on the same ID training data
