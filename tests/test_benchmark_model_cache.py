@@ -180,3 +180,26 @@ def test_arch_modules_are_found_beside_the_file_and_in_the_cwd(tmp_path, monkeyp
             sys.modules.pop(name, None)
     with pytest.raises(ConfigError, match="cannot import 'nowhere_xyz'"):
         resolve_architecture("nowhere_xyz:build")
+
+
+def test_a_named_factory_with_num_classes_gets_the_data_sets_classes(tmp_path):
+    """A six-class checkpoint of ``resnet20_cifar`` loads through ``--arch`` by name: the
+    factory takes ``num_classes`` and is called with the data set's six; a factory without
+    that parameter is called without arguments, and a callable ``arch`` is used as it is."""
+    from uniad_plugin.benchmark.model_cache import build_model
+    from uniad_plugin.models import resnet20_cifar
+
+    six = resnet20_cifar(6).eval()
+    torch.save({"state_dict": six.state_dict()}, tmp_path / "six.pt")
+    loaded = load_model(tmp_path / "six.pt", "uniad_plugin.models:resnet20_cifar", 6)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded(x), six(x))
+    assert build_model("uniad_plugin.models:resnet20_cifar", 4)(x).shape == (2, 4)
+    with pytest.raises(ConfigError, match="do not fit"):
+        load_model(tmp_path / "six.pt", "uniad_plugin.models:resnet20_cifar", 10)
+    (tmp_path / "fixed_factory.py").write_text(
+        "from uniad_plugin.models import digits_cnn\n\ndef build():\n    return digits_cnn(3)\n"
+    )
+    fixed = build_model(f"{tmp_path / 'fixed_factory.py'}:build", 6)
+    assert fixed(torch.rand(1, *SHAPE)).shape == (1, 3)
+    assert build_model(lambda: digits_cnn(5), 6)(torch.rand(1, *SHAPE)).shape == (1, 5)

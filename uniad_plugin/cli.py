@@ -55,7 +55,8 @@ OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifa
   their names to keep them (e.g. --ood letters photos ./my_ood).
 
 your own model: --arch MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a function,
-  called without arguments, that returns the nn.Module; modules are found in the current
+  that returns the nn.Module, called with num_classes=<the data set's classes> if it takes a
+  num_classes parameter, else without arguments; modules are found in the current
   directory and beside the file, as python -m and python file.py find them. --arch
   torchvision:NAME builds torchvision.models.NAME(weights=None, num_classes=<the data set's
   classes>). With --arch give one of: --model PATH, its weights; --pretrained, if the function

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import inspect
 import importlib.util
 import os
 import re
@@ -132,8 +133,10 @@ def resolve_architecture(
     it. The folders are on ``sys.path`` only while the module is imported and while the
     returned function runs (it is wrapped), not afterwards.
 
-    :param num_classes: classes of a ``torchvision:NAME`` model (the other forms are called
-        without arguments)
+    :param num_classes: classes of the data set: a ``torchvision:NAME`` model gets a head of
+        that many outputs, and a named function that takes a ``num_classes`` parameter is
+        called with ``num_classes=num_classes``; other functions, and a callable ``arch``, are
+        called without arguments
     :raises ConfigError: if ``arch`` is malformed or the function cannot be imported
     """
     if callable(arch):
@@ -167,12 +170,26 @@ def resolve_architecture(
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise ConfigError(f"{module_name!r} has no function {func_name!r} (from --arch {arch!r})")
+    if _takes_num_classes(factory):
+        factory = functools.partial(factory, num_classes=num_classes)
     return _on_search_path(factory, dirs)
 
 
+def _takes_num_classes(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` has a parameter ``num_classes`` that can be passed by keyword."""
+    try:
+        parameter = inspect.signature(factory).parameters.get("num_classes")
+    except (TypeError, ValueError):  # builtins and C functions without a signature
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
 def build_model(arch: str | Callable[[], nn.Module], num_classes: int = 10) -> nn.Module:
-    """The module that ``arch`` (see :func:`resolve_architecture`) builds, called without
-    arguments.
+    """The module that ``arch`` (see :func:`resolve_architecture`) builds for ``num_classes``
+    classes.
 
     :raises ConfigError: if the factory cannot be imported, raises, or returns no ``nn.Module``
     """
@@ -181,7 +198,7 @@ def build_model(arch: str | Callable[[], nn.Module], num_classes: int = 10) -> n
         model = factory()
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
-            f"--arch {arch!r} raised when called without arguments: {one_line(e)}"
+            f"--arch {arch!r} raised when called: {one_line(e)}"
         ) from e
     if not isinstance(model, nn.Module):
         raise ConfigError(
@@ -341,7 +358,8 @@ def load_model(
 
     :param path: the weights file
     :param arch: ``"package.module:function"`` or ``"path/to/file.py:function"``, a function
-        called without arguments that returns the untrained ``nn.Module``; or that function;
+        that returns the untrained ``nn.Module`` (see :func:`resolve_architecture`); or that
+        function;
         or ``"torchvision:NAME"``
     :param num_classes: classes of a ``torchvision:NAME`` model
     :return: the model with the weights loaded, in eval mode

@@ -9,7 +9,6 @@ versions, kept as thin wrappers that build a configuration.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -276,7 +275,7 @@ def _factory(plan: RunPlan, num_classes: int) -> Callable[[], nn.Module]:
     c = plan.config
     if c.arch is not None:
         return resolve_architecture(c.arch, num_classes)
-    return functools.partial(resolve_architecture(c.profile.arch), num_classes)
+    return resolve_architecture(c.profile.arch, num_classes)
 
 
 def _model(plan: RunPlan, splits: Splits) -> tuple[nn.Module, dict[str, Any]]:
