@@ -282,12 +282,14 @@ def _pruned(det: Detector, collected: Any) -> Any:
 
 
 def sync_entries(entries: Sequence[DetectorEntry]) -> None:
-    """In a distributed run, an entry skipped or failed on some rank is so on every rank (with
-    the first such rank's reason); nothing for a single process."""
+    """In a distributed run, an entry skipped or failed on some rank is so on every rank, with
+    the first such rank's reason and that rank named ("... (on process 1 of 2)"); nothing for
+    a single process."""
     if not dist.is_active():
         return
     states = dist.gather_objects([(e.status, e.reason) for e in entries])
     for i, e in enumerate(entries):
-        bad = [s[i] for s in states if s[i][0] != "ok"]
+        bad = [(rank, s[i]) for rank, s in enumerate(states) if s[i][0] != "ok"]
         if bad and e.status == "ok":
-            e.status, e.reason = bad[0]
+            rank, (status, reason) = bad[0]
+            e.status, e.reason = status, f"{reason} (on process {rank} of {len(states)})"

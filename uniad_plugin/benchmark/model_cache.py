@@ -8,8 +8,8 @@ import contextlib
 import functools
 import hashlib
 import importlib
-import inspect
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -197,9 +197,7 @@ def build_model(arch: str | Callable[[], nn.Module], num_classes: int = 10) -> n
     try:
         model = factory()
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(
-            f"--arch {arch!r} raised when called: {one_line(e)}"
-        ) from e
+        raise ConfigError(f"--arch {arch!r} raised when called: {one_line(e)}") from e
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"--arch {arch!r} returned a {type(model).__name__}, expected an nn.Module"
