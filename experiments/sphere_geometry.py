@@ -12,6 +12,8 @@ script varies how, one thing at a time, with the layers' activations extracted o
   its mean and :math:`R^2` the :math:`(1-\\nu)`-quantile of its squared distances, the
   soft-boundary optimum for that centre;
 * ``diag`` / ``raw``: the same with per-feature standardisation / no normalisation;
+* ``+ penultimate direction``: one more layer, the penultimate features divided by their
+  norm (the geometry KNN scores in), with its own spheres and rival contrast;
 
 each with ``avg`` (spatial means) or ``grid`` pooling, with or without the softmax layers and
 the rival contrasts, the layers fused as the detector fuses them (z-scores on held-out ID
@@ -21,6 +23,12 @@ data). pytorch-ood's MultiMahalanobis and Mahalanobis are scored beside them, bu
     python experiments/sphere_geometry.py cifar --train-dir /tmp/cifar10/train \\
         --test-dir /tmp/cifar10/test --model benchmarks/weights/resnet20.pt
     python experiments/sphere_geometry.py mnist --data-root ../shared/data
+    python experiments/sphere_geometry.py cifar --train-dir /tmp/cifar_open/train \
+        --test-dir /tmp/cifar_open/test --model benchmarks/weights/resnet20_open.pt \
+        --ood letters photos /tmp/cifar4_near_val --n-ood 1000 --name cifar_open6
+
+(the last: the open-set ResNet-20 of six classes, its near-OOD validation set the other four
+classes' *training* images; its report set is their test images).
 
 Writes ``experiments/results/sphere_geometry_<name>.md`` and ``.json``.
 """
@@ -113,7 +121,10 @@ def variant_scores(
     rivals: int,
     nu: float = 0.1,
     shrinkage: float = 1e-3,
+    direction: bool = False,
 ) -> dict[str, Tensor]:
+    if direction:  # one more layer: the penultimate features' direction (L2-normalised)
+        fit, held, sets, layers = _with_direction(fit, held, sets, layers)
     zs, y, _ = fit
     k = int(y.max()) + 1
     keep = [i for i, n in enumerate(layers) if softmax or n not in SOFTMAX]
@@ -138,6 +149,25 @@ def variant_scores(
     h = raw(*held)
     mean, std = h.mean(0), h.std(0).clamp_min(1e-12)
     return {n: ((raw(*v) - mean) / std).sum(1).float() for n, v in sets.items()}
+
+
+def _unit(z: Tensor) -> Tensor:
+    return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _with_direction(fit, held, sets, layers):
+    """The layers with the penultimate one's L2-normalised copy added after it (the last
+    layer before the softmax layers), as one more sphere layer with its own rival contrast."""
+    pen = max(i for i, n in enumerate(layers) if n not in SOFTMAX)
+
+    def add(feats: list[Tensor]) -> list[Tensor]:
+        return feats[: pen + 1] + [_unit(feats[pen])] + feats[pen + 1 :]
+
+    names = layers[: pen + 1] + [f"{layers[pen]}/direction"] + layers[pen + 1 :]
+    fit = (add(fit[0]), *fit[1:])
+    held = (add(held[0]), held[1])
+    sets = {n: (add(v[0]), v[1]) for n, v in sets.items()}
+    return fit, held, sets, names
 
 
 def summary(
@@ -173,6 +203,8 @@ def config_for(args: argparse.Namespace) -> RunConfig:
         test_dir=args.test_dir,
         arch=args.arch,
         model_path=args.model,
+        ood=args.ood,
+        n_ood=args.n_ood,
         **common,
     )
 
@@ -190,6 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-root", help="torchvision data folder (mnist)")
     parser.add_argument("--name", default=None, help="results file suffix")
+    parser.add_argument(
+        "--ood",
+        nargs="*",
+        default=None,
+        help="OOD sets (cifar; default: the run's own); a folder of images is one more set, "
+        "e.g. the held-out classes' training images for an open-set model",
+    )
+    parser.add_argument("--n-ood", type=int, default=None, help="images per OOD set (cifar)")
     parser.add_argument("--n-fit", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
@@ -254,6 +294,13 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     rows.append(summary(label, scores, kinds, time.time() - t))
                     print(f"{label}: {rows[-1]['means']}", flush=True)
+        if pooling == "avg":
+            scores = variant_scores(
+                fit, held, sets, layers, norm="full", softmax=True, rivals=3, direction=True
+            )
+            label = "whitened, avg, with softmax layers, rivals=3, + penultimate direction"
+            rows.append(summary(label, scores, kinds, 0.0))
+            print(f"{label}: {rows[-1]['means']}", flush=True)
         for shrinkage in args.shrinkage:
             scores = variant_scores(
                 fit, held, sets, layers, norm="full", softmax=True, rivals=3, shrinkage=shrinkage
@@ -271,7 +318,20 @@ def main(argv: list[str] | None = None) -> None:
             }
         rows.append(summary(f"[built-in] {entry.name}", scores, kinds, time.time() - t))
         print(f"{rows[-1]['variant']}: {rows[-1]['means']}", flush=True)
+    earlier = _earlier_rows(args.out / f"sphere_geometry_{name}.json", rows)
+    first_builtin = next(i for i, r in enumerate(rows) if r["variant"].startswith("[built-in]"))
+    rows[first_builtin:first_builtin] = earlier
     write(args, name, rows, kinds, {n: len(x) for n, x in sets_x.items()}, argv)
+
+
+def _earlier_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier results file that this script no longer produces (those of the
+    trained encoders, from commit 79c995c), kept beside the new rows of the same sets."""
+    if not path.is_file():
+        return []
+    produced = {r["variant"] for r in rows}
+    earlier = json.loads(path.read_text())["rows"]
+    return [r for r in earlier if "commit 79c995c" in r["variant"] and r["variant"] not in produced]
 
 
 def render(path: Path) -> None:
