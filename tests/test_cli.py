@@ -44,7 +44,7 @@ def _rows(out_dir: Path) -> list[dict]:
 def test_default_command_end_to_end(first_run):
     assert first_run["code"] == 0
     out_dir = first_run["dir"]
-    for name in ("results.json", "results.csv", "table.txt", "table.md"):
+    for name in ("results.json", "results.csv", "table.txt", "table.md", "leaderboard.md"):
         assert (out_dir / name).is_file(), name
     pngs = sorted(p.name for p in (out_dir / "plots").glob("*.png"))
     assert {"roc_OOD.png", "roc_AD.png", "roc_NS.png", "hist_UniformDetector.png"} <= set(pngs)
@@ -107,6 +107,22 @@ def test_default_command_end_to_end(first_run):
     with open(out_dir / "results.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
 
+    # the leaderboard: printed after the table and in leaderboard.md, one OOD column (no
+    # --near-ood), the model-free baselines last
+    from uniad_plugin.benchmark.leaderboard import leaderboard
+
+    assert meta["near_ood"] is None
+    board = (out_dir / "leaderboard.md").read_text()
+    assert board == leaderboard(rows, meta)
+    assert board.startswith("Classifier accuracy on the 269 ID test images: ")
+    assert "| # | Detector | OOD mean | AD mean | NS mean | overall mean |" in board
+    assert "near-OOD" not in board
+    names = [line.split(" | ")[1] for line in board.splitlines() if line.startswith("| ")][1:]
+    assert sorted(names[:-3]) == sorted(DEFAULT_DETECTORS)
+    assert sorted(names[-3:]) == sorted(sanity)
+    printed = first_run["out"]
+    assert printed.index("Leaderboard (AUROC)") > printed.index("AUROC: ID test set vs each")
+
 
 def test_second_run_hits_the_caches(first_run, monkeypatch):
     """Same seed and cache: the model is not retrained, no attack runs, same numbers."""
@@ -165,6 +181,9 @@ def test_selected_detectors_sets_and_metric(first_run, tmp_path, capsys):
             "uniform",
             "--ood",
             "letters",
+            "photos",
+            "--near-ood",
+            "photos",
             "--metric",
             "FPR95TPR",
         ],
@@ -177,7 +196,19 @@ def test_selected_detectors_sets_and_metric(first_run, tmp_path, capsys):
     rows = _rows(tmp_path / "o")
     sanity = {"PixelGrid", "PixelCount", "PixelKNN"}
     assert {r["Detector"] for r in rows} == {"MaxSoftmax", "KNN", *sanity}
-    assert {r["Dataset"] for r in rows} == {"letters", "fgsm@0.2", "uniform", "mean", "worst"}
+    sets = {"letters", "photos", "fgsm@0.2", "uniform", "mean", "worst"}
+    assert {r["Dataset"] for r in rows} == {*sets, "near-OOD mean", "far-OOD mean"}
+    # photos is near-OOD, letters far-OOD: in the tables, the run's details and the leaderboard
+    near = next(r for r in rows if r["Dataset"] == "near-OOD mean" and r["Detector"] == "KNN")
+    photos = next(r for r in rows if r["Dataset"] == "photos" and r["Detector"] == "KNN")
+    assert near["AUROC"] == photos["AUROC"]
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["meta"]["near_ood"] == [
+        "photos"
+    ]
+    board = (tmp_path / "o" / "leaderboard.md").read_text()
+    assert "| near-OOD mean | far-OOD mean | AD mean | NS mean | overall mean |" in board
+    assert "near-OOD: photos; far-OOD: every other OOD set (letters)" in board
+    assert "Leaderboard" not in out  # --quiet: the table only
 
 
 def test_list_detectors_and_version(capsys):
@@ -215,6 +246,11 @@ def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
         "bad budget": (["--attacks", "fgsm@big"], "bad budget"),
         "unknown noise": (["--noise", "pink"], "unknown noise set 'pink'"),
         "unknown ood": (["--ood", "cats"], "unknown OOD set 'cats'"),
+        "unknown near ood": (
+            ["--near-ood", "cats"],
+            "unknown near-OOD set 'cats' (--near-ood): expected names of the run's OOD sets: "
+            "letters, photos",
+        ),
         "unknown option": (["--frobnicate"], "unrecognized arguments"),
         "bad number": (["--n-ood", "0"], "positive integer"),
         "mnist without root": (["--dataset", "mnist"], "needs --data-root"),
@@ -310,6 +346,8 @@ def test_arguments_map_onto_one_config():
             "validation",
             "--continuous",
             "--no-sanity",
+            "--near-ood",
+            "fashion_mnist",
         ]
     )
     config = cli.config_from_args(args)
@@ -332,6 +370,7 @@ def test_arguments_map_onto_one_config():
         split="validation",
         continuous=True,
         sanity=False,
+        near_ood=["fashion_mnist"],
     )
     defaults = cli.config_from_args(cli.build_parser().parse_args([]))
     assert defaults == RunConfig()

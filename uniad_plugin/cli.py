@@ -52,7 +52,17 @@ OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifa
   your images an OOD set, named after the folder: image files in it or in its subfolders
   (ImageFolder layout), read as the ID images are (RGB or gray, resized and center-cropped to
   the ID size, 8-bit, on the ID data's value grid). --ood replaces the default OOD sets: add
-  their names to keep them (e.g. --ood letters photos ./my_ood).
+  their names to keep them (e.g. --ood letters photos ./my_ood). --near-ood NAME... names
+  the OOD sets that are near-OOD (e.g. the held-out classes of an open-set split: --ood letters
+  photos ./cifar4_near --near-ood cifar4_near); the other OOD sets are far-OOD, and the tables
+  and the leaderboard report the two apart.
+
+output: --out DIR gets results.json, results.csv, table.txt, table.md (every metric),
+  notes.md, leaderboard.md (the detectors ranked by their overall AUROC, near- and far-OOD
+  apart, the model-free baselines last; printed after the table, by --metric, unless
+  --quiet) and plots/.
+  python -m uniad_plugin.benchmark.leaderboard DIR/results.json [--near-ood NAME...]
+  [--metric M] renders the leaderboard of a finished run again, without rerunning it.
 
 your own model: --arch MODULE:FUNCTION (or path/to/file.py:FUNCTION) names a function,
   that returns the nn.Module, called with num_classes=<the data set's classes> if it takes a
@@ -228,6 +238,14 @@ def _selection_arguments(p: argparse.ArgumentParser) -> None:
         help="OOD sets: names, or folders of your own images (each a set named after its folder)",
     )
     sel.add_argument(
+        "--near-ood",
+        nargs="+",
+        metavar="NAME",
+        help="the OOD sets of the run that are near-OOD (e.g. the held-out classes of an "
+        "open-set split); the other OOD sets are far-OOD, reported apart in the tables and the "
+        "leaderboard",
+    )
+    sel.add_argument(
         "--split",
         choices=("report", "validation"),
         default="report",
@@ -289,7 +307,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         choices=("AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR", "DR@5%FPR"),
         help="metric of the printed table (all are saved)",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress bars and no printed leaderboard"
+    )
     par = p.add_argument_group(
         "several processes (under torchrun: torchrun --nproc_per_node N -m uniad_plugin.cli ...)"
     )
@@ -368,6 +388,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         train_dir=args.train_dir,
         test_dir=args.test_dir,
         image_size=args.image_size,
+        near_ood=args.near_ood,
     )
 
 
@@ -455,6 +476,10 @@ def _run(args: argparse.Namespace) -> int:
     table = result.table if args.metric == "AUROC" else results_to_table(result.rows, args.metric)
     head = accuracy_lines(result.meta)  # above the table: a model at chance explains a table
     print("".join(f"{line}\n" for line in head) + ("\n" if head else "") + table, end="")
+    if not args.quiet:  # the detectors ranked, after the table
+        from uniad_plugin.benchmark.leaderboard import leaderboard
+
+        print("\n" + leaderboard(result.rows, result.meta, metric=args.metric, fmt="text"), end="")
     for note in result.meta.get("notes", []):
         print(f"note: {note}")
     if result.files:

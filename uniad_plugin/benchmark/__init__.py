@@ -14,6 +14,8 @@ The modules of the package, one job each:
   (:func:`build_detectors`);
 - :mod:`~uniad_plugin.benchmark.fitting`: fitting them on the same data (:func:`fit_detectors`);
 - :mod:`~uniad_plugin.benchmark.reporting`: tables, CSV, JSON (:func:`save_results`);
+- :mod:`~uniad_plugin.benchmark.leaderboard`: the detectors ranked, near- and far-OOD apart
+  (imported from that module, which also runs as ``python -m``);
 - :mod:`~uniad_plugin.benchmark.plots`: ROC curves and score histograms;
 - :mod:`~uniad_plugin.benchmark.model_cache`: the user's model, the cached reference model;
 - :mod:`~uniad_plugin.benchmark.anomaly_sets`: the anomaly sets of a run, by name;

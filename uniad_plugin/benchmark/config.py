@@ -125,6 +125,11 @@ class RunConfig:
     :param split: ``"report"`` (the reported sets) or ``"validation"``: anomaly sets that share
         nothing with the reported ones (other seeds, fonts, photos, attack budgets and, on
         MNIST, other test images), for tuning and ablations
+    :param near_ood: names of the run's OOD sets that are near-OOD (e.g. the held-out classes
+        of an open-set split); the other OOD sets are far-OOD. The tables add a near- and a
+        far-OOD mean, the leaderboard reports the two apart, and ``results.json`` keeps the
+        names (``meta.near_ood``); it replaces OpenOOD's own groups. A name that is not one of
+        the run's OOD sets is a :class:`ConfigError` (raised before the model is loaded)
     """
 
     dataset: str = "digits"
@@ -161,6 +166,7 @@ class RunConfig:
     train_dir: str | os.PathLike | None = None
     test_dir: str | os.PathLike | None = None
     image_size: int | None = None
+    near_ood: Sequence[str] | None = None
 
     @property
     def profile(self) -> Profile:

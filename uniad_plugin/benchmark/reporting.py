@@ -269,9 +269,11 @@ def save_results(
     out_dir: str | os.PathLike,
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv``, ``table.txt``, ``table.md`` and ``notes.md``
-    (the run's notes in plain words, see :func:`results_notes`) to ``out_dir``; the tables
-    start with the classifier's accuracy (see :func:`accuracy_lines`).
+    """Write ``results.json``, ``results.csv``, ``table.txt``, ``table.md``, ``notes.md``
+    (the run's notes in plain words, see :func:`results_notes`) and ``leaderboard.md`` (the
+    detectors ranked, see :mod:`~uniad_plugin.benchmark.leaderboard`; AUROC, near-OOD sets
+    ``meta["near_ood"]``) to ``out_dir``; the tables start with the classifier's accuracy (see
+    :func:`accuracy_lines`).
 
     :return: file kind -> path
     """
@@ -292,6 +294,9 @@ def save_results(
         head + "\n".join(results_to_table(rows, m, fmt="markdown") for m in METRICS)
     )
     files["notes"].write_text("".join(f"- {n}\n" for n in results_notes(meta or {})))
+    from uniad_plugin.benchmark.leaderboard import save_leaderboard  # it imports this module
+
+    files["leaderboard"] = save_leaderboard(rows, out, meta)
     return files
 
 

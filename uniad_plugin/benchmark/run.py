@@ -192,6 +192,7 @@ def _setup(config: RunConfig) -> tuple[RunPlan, Splits, nn.Module, list[Any], li
     with dist.main_first():  # a download happens once
         splits = _splits(plan)
         ood_sets, notes = _ood_sets(plan, tuple(splits.test.tensors[0].shape[1:]))
+    _near_far(config, ood_sets)  # an unknown near-OOD name stops here, before the model
     meta: dict[str, Any] = {
         "dataset": config.profile.name,
         "fast": config.fast,
@@ -349,6 +350,7 @@ def evaluate_plan(
     train = _fit_subset(splits.train, plan.n_fit, c.seed)
     loading = {"batch_size": c.batch_size, "device": plan.device, "progress": c.progress}
     bench = UnifiedBenchmark(train, splits.test, sets, id_val=splits.val, **loading)
+    bench.groups.update(_near_far(c, sets))  # --near-ood: near and far, in every table
     entries = build_detectors(
         plan.detectors,
         model,
@@ -371,12 +373,31 @@ def evaluate_plan(
         metric_notes=_METRIC_NOTES,
         pixel_separable=bench.pixel_separable,
         thresholds=bench.thresholds,
+        near_ood=_near_ood(bench),
     )
     files = _write(rows, bench, c, run_meta, timings, t0)
     table = results_to_table(rows, "AUROC")
     return RunResult(
         rows=rows, table=table, meta=run_meta, files=files, benchmark=bench, model=model
     )
+
+
+def _near_far(config: RunConfig, sets: Sequence[Any]) -> dict[str, str]:
+    """``"near"`` or ``"far"`` for every OOD set of ``sets`` if ``config.near_ood`` is given,
+    else nothing (see :func:`~uniad_plugin.benchmark.leaderboard.near_far_groups`)."""
+    # imported here: ``python -m uniad_plugin.benchmark.leaderboard`` runs that module
+    from uniad_plugin.benchmark.leaderboard import near_far_groups
+
+    return near_far_groups(config.near_ood, sets) or {}
+
+
+def _near_ood(bench: UnifiedBenchmark) -> list[str] | None:
+    """The near-OOD sets of the run (``--near-ood``, or OpenOOD's groups); ``None`` if no OOD
+    set has a group."""
+    ood = [n for n in bench.ood_names if bench.kinds[n] == "OOD"]
+    if not any(n in bench.groups for n in ood):
+        return None
+    return [n for n in ood if bench.groups.get(n) == "near"]
 
 
 def _anomaly_sets(
