@@ -12,6 +12,8 @@ script varies how, one thing at a time, with the layers' activations extracted o
   its mean and :math:`R^2` the :math:`(1-\\nu)`-quantile of its squared distances, the
   soft-boundary optimum for that centre;
 * ``diag`` / ``raw``: the same with per-feature standardisation / no normalisation;
+* ``only <layer>``: the spheres of one layer alone, no rival contrast (``only <layer>'s
+  direction``: the penultimate layer's features divided by their norm);
 * ``+ penultimate direction``: one more layer, the penultimate features divided by their
   norm (the geometry KNN scores in), with its own spheres and rival contrast;
 
@@ -170,6 +172,13 @@ def _with_direction(fit, held, sets, layers):
     return fit, held, sets, names
 
 
+def _layer_alone(fit, held, sets, i, transform=lambda z: z):
+    """``fit``, ``held`` and ``sets`` with layer ``i`` only (``transform`` applied to it)."""
+    fit = ([transform(fit[0][i])], *fit[1:])
+    held = ([transform(held[0][i])], held[1])
+    return fit, held, {n: ([transform(v[0][i])], v[1]) for n, v in sets.items()}
+
+
 def summary(
     name: str,
     scores: dict[str, Tensor],
@@ -295,6 +304,16 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(summary(label, scores, kinds, time.time() - t))
                     print(f"{label}: {rows[-1]['means']}", flush=True)
         if pooling == "avg":
+            for i, layer in enumerate(layers):  # each layer on its own, no rival contrast
+                alone = _layer_alone(fit, held, sets, i)
+                norm = "raw" if layer == "softmax" else "full"
+                scores = variant_scores(*alone, [layer], norm=norm, softmax=True, rivals=0)
+                rows.append(summary(f"only {layer}, whitened, avg", scores, kinds, 0.0))
+            pen = max(i for i, n in enumerate(layers) if n not in SOFTMAX)
+            unit = _layer_alone(fit, held, sets, pen, transform=_unit)
+            scores = variant_scores(*unit, ["direction"], norm="full", softmax=True, rivals=0)
+            label = f"only {layers[pen]}'s direction, whitened, avg"
+            rows.append(summary(label, scores, kinds, 0.0))
             scores = variant_scores(
                 fit, held, sets, layers, norm="full", softmax=True, rivals=3, direction=True
             )
