@@ -220,7 +220,7 @@ def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
         "mnist without root": (["--dataset", "mnist"], "needs --data-root"),
         "missing data root": (
             ["--dataset", "mnist", "--data-root", p / "nowhere"],
-            "does not exist",
+            "does not exist; pass --data-root DIR with MNIST/raw inside, or --download",
         ),
         "no MNIST under root": (["--dataset", "mnist", "--data-root", p], "MNIST not found"),
         "real OOD without root": (["--ood", "kmnist"], "needs --data-root"),
@@ -273,6 +273,13 @@ def test_bad_arguments_exit_nonzero_with_one_line(case, bad_model_files, capsys,
     assert out == ""
     assert not (bad_model_files / "out").exists()
     assert not (bad_model_files / "cache").exists()  # nothing was trained or attacked
+
+
+def test_library_messages_are_printed_with_the_commands_options():
+    message = "X not found; pass root=DIR with x inside, or download=True (or data_root=DIR)"
+    assert cli._as_options(message) == (
+        "X not found; pass --data-root DIR with x inside, or --download (or data_root=DIR)"
+    )
 
 
 def test_arguments_map_onto_one_config():
