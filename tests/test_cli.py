@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from uniad_plugin import cli
-from uniad_plugin.benchmark import DEFAULT_DETECTORS, run_default
+from uniad_plugin.benchmark import DEFAULT_DETECTORS, RunConfig, run
 from uniad_plugin.models import digits_cnn
 
 
@@ -118,7 +118,8 @@ def test_second_run_hits_the_caches(first_run, monkeypatch):
 
     monkeypatch.setattr(models, "train_classifier", boom)
     monkeypatch.setattr(adversarial, "_run_attack", boom)
-    result = run_default(fast=True, cache_dir=first_run["cache"], out_dir=None, progress=False)
+    config = RunConfig(fast=True, cache_dir=first_run["cache"], out_dir=None, progress=False)
+    result = run(config)
     assert result.meta["model"]["cached"] is True
     first = [r for r in _rows(first_run["dir"])]
     assert json.loads(json.dumps(result.rows)) == first
