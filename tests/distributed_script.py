@@ -80,7 +80,14 @@ def main() -> None:
         train_classifier(model, loader, epochs=8, seed=0)
     model = distributed.broadcast_module(model).eval()
     adv = make_adversarial(
-        model, splits.attack, "pgd_linf", 0.1, batch_size=16, max_samples=60, progress=False
+        model,
+        splits.attack,
+        "pgd_linf",
+        0.1,
+        batch_size=16,
+        max_samples=60,
+        progress=False,
+        sharing=distributed,
     )
     bench = UnifiedBenchmark(splits.train, splits.test, [adv], id_val=splits.val, progress=False)
     entries = build_detectors(

@@ -213,6 +213,80 @@ def test_pgd_deterministic_under_seed(digits, digits_model):
     assert not (a.x.shape == c.x.shape and torch.equal(a.x, c.x))
 
 
+class _Share:
+    """Process ``index`` of ``count`` as a :class:`WorkSharing` test double: it records
+    its calls; ``gather_tree`` puts the ``others``' blocks (keyed by index) around its own."""
+
+    def __init__(self, index, count, others=None):
+        self.index, self.count, self.others, self.calls, self.block = index, count, others, [], None
+
+    def shard_bounds(self, n):
+        self.calls.append("shard_bounds")
+        return n * self.index // self.count, n * (self.index + 1) // self.count
+
+    def gather_tree(self, value):
+        self.calls.append("gather_tree")
+        self.block = value
+        if self.others is None:
+            raise _Gathered
+        blocks = [self.others.get(i, value) for i in range(self.count)]
+        return {k: torch.cat([b[k] for b in blocks]) for k in value}
+
+    def broadcast_object(self, obj):
+        self.calls.append("broadcast_object")
+        return obj
+
+    def all_true(self, flag):
+        self.calls.append("all_true")
+        return bool(flag)
+
+    def is_local_main(self):
+        self.calls.append("is_local_main")
+        return self.index == 0
+
+
+class _Gathered(Exception):
+    pass
+
+
+def test_shared_work_enters_through_the_seam_and_crafts_the_same_set(
+    digits, digits_model, tmp_path
+):
+    kw = {"progress": False, "max_samples": 40, "batch_size": 8, "attack_params": {"steps": 5}}
+    alone = make_adversarial(digits_model, digits.attack, "pgd_linf", 0.2, seed=2, **kw)
+    # the second of two processes attacks its block of batches, then would gather
+    second = _Share(1, 2)
+    with pytest.raises(_Gathered):
+        make_adversarial(digits_model, digits.attack, "pgd_linf", 0.2, seed=2, sharing=second, **kw)
+    assert second.calls == ["broadcast_object", "shard_bounds", "gather_tree"]
+    assert 0 < len(second.block["x"]) < 40
+    # the first one gathers both blocks: the set of a single process, bit for bit
+    first = _Share(0, 2, others={1: second.block})
+    shared = make_adversarial(
+        digits_model,
+        digits.attack,
+        "pgd_linf",
+        0.2,
+        seed=2,
+        sharing=first,
+        cache_dir=tmp_path,
+        **kw,
+    )
+    assert first.calls == [
+        "all_true",
+        "broadcast_object",
+        "shard_bounds",
+        "gather_tree",
+        "is_local_main",
+    ]
+    assert torch.equal(shared.x, alone.x) and torch.equal(shared.clean, alone.clean)
+    assert torch.equal(shared.source_labels, alone.source_labels)
+    assert shared.info == alone.info and len(list(tmp_path.glob("*.pt"))) == 1
+    # the default is one process doing all the work
+    assert adv_module.SINGLE_PROCESS.shard_bounds(5) == (0, 5)
+    assert adv_module.SINGLE_PROCESS.is_local_main() and adv_module.SINGLE_PROCESS.all_true(True)
+
+
 def test_adversarial_cache(digits, digits_model, tmp_path, monkeypatch):
     kw = {"progress": False, "max_samples": 16, "cache_dir": tmp_path}
     first = make_adversarial(digits_model, digits.attack, "fgsm", 0.2, **kw)

@@ -104,14 +104,14 @@ def test_missing_files_are_one_clear_line(cifar_tree, tmp_path):
     message = str(info.value)
     assert "\n" not in message and "image list cifar100/test_svhn.txt not found" in message
     assert str(cifar_tree / "benchmark_imglist") in message
-    assert "openood_benchmark_imglist" in message and "--download" in message
+    assert "openood_benchmark_imglist" in message and "pass download=True" in message
     for image in (cifar_tree / "svhn" / "test").iterdir():
         image.unlink()
     with pytest.raises(FileNotFoundError) as info:
         load_openood("openood:cifar10:svhn", cifar_tree, _SHAPE, n=3)
     message = str(info.value)
     assert "SVHN (far-OOD of CIFAR10_OpenOOD): 3 of 3 listed images missing" in message
-    assert str(cifar_tree / "svhn" / "test") in message and "--download" in message
+    assert str(cifar_tree / "svhn" / "test") in message and "download=True" in message
 
 
 def test_optional_sets_are_left_out_with_one_note(cifar_tree):

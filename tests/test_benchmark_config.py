@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ from uniad_plugin.benchmark import (
     Profile,
     RunConfig,
     profiles,
-    run_default,
+    run,
 )
 
 
@@ -153,20 +152,14 @@ def test_bad_configs_raise_config_error(changes, message):
         RunConfig(**changes).resolve()
 
 
-def test_config_error_is_a_value_error_and_usage_error_is_its_deprecated_alias():
-    assert issubclass(ConfigError, ValueError)
-    with pytest.warns(DeprecationWarning, match="ConfigError"):
-        from uniad_plugin.benchmark import UsageError
-    assert UsageError is ConfigError
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        from uniad_plugin.benchmark import ConfigError as again  # no warning
-    assert again is ConfigError
+def test_config_error_is_a_value_error_of_the_errors_module():
+    from uniad_plugin import errors
+
+    assert issubclass(ConfigError, ValueError) and ConfigError is errors.ConfigError
 
 
-def test_old_entry_points_check_before_heavy_work(tmp_path):
+def test_a_run_checks_its_config_before_heavy_work(tmp_path):
+    config = RunConfig(detectors=["Nope"], cache_dir=tmp_path, out_dir=tmp_path / "o")
     with pytest.raises(ConfigError, match="unknown detector"):
-        run_default(detectors=["Nope"], cache_dir=tmp_path, out_dir=tmp_path / "o")
-    with pytest.raises(TypeError, match="bogus"):
-        run_default(bogus=1)
+        run(config)
     assert not (tmp_path / "o").exists() and not (tmp_path / "models").exists()

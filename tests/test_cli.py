@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from uniad_plugin import cli
-from uniad_plugin.benchmark import DEFAULT_DETECTORS, run_default
+from uniad_plugin.benchmark import DEFAULT_DETECTORS, RunConfig, run
 from uniad_plugin.models import digits_cnn
 
 
@@ -134,7 +134,8 @@ def test_second_run_hits_the_caches(first_run, monkeypatch):
 
     monkeypatch.setattr(models, "train_classifier", boom)
     monkeypatch.setattr(adversarial, "_run_attack", boom)
-    result = run_default(fast=True, cache_dir=first_run["cache"], out_dir=None, progress=False)
+    config = RunConfig(fast=True, cache_dir=first_run["cache"], out_dir=None, progress=False)
+    result = run(config)
     assert result.meta["model"]["cached"] is True
     first = [r for r in _rows(first_run["dir"])]
     assert json.loads(json.dumps(result.rows)) == first
@@ -256,7 +257,7 @@ def _bad_cases(p: Path) -> dict[str, tuple[list, str]]:
         "mnist without root": (["--dataset", "mnist"], "needs --data-root"),
         "missing data root": (
             ["--dataset", "mnist", "--data-root", p / "nowhere"],
-            "does not exist",
+            "does not exist; pass --data-root DIR with MNIST/raw inside, or --download",
         ),
         "no MNIST under root": (["--dataset", "mnist", "--data-root", p], "MNIST not found"),
         "real OOD without root": (["--ood", "kmnist"], "needs --data-root"),
@@ -309,6 +310,13 @@ def test_bad_arguments_exit_nonzero_with_one_line(case, bad_model_files, capsys,
     assert out == ""
     assert not (bad_model_files / "out").exists()
     assert not (bad_model_files / "cache").exists()  # nothing was trained or attacked
+
+
+def test_library_messages_are_printed_with_the_commands_options():
+    message = "X not found; pass root=DIR with x inside, or download=True (or data_root=DIR)"
+    assert cli._as_options(message) == (
+        "X not found; pass --data-root DIR with x inside, or --download (or data_root=DIR)"
+    )
 
 
 def test_arguments_map_onto_one_config():

@@ -51,7 +51,11 @@ def test_missing_cifar10_is_one_clear_line(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert "CIFAR-10 not found: data_batch_1" in message
-    assert str(tmp_path / "cifar-10-batches-py") in message and "--download" in message
+    assert (
+        str(tmp_path / "cifar-10-batches-py") in message
+        and "download=True" in message
+        and "root=DIR" in message
+    )
 
 
 def test_image_folder_resizes_onto_the_8bit_grid(tmp_path):

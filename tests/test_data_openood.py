@@ -35,7 +35,7 @@ def test_cifar100_is_read_in_torchvisions_format(tmp_path):
         cifar100_splits(tmp_path / "nowhere", n_test=5, n_attack=5, n_val=5)
     message = str(info.value)
     assert "\n" not in message and "CIFAR-100 not found: train, test, meta missing" in message
-    assert "cifar-100-python" in message and "--download" in message
+    assert "cifar-100-python" in message and "download=True" in message
 
 
 def test_imagenet200_is_read_from_openoods_image_lists(tmp_path):
@@ -65,7 +65,7 @@ def test_missing_imagenet200_is_one_clear_line(tmp_path):
         imagenet200_splits(tmp_path, n_test=2, n_attack=1, n_val=1)
     message = str(info.value)
     assert "\n" not in message and message.startswith("ImageNet-200 not found: OpenOOD image list")
-    assert "train_imagenet200.txt" in message and "--download" in message
+    assert "train_imagenet200.txt" in message and "download=True" in message
     root = write_imagenet200(tmp_path / "data", n_train_per_class=2, n_test=8, n_val=2)
     for image in (root / "imagenet_1k" / "val").iterdir():
         image.unlink()

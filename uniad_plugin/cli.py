@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -481,7 +482,7 @@ def _run(args: argparse.Namespace) -> int:
 
         print("\n" + leaderboard(result.rows, result.meta, metric=args.metric, fmt="text"), end="")
     for note in result.meta.get("notes", []):
-        print(f"note: {note}")
+        print(f"note: {_as_options(note)}")
     if result.files:
         n_plots = len(result.files.get("roc", [])) + len(result.files.get("histograms", []))
         n_plots += "heatmap" in result.files
@@ -511,10 +512,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         from uniad_plugin.benchmark import ConfigError
 
         if isinstance(e, ConfigError):
-            print(f"uniad: error: {' '.join(str(e).split())}", file=sys.stderr)
+            print(f"uniad: error: {_as_options(' '.join(str(e).split()))}", file=sys.stderr)
             return 2
         _report_rank(e)
         raise
+
+
+#: the library's arguments in its messages -> the command's options that set them
+_OPTIONS = {"root=DIR": "--data-root DIR", "download=True": "--download"}
+
+
+def _as_options(message: str) -> str:
+    """A library message with the arguments it names spelt as this command's options (the
+    library speaks of its functions' arguments; the command's user gives options)."""
+    return re.sub(
+        r"(?<![\w.])(?:" + "|".join(map(re.escape, _OPTIONS)) + r")(?!\w)",
+        lambda m: _OPTIONS[m.group()],
+        message,
+    )
 
 
 def _report_rank(error: BaseException) -> None:

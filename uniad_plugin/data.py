@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from uniad_plugin.errors import ConfigError, one_line
+
 #: parts of MNIST's test set that :func:`mnist_splits` draws from: ``"report"`` for the
 #: reported evaluation, ``"validation"`` (disjoint from it) for tuning and ablations
 PARTS: tuple[str, ...] = ("report", "validation")
@@ -133,13 +135,12 @@ def mnist_splits(
     :raises ConfigError: if ``root`` does not exist or holds no MNIST (and ``download`` is off),
         or the sizes do not fit in the test set
     """
-    from uniad_plugin.benchmark._common import ConfigError, one_line
 
     root = Path(root)
     if not root.is_dir() and not download:
         raise ConfigError(
-            f"data root {str(root)!r} does not exist; pass --data-root DIR with MNIST/raw inside, "
-            "or add --download"
+            f"data root {str(root)!r} does not exist; pass root=DIR with MNIST/raw inside, "
+            "or download=True"
         )
     if part not in PARTS:
         raise ConfigError(f"expected part in {PARTS}, got {part!r}")
@@ -157,7 +158,7 @@ def mnist_splits(
     except Exception as e:  # noqa: BLE001
         raise ConfigError(
             f"MNIST not found under {str(root)!r} ({one_line(e)}); expected "
-            f"{root / 'MNIST' / 'raw'} with the IDX files, or add --download"
+            f"{root / 'MNIST' / 'raw'} with the IDX files, or pass download=True"
         ) from e
     return split_test_set(
         TensorDataset(x_tr, y_tr), TensorDataset(x_te, y_te), (n_test, n_attack, n_val), seed, part
@@ -199,7 +200,6 @@ def split_indices(
 
     :raises ConfigError: if the sizes do not fit in the test set (half of it for a part)
     """
-    from uniad_plugin.benchmark._common import ConfigError
 
     room = total if part == "report" else total // 2
     if sum(sizes) > room:
@@ -273,7 +273,6 @@ def cifar100_dataset(
 
 
 def _check_split_args(part: str, sizes: tuple[int, int, int]) -> None:
-    from uniad_plugin.benchmark._common import ConfigError
 
     if part not in PARTS:
         raise ConfigError(f"expected part in {PARTS}, got {part!r}")
@@ -291,7 +290,6 @@ def _cifar_splits(
     download: bool,
     part: str,
 ) -> Splits:
-    from uniad_plugin.benchmark._common import ConfigError
 
     _check_split_args(part, sizes)
     title, folder_name, files, num_classes = _CIFAR[name]
@@ -299,8 +297,8 @@ def _cifar_splits(
     missing = [n for n in files if not (folder / n).is_file()]
     if missing and not download:
         raise ConfigError(
-            f"{title} not found: {', '.join(missing)} missing in {folder}; pass --data-root DIR "
-            f"with {folder_name} inside (torchvision's layout), or add --download"
+            f"{title} not found: {', '.join(missing)} missing in {folder}; pass root=DIR "
+            f"with {folder_name} inside (torchvision's layout), or download=True"
         )
     train = _cifar_dataset(name, root, True, download)
     test = _cifar_dataset(name, root, False, False)
@@ -321,7 +319,7 @@ def cifar10_splits(
     :func:`mnist_splits` splits MNIST: ``train`` is the training set; ``test``, ``attack`` and
     ``val`` are disjoint random subsets of the test set (see :func:`split_test_set`).
 
-    :raises ConfigError: if the data are missing (one line: what, where, and ``--download``),
+    :raises ConfigError: if the data are missing (one line: what, where, and ``download=True``),
         ``part`` is unknown or the sizes do not fit in the test set
     """
     return _cifar_splits("CIFAR10", root, (n_test, n_attack, n_val), seed, download, part)
@@ -340,7 +338,7 @@ def cifar100_splits(
     """CIFAR-100 through torchvision as :class:`Splits` (images 3x32x32 in [0, 1], 100
     classes), split as :func:`cifar10_splits` splits CIFAR-10.
 
-    :raises ConfigError: if the data are missing (one line: what, where, and ``--download``),
+    :raises ConfigError: if the data are missing (one line: what, where, and ``download=True``),
         ``part`` is unknown or the sizes do not fit in the test set
     """
     return _cifar_splits("CIFAR100", root, (n_test, n_attack, n_val), seed, download, part)
@@ -383,7 +381,6 @@ def _load_test_part(
     :raises ConfigError: if the sizes do not fit, or chosen files are missing (one line)
     """
     from uniad_plugin._images import load_images, missing_files
-    from uniad_plugin.benchmark._common import ConfigError
 
     parts = split_indices(len(data), sizes, seed, part)
     chosen = torch.cat(parts)
@@ -402,7 +399,6 @@ def _load_test_part(
 def _check_train_files(files: list[str], seed: int, what: str, hint: str) -> None:
     """Check a seeded sample of the training files (all of them would take long at scale)."""
     from uniad_plugin._images import missing_files
-    from uniad_plugin.benchmark._common import ConfigError
 
     if not files:
         raise ConfigError(f"{what}: the training set lists no image; {hint}")
@@ -448,8 +444,7 @@ def imagenet200_splits(
     from pytorch_ood.dataset.img import ImageListDataset
 
     from uniad_plugin._images import eval_transform
-    from uniad_plugin.anomalies.openood import find_imglist
-    from uniad_plugin.benchmark._common import ConfigError
+    from uniad_plugin.imglists import find_imglist
 
     sizes = (n_test, n_attack, n_val)
     _check_split_args(part, sizes)
@@ -501,7 +496,6 @@ def imagenet_splits(
     from torchvision.datasets import ImageFolder
 
     from uniad_plugin._images import eval_transform
-    from uniad_plugin.benchmark._common import ConfigError, one_line
 
     sizes = (n_test, n_attack, n_val)
     _check_split_args(part, sizes)
@@ -541,8 +535,6 @@ def image_folder(path: str | os.PathLike, image_size: int = 32) -> tuple[TensorD
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    from uniad_plugin.benchmark._common import ConfigError, one_line
-
     if not Path(path).is_dir():
         raise ConfigError(f"image folder {str(path)!r} does not exist")
     size = transforms.Compose(
@@ -575,7 +567,6 @@ def folder_splits(
     :raises ConfigError: on a missing or empty folder, different classes in the two trees, or
         a test folder of fewer than 3 images
     """
-    from uniad_plugin.benchmark._common import ConfigError
 
     train, classes = image_folder(train_dir, image_size)
     test, test_classes = image_folder(test_dir, image_size)

@@ -20,6 +20,7 @@ from uniad_plugin.anomalies.adversarial import (
     AdversarialOptions,
     AdversarialSet,
     AttackSpec,
+    WorkSharing,
     make_adversarial,
 )
 from uniad_plugin.anomalies.base import DEFAULT_LEVELS, KINDS, AnomalySet, is_on_grid, to_grid
@@ -50,6 +51,7 @@ __all__ = [
     "AttackSpec",
     "AdversarialOptions",
     "AdversarialSet",
+    "WorkSharing",
     "make_adversarial",
     "NoiseSet",
     "gaussian_noise",

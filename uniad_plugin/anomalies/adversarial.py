@@ -44,13 +44,12 @@ import warnings
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from uniad_plugin import distributed as dist
 from uniad_plugin._utils import atomic_save, eval_mode, hash_tensor, model_device
 from uniad_plugin.anomalies.attacks import ATTACKS, AttackSpec, budget_label
 from uniad_plugin.anomalies.base import (
@@ -65,7 +64,15 @@ from uniad_plugin.anomalies.base import (
     round_adversarial,
 )
 
-__all__ = ["ATTACKS", "AttackSpec", "AdversarialOptions", "AdversarialSet", "make_adversarial"]
+__all__ = [
+    "ATTACKS",
+    "AttackSpec",
+    "AdversarialOptions",
+    "AdversarialSet",
+    "SINGLE_PROCESS",
+    "WorkSharing",
+    "make_adversarial",
+]
 
 #: bump when the generation or the cache layout changes, so old cache files are not reused
 #: (2: rounding onto the value grid, grid in the key, object-confined attacks; 3: each batch
@@ -81,6 +88,69 @@ def batch_seed(seed: int, batch: int) -> int:
     single process with the same seed.
     """
     return seed + 1_000_003 * batch
+
+
+class WorkSharing(Protocol):
+    """How the processes of a run share the work of an attack: the seam through which
+    :func:`make_adversarial` runs on several processes without knowing how they talk.
+
+    :data:`SINGLE_PROCESS` (the default) is one process doing all the work; the module
+    :mod:`uniad_plugin.distributed` is the sharing of the processes of a ``torch.distributed``
+    group (each function below is one of its own), and the benchmark passes it.
+    """
+
+    def shard_bounds(self, n: int) -> tuple[int, int]:
+        """``(start, stop)`` of this process's contiguous share of ``n`` items (the shares
+        are in process order and cover ``0..n`` exactly once)."""
+        ...
+
+    def gather_tree(self, value: Any) -> Any:
+        """Every process's tensors of ``value`` (a dict of tensors) concatenated along dim 0,
+        in process order."""
+        ...
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """The first process's ``obj`` on every process."""
+        ...
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every process."""
+        ...
+
+    def is_local_main(self) -> bool:
+        """Whether this process writes the cache of its machine."""
+        ...
+
+
+class _SingleProcess:
+    """:class:`WorkSharing` of one process, which does all the work alone."""
+
+    @staticmethod
+    def shard_bounds(n: int) -> tuple[int, int]:
+        return 0, n
+
+    @staticmethod
+    def gather_tree(value: Any) -> Any:
+        return value
+
+    @staticmethod
+    def broadcast_object(obj: Any) -> Any:
+        return obj
+
+    @staticmethod
+    def all_true(flag: bool) -> bool:
+        return bool(flag)
+
+    @staticmethod
+    def is_local_main() -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "SINGLE_PROCESS"
+
+
+#: one process does all the work of an attack (the default :class:`WorkSharing`)
+SINGLE_PROCESS: WorkSharing = _SingleProcess()
 
 
 class AdversarialSet(AnomalySet):
@@ -250,14 +320,15 @@ def _run_attack(
     eps: float,
     opts: AdversarialOptions,
     desc: str,
+    sharing: WorkSharing = SINGLE_PROCESS,
 ) -> dict[str, Tensor]:
     """Attack the (correctly classified) inputs ``x`` with labels ``y`` batch by batch, round
     the adversarials onto the grid and re-check them.
 
     The model must already be in eval mode on ``opts.device``; batch ``b`` is seeded with
-    :func:`batch_seed` (the caller forks the RNG). In a distributed run each process attacks a
-    contiguous block of batches and the blocks are gathered, so every process returns the
-    whole result.
+    :func:`batch_seed` (the caller forks the RNG). With several processes (``sharing``) each
+    attacks a contiguous block of batches and the blocks are gathered, so every process returns
+    the whole result.
 
     :return: ``x`` (adversarial, clipped to the eps-ball, rounded onto the grid),
         ``keep_continuous`` (successful before rounding), ``keep`` (successful before AND after
@@ -274,7 +345,7 @@ def _run_attack(
     attack = spec.build(params)
     outs: dict[str, list[Tensor]] = {"x": [], "keep_continuous": [], "keep": [], "pred": []}
     n_batches = -(-len(x) // opts.batch_size)
-    first, last = dist.shard_bounds(n_batches)  # this process's block (all of them for one)
+    first, last = sharing.shard_bounds(n_batches)  # this process's block (all of them for one)
     mine = range(first * opts.batch_size, min(last * opts.batch_size, len(x)))
     bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not opts.progress, leave=False)
     with bar:
@@ -304,7 +375,7 @@ def _run_attack(
         "pred": torch.zeros(0, dtype=torch.long),
     }
     mine_out = {k: torch.cat(v) if v else empty[k] for k, v in outs.items()}
-    return dist.gather_tree(mine_out)  # every process's block, in batch order
+    return sharing.gather_tree(mine_out)  # every process's block, in batch order
 
 
 def _validate_params(
@@ -362,6 +433,7 @@ def _attack_correct(
     eps: float,
     opts: AdversarialOptions,
     desc: str,
+    sharing: WorkSharing = SINGLE_PROCESS,
 ) -> dict[str, Tensor]:
     """Attack the correctly classified inputs of ``x`` (the first ``max_samples``), seeded.
 
@@ -374,7 +446,7 @@ def _attack_correct(
         with eval_mode(model):
             model.to(device)
             # one process's predictions, so that every process attacks the same sources
-            pred_clean = dist.broadcast_object(_predict(model, x, opts.batch_size, device))
+            pred_clean = sharing.broadcast_object(_predict(model, x, opts.batch_size, device))
             correct = torch.nonzero(pred_clean == y).flatten()
             idx = correct if opts.max_samples is None else correct[: opts.max_samples]
             src, src_y = x[idx], y[idx]
@@ -382,7 +454,15 @@ def _attack_correct(
             with torch.random.fork_rng(devices=fork_devices):
                 if len(src):
                     out = _run_attack(
-                        model, src, src_y, spec=spec, params=params, eps=eps, opts=opts, desc=desc
+                        model,
+                        src,
+                        src_y,
+                        spec=spec,
+                        params=params,
+                        eps=eps,
+                        opts=opts,
+                        desc=desc,
+                        sharing=sharing,
                     )
                 else:
                     empty = torch.zeros(0, dtype=torch.bool)
@@ -442,6 +522,7 @@ def make_adversarial(
     eps: float,
     *,
     options: AdversarialOptions | None = None,
+    sharing: WorkSharing | None = None,
     **kwargs: Any,
 ) -> AdversarialSet:
     """Craft adversarial examples against ``model``, round them onto the data's value grid and
@@ -458,9 +539,9 @@ def make_adversarial(
 
     The random start of PGD draws from torch's global generator: the attack runs inside
     :func:`torch.random.fork_rng`, each batch seeded from ``seed`` (:func:`batch_seed`), so
-    results are reproducible, the caller's RNG state is untouched, and a distributed run
-    (each process attacks a block of batches, see :mod:`uniad_plugin.distributed`) crafts
-    the same set as a single process.
+    results are reproducible, the caller's RNG state is untouched, and several processes
+    that share the work (``sharing``: each attacks a block of batches) craft the same set as
+    a single process.
 
     With ``cache_dir``, the result is stored in ``cache_dir/<sha256>.pt``, the hash covering
     the model's class, structure and ``state_dict``, the data (images and labels, in order),
@@ -478,6 +559,12 @@ def make_adversarial(
         (``ATTACKS[attack].norm``): :math:`L_\\infty` for ``fgsm``/``pgd_linf``/
         ``pgd_linf_obj``, :math:`L_2` for ``pgd_l2``/``pgd_l2_obj``/``deepfool``/``cw_l2``
     :param options: the keyword options as one :class:`AdversarialOptions`
+    :param sharing: how several processes share the work (see :class:`WorkSharing`): the
+        sources are those the first process's predictions pick, each process attacks a
+        block of batches, every process returns the whole set and one process per machine
+        writes the cache; pass :mod:`uniad_plugin.distributed` in a ``torch.distributed``
+        run. ``None`` (default): :data:`SINGLE_PROCESS`, this process does all the work. Not
+        part of the cache key (the set does not depend on it)
     :param kwargs: any field of :class:`AdversarialOptions` (``bounds``, ``levels``,
         ``batch_size``, ``device``, ``seed``, ``cache_dir``, ``progress``, ``max_samples``,
         ``attack_params``), overriding ``options``
@@ -500,6 +587,7 @@ def make_adversarial(
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
     opts = _options(options, kwargs)
+    sharing = SINGLE_PROCESS if sharing is None else sharing
     spec = ATTACKS[attack]
     params = _validate_params(attack, spec, opts.attack_params, opts.levels)
     lo, hi = opts.bounds
@@ -519,11 +607,12 @@ def make_adversarial(
         meta |= {"progress": None, "bounds": [lo, hi]}
         path = Path(opts.cache_dir) / f"{_cache_key(model, x, y, meta)}.pt"
         # every process loads, or every process attacks its share (the cache may be local)
-        if dist.all_true(path.is_file()):
+        if sharing.all_true(path.is_file()):
             return _from_record(torch.load(path, weights_only=True))
 
-    out = _attack_correct(model, x, y, spec, params, eps, opts, f"{attack}@{budget_label(eps)}")
+    desc = f"{attack}@{budget_label(eps)}"
+    out = _attack_correct(model, x, y, spec, params, eps, opts, desc, sharing)
     record = _record(out, len(x), attack, eps, spec, params, opts)
-    if path is not None and dist.is_local_main():  # one writer per machine
+    if path is not None and sharing.is_local_main():  # one writer per machine
         atomic_save(record, path)
     return _from_record(record)

@@ -44,6 +44,7 @@ from uniad_plugin.anomalies.base import (
     to_grid,
 )
 from uniad_plugin.anomalies.ood import OODSet, _to_channels
+from uniad_plugin.imglists import find_imglist
 
 __all__ = [
     "BENCHMARKS",
@@ -52,8 +53,6 @@ __all__ = [
     "OpenOODSet",
     "OpenOODSpec",
     "expand_openood_names",
-    "find_imglist",
-    "imglist_dirs",
     "load_openood",
     "openood_specs",
 ]
@@ -207,44 +206,6 @@ def display_name(name: str) -> str:
     return f"{spec.name} ({spec.group})"
 
 
-def imglist_dirs(root: str | os.PathLike | None = None) -> list[Path]:
-    """Where image lists are looked for: ``<root>/benchmark_imglist`` (OpenOOD's layout), then
-    pytorch-ood's cache ``<torch.hub.get_dir()>/openood_benchmark_imglist/benchmark_imglist``."""
-    cache = Path(torch.hub.get_dir()) / "openood_benchmark_imglist" / "benchmark_imglist"
-    return ([Path(root) / "benchmark_imglist"] if root is not None else []) + [cache]
-
-
-def find_imglist(
-    subdir: str, fname: str, root: str | os.PathLike | None = None, download: bool = False
-) -> Path:
-    """The image list ``<subdir>/<fname>`` from :func:`imglist_dirs`; with ``download``,
-    pytorch-ood fetches OpenOOD's lists into its cache if they are nowhere.
-
-    :raises FileNotFoundError: if it is missing (one line: the file, where it was looked for,
-        and ``--download``)
-    """
-    candidates = [d / subdir / fname for d in imglist_dirs(root)]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None and download:
-        from pytorch_ood.benchmark.img.openood import _ensure_imglists
-
-        try:
-            _ensure_imglists(True)
-        except Exception as e:  # noqa: BLE001 - e.g. gdown not installed, no network
-            raise FileNotFoundError(
-                f"OpenOOD image list {subdir}/{fname} not found and its download failed: "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
-        raise FileNotFoundError(
-            f"OpenOOD image list {subdir}/{fname} not found; add --download (pytorch-ood "
-            "fetches OpenOOD's image lists; needs gdown) or put OpenOOD's benchmark_imglist "
-            f"folder in {' or in '.join(str(p.parent.parent) for p in candidates)}"
-        )
-    return found
-
-
 def _subset(total: int, n: int | None, seed: int, part: str) -> Tensor:
     """Seeded subset (sorted) of the even (``"report"``) or odd (``"validation"``) positions
     of a list of ``total`` entries: the two parts never share an entry, whatever the seeds."""
@@ -306,7 +267,7 @@ def load_openood(
         the two never share an image
     :raises ValueError: on an unknown key, a bad shape or split, or files that cannot be read
     :raises FileNotFoundError: if the image list or images are missing (one line: what, where,
-        and ``--download``)
+        and ``download=True``)
     """
     spec = _spec(key)
     c, h, levels = _check_square_image_set(shape, n, levels)
@@ -320,8 +281,8 @@ def load_openood(
         root.mkdir(parents=True, exist_ok=True)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"{what}: data root {str(root)!r} does not exist; pass --data-root DIR with "
-            "OpenOOD's image folders inside, or add --download"
+            f"{what}: data root {str(root)!r} does not exist; pass root=DIR with "
+            "OpenOOD's image folders inside, or download=True"
         )
 
     from pytorch_ood.dataset.img import ImageListDataset
@@ -351,7 +312,7 @@ def load_openood(
         folder = Path(missing[0]).relative_to(root).parts[0]
         raise FileNotFoundError(
             f"{what}: {len(missing)} of {len(idx)} listed images missing under {str(root)!r}; "
-            f"add --download or put OpenOOD's {folder!r} folder there (first missing: "
+            f"pass download=True or put OpenOOD's {folder!r} folder there (first missing: "
             f"{missing[0]})"
         )
     try:

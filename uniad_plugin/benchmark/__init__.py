@@ -91,9 +91,6 @@ from uniad_plugin.benchmark.run import (
     Suite,
     prepare_suite,
     run,
-    run_benchmark,
-    run_default,
-    run_mnist,
     work_lines,
 )
 from uniad_plugin.benchmark.sanity import PixelCount, PixelGrid, PixelKNN
@@ -110,12 +107,10 @@ from uniad_plugin.benchmark.wiring import (
 from uniad_plugin.data import mnist_splits
 
 __all__ = [
-    # names of earlier versions
     "KINDS",
     "METRICS",
     "ID_NAME",
     "DEFAULT_DETECTORS",
-    "UsageError",
     "DetectorEntry",
     "ModelParts",
     "PenultimateEncoder",
@@ -149,10 +144,6 @@ __all__ = [
     "mnist_splits",
     "build_anomaly_sets",
     "RunResult",
-    "run_benchmark",
-    "run_default",
-    "run_mnist",
-    # new
     "ConfigError",
     "Profile",
     "PROFILES",
@@ -182,19 +173,3 @@ __all__ = [
     "prepare_suite",
     "threshold_at_fpr",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # ``UsageError`` of earlier versions: the library raises ConfigError; usage errors are the
-    # command's concern (uniad_plugin.cli)
-    if name == "UsageError":
-        import warnings
-
-        warnings.warn(
-            "uniad_plugin.benchmark.UsageError is deprecated; catch "
-            "uniad_plugin.benchmark.ConfigError (its new name) instead",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return ConfigError
-    raise AttributeError(f"module 'uniad_plugin.benchmark' has no attribute {name!r}")

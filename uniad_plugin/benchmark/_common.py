@@ -1,4 +1,5 @@
-"""Pieces every module of the benchmark shares: the library's error and small text helpers."""
+"""Pieces every module of the benchmark shares: small text helpers, and the library's error
+(defined in :mod:`uniad_plugin.errors`)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ConfigError"]
+from uniad_plugin.errors import ConfigError, one_line
 
-
-class ConfigError(ValueError):
-    """A problem with the settings of a run (unknown name, bad size, missing file, ...).
-
-    Raised before any heavy work where possible. The ``uniad`` command prints its message on
-    one line and exits with status 2.
-    """
-
-
-def one_line(error: BaseException | str) -> str:
-    """``error`` (or ``"Type: message"`` of an exception) on one line, at most 300 characters."""
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    text = " ".join(str(text).split())
-    return text if len(text) <= 300 else text[:297] + "..."
+__all__ = ["ConfigError", "one_line", "progress", "safe_name"]
 
 
 def progress(iterable: Iterable[Any], enabled: bool, **kwargs: Any) -> Iterable[Any]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from uniad_plugin import distributed as dist
 from uniad_plugin.benchmark._common import ConfigError, one_line
 
 __all__ = [
@@ -325,6 +326,7 @@ def adversarial_sets(
             max_samples=n_attack,
             attack_params=dict((attack_params or {}).get(attack, {})) or None,
             levels=levels,
+            sharing=dist,  # the processes of a distributed run share each attack
         )
         for attack, budgets in attacks.items()
         for eps in budgets

@@ -34,7 +34,7 @@ from uniad_plugin.benchmark.fitting import (
     sync_entries,
 )
 from uniad_plugin.benchmark.wiring import DetectorEntry, as_entries, is_builtin
-from uniad_plugin.detectors.uniform import UniformDetector  # the paper of the framework
+from uniad_plugin.detectors import UniformDetector  # its info cites the framework's paper
 
 __all__ = [
     "ALL",

@@ -1,9 +1,6 @@
 """The engine of a run: :func:`run` takes a :class:`~uniad_plugin.benchmark.config.RunConfig`
 and does everything behind the ``uniad`` command: the ID splits, the classifier (the user's or
 a cached reference model), the anomaly sets, the detectors, fitting, evaluation and the files.
-
-:func:`run_default`, :func:`run_mnist` and :func:`run_benchmark` are the functions of earlier
-versions, kept as thin wrappers that build a configuration.
 """
 
 from __future__ import annotations
@@ -24,8 +21,6 @@ from uniad_plugin import distributed as dist
 from uniad_plugin.anomalies.openood import CROP
 from uniad_plugin.benchmark._common import safe_name
 from uniad_plugin.benchmark.anomaly_sets import (
-    NOISE_SETS,
-    OFFLINE_OOD_SETS,
     adversarial_sets,
     load_ood_sets,
     noise_sets,
@@ -41,7 +36,7 @@ from uniad_plugin.benchmark.model_cache import (
 )
 from uniad_plugin.benchmark.plots import plot_heatmap, plot_histograms, plot_roc
 from uniad_plugin.benchmark.reporting import accuracy_lines, results_to_table, save_results
-from uniad_plugin.benchmark.wiring import DEFAULT_DETECTORS, build_detectors
+from uniad_plugin.benchmark.wiring import build_detectors
 from uniad_plugin.data import Splits
 
 __all__ = [
@@ -50,9 +45,6 @@ __all__ = [
     "evaluate_plan",
     "prepare_suite",
     "run",
-    "run_benchmark",
-    "run_default",
-    "run_mnist",
     "work_lines",
 ]
 
@@ -499,100 +491,3 @@ def _set_summary(a: Any) -> dict[str, Any]:
         k: v for k, v in getattr(a, "info", {}).items() if k not in ("source_labels", "adv_pred")
     }
     return {"name": a.name, "kind": a.kind, "n": len(a), "info": info}
-
-
-def run_default(**overrides: Any) -> RunResult:
-    """The embedded default evaluation, offline: scikit-learn's digits (1x8x8).
-
-    ``run(RunConfig(dataset="digits", **overrides))``; see :class:`RunConfig` for the keyword
-    arguments and :data:`~uniad_plugin.benchmark.config.DIGITS` for the defaults: a small CNN
-    (:func:`~uniad_plugin.models.digits_cnn`, 30 epochs, cached) or the user's model; the
-    default detectors; OOD sets ``letters`` and ``photos``; all five attacks, crafted from the
-    correctly classified inputs of the attack split: ``fgsm`` and ``pgd_linf`` at L-inf budgets
-    0.1 and 0.2, ``pgd_l2`` at L2 budgets 0.5 and 1.0, ``deepfool`` and ``cw_l2`` at L2 budget
-    1.0 (these two search the smallest perturbation and the budget only caps it, so each budget
-    would rerun the same search; ask for more with e.g. ``"cw_l2@0.5,1"``); C&W with 3 x 50
-    steps from c = 1 instead of foolbox's 5 x 100 from c = 0.01, to stay within the time budget
-    (override with ``attack_params``); the four noise sets. ``fast=True`` shrinks everything
-    for tests (:data:`~uniad_plugin.benchmark.config.DIGITS_FAST`).
-
-    :raises ConfigError: on bad arguments (before any heavy work)
-    """
-    return run(RunConfig(dataset="digits", **overrides))
-
-
-def run_mnist(data_root: Any, **overrides: Any) -> RunResult:
-    """The real-scale evaluation on MNIST (1x28x28) through torchvision.
-
-    ``run(RunConfig(dataset="mnist", data_root=data_root, **overrides))``; see
-    :class:`RunConfig` for the keyword arguments and
-    :data:`~uniad_plugin.benchmark.config.MNIST` for the defaults: LeNet
-    (:func:`~uniad_plugin.models.lenet`, 3 epochs on the 60,000 training images, cached) or the
-    user's model; ``n_test`` (2,000) ID test images and a disjoint attack split of 1,000 images
-    (or ``n_attack`` if larger), both from MNIST's test set; OOD sets ``letters``, ``photos``
-    and, when their files are under ``data_root`` (or with ``download``), ``fashion_mnist`` and
-    ``kmnist``; all five attacks on ``n_attack`` (500) correctly classified sources each:
-    ``fgsm``, ``pgd_linf`` at L-inf budgets 0.1 and 0.3, ``pgd_l2`` at L2 budgets 1.0 and 2.0,
-    ``deepfool`` and ``cw_l2`` at L2 budget 2.0; the four noise sets (1,000 images each). The
-    detectors are fitted on all 60,000 training images, or on a random (``seed``) subset of
-    ``n_fit``.
-
-    :param data_root: folder with ``MNIST/raw`` (torchvision's layout)
-    :raises ConfigError: on bad arguments or missing data (before any heavy work)
-    """
-    return run(RunConfig(dataset="mnist", data_root=data_root, **overrides))
-
-
-#: keyword arguments of :func:`run_benchmark` that go into the plan, with their defaults
-_PLAN_DEFAULTS: dict[str, Any] = {
-    "detectors": DEFAULT_DETECTORS,
-    "noise": NOISE_SETS,
-    "ood": OFFLINE_OOD_SETS,
-    "optional_ood": (),
-    "n_noise": 1000,
-    "n_ood": 1000,
-    "n_attack": None,
-    "n_fit": None,
-    "attack_params": None,
-    "data_levels": 255,
-}
-
-
-def run_benchmark(
-    model: nn.Module,
-    splits: Splits,
-    *,
-    attacks: Mapping[str, Sequence[float]],
-    prebuilt: Sequence[Any] = (),
-    notes: Sequence[str] = (),
-    meta: Mapping[str, Any] | None = None,
-    **overrides: Any,
-) -> RunResult:
-    """Fit detectors on ``splits.train`` and evaluate them against OOD, AD and NS sets.
-
-    The engine of earlier versions, kept for its callers: builds a :class:`RunPlan` and calls
-    :func:`evaluate_plan`. ``overrides`` are ``detectors``, ``noise``, ``ood``,
-    ``optional_ood``, ``n_noise`` (1000), ``n_ood`` (1000), ``n_attack``, ``n_fit``,
-    ``attack_params``, ``data_levels`` (the ID data's value grid the generated sets are put
-    on, default 255; ``continuous=True`` keeps them off it) and any field of :class:`RunConfig` (``seed``, ``device``,
-    ``cache_dir`` (default: no cache), ``out_dir``, ``plots``, ``progress``, ``batch_size``,
-    ``data_root``, ``download``, ``detector_kwargs``, ...); nothing is checked beyond what
-    the steps check themselves.
-
-    :param model: the classifier, in eval mode, inputs in [0, 1]
-    :param splits: :class:`~uniad_plugin.data.Splits`
-    :param attacks: attack name -> budgets (see :func:`parse_attacks`)
-    :param prebuilt: anomaly sets made beforehand (put first), e.g. OOD sets
-    :param notes: notes to keep in the run details
-    :param meta: run details to start from
-    """
-    plan_fields = {k: overrides.pop(k, v) for k, v in _PLAN_DEFAULTS.items()}
-    config = RunConfig(**overrides)
-    plan = RunPlan(
-        config=config,
-        attacks={k: tuple(v) for k, v in attacks.items()},
-        device=torch.device(config.device),
-        cache_dir=Path(config.cache_dir) if config.cache_dir is not None else None,
-        **plan_fields,
-    )
-    return evaluate_plan(model, splits, plan, prebuilt=prebuilt, notes=notes, meta=meta)
