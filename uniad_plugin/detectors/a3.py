@@ -72,6 +72,11 @@ class A3(UniadDetector, StructuredDetector):
     standardisation, alarm widths, learning rate, score, VAE) is listed on the
     `A3 docs page <../detectors/a3.md#design-choices-in-detail>`_.
 
+    Fixed: dropout 0.1 before the alarm's output layer, batches of 256 labelled samples plus
+    as many counter-examples, Gaussian counter-examples :math:`N(0.5, 1)`, counter-example
+    weight :math:`w = 1` (the paper's values); known anomalies weigh as much as normal
+    samples in the loss (our choice).
+
     :param model: the pre-trained classifier (the target network); it is used in eval mode
         and restored to its previous train/eval flags afterwards
     :param layers: module names (or modules, or ``"name:input"``/``"logits"`` as understood by
@@ -91,11 +96,6 @@ class A3(UniadDetector, StructuredDetector):
         :meth:`fit`, so a shuffling loader without its own generator is reproducible too
     :param device: device to fit and score on (the model is moved there, as by
         :meth:`to`); ``None`` keeps the model's device
-
-    Fixed: dropout 0.1 before the alarm's output layer, batches of 256 labelled samples plus
-    as many counter-examples, Gaussian counter-examples :math:`N(0.5, 1)`, counter-example
-    weight :math:`w = 1` (the paper's values); known anomalies weigh as much as normal
-    samples in the loss (our choice).
     """
 
     info = _base.classification_info(

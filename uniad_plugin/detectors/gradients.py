@@ -79,6 +79,11 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
     eval mode (its modes are restored afterwards) and never modified. Scoring works under an
     outer ``torch.no_grad()``, since :mod:`torch.func` computes its own gradients.
 
+    Fixed (our choices): the Gaussians' covariances are shrunk by the Ledoit-Wolf estimate;
+    the score is the classifier's logit when labelled anomalies trained one, else the
+    Gaussian distance; the classifier has 64 hidden units and trains with Adam (weight decay
+    1e-4) in minibatches of 256; per-sample gradients are computed in chunks of 64 samples.
+
     :param model: the pre-trained classifier returning logits ``(B, C)``
     :param n_ones: number of ones :math:`n` in the confounding label; ``None`` = all :math:`C`.
         :math:`n = 1` would be an ordinary one-hot label and is refused
@@ -93,11 +98,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         ignored with a warning, as by every detector of this package and pytorch-ood's
         built-ins
     :param seed: seed of every random choice (classifier initialisation and minibatches)
-
-    Fixed (our choices): the Gaussians' covariances are shrunk by the Ledoit-Wolf estimate;
-    the score is the classifier's logit when labelled anomalies trained one, else the
-    Gaussian distance; the classifier has 64 hidden units and trains with Adam (weight decay
-    1e-4) in minibatches of 256; per-sample gradients are computed in chunks of 64 samples.
     """
 
     requires_fit = True

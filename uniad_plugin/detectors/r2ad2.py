@@ -84,6 +84,13 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     with the snapshot weights passed to ``torch.func.functional_call`` in eval mode. Scoring
     works under an outer ``torch.no_grad()``.
 
+    Fixed: snapshot training with Adam at learning rate 1e-3 (the paper's value) in
+    minibatches of 256 (our choice); 25 % of the ID samples held out from it for the alarm
+    when :meth:`fit` trains snapshots (no ``snapshots`` given and ``n_snapshots > 1``; the
+    authors' split); the paper's small alarm ``(100, 50, 25, 10)`` with dropout 0.4,
+    minibatches of 256 plus as many fresh Gaussian counter-examples :math:`N(0.5, 1)` per step
+    (the paper's values); per-sample gradients in chunks of 256 samples (our choice).
+
     :param model: the pre-trained classifier returning logits ``(B, C)`` (or an autoencoder
         with ``target="autoencoder"``)
     :param snapshots: optional checkpoints of the model (modules or state dicts, oldest first)
@@ -103,13 +110,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         built-ins
     :param seed: seed of every random choice (snapshot training, initialisation, minibatches,
         dropout and counter-examples)
-
-    Fixed: snapshot training with Adam at learning rate 1e-3 (the paper's value) in
-    minibatches of 256 (our choice); 25 % of the ID samples held out from it for the alarm
-    when :meth:`fit` trains snapshots (no ``snapshots`` given and ``n_snapshots > 1``; the
-    authors' split); the paper's small alarm ``(100, 50, 25, 10)`` with dropout 0.4,
-    minibatches of 256 plus as many fresh Gaussian counter-examples :math:`N(0.5, 1)` per step
-    (the paper's values); per-sample gradients in chunks of 256 samples (our choice).
     """
 
     requires_fit = True
