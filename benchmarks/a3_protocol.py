@@ -150,9 +150,7 @@ def run_seed(args, seed: int, data) -> dict:
     res["timings_s"]["classifier"] = time.time() - t
     log(f"seed {seed}: classifier acc {res['classifier_accuracy']:.4f}")
 
-    a3_kwargs = dict(
-        epochs=args.a3_epochs, lr=args.a3_lr, hidden=args.a3_hidden, batch_size=256, seed=seed
-    )
+    a3_kwargs = dict(epochs=args.a3_epochs, lr=args.a3_lr, hidden=args.a3_hidden, seed=seed)
     variants = [(f"A3 ({args.n_known} known anomalies)", True)]
     if not args.skip_a3_unsupervised:
         variants.append(("A3 (no known anomalies)", False))

@@ -13,7 +13,7 @@ FAST_KWARGS: dict[str, dict] = {
 #: the common suite sets them with pytorch-ood's ``set_hyperparameters`` and checks they act
 VALID_SETTINGS: dict[str, dict] = {
     "UniformDetector": {"nu": 0.2, "rivals": 1},
-    "A3": {"noise_std": 0.5},
+    "A3": {"lr": 1e-3},
     "ConfoundingGradients": {"transform": "log1p"},
-    "R2AD2": {"dropout": 0.1},
+    "R2AD2": {"n_snapshots": 2},
 }

@@ -11,8 +11,9 @@ from pytorch_ood.metrics import OODMetrics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from uniad_plugin.detectors.a3 import A3, default_hidden
+from uniad_plugin.detectors.a3 import A3
 from uniad_plugin.models import digits_cnn
+from uniad_plugin.nn.alarms import default_hidden
 from uniad_plugin.nn.taps import LayerTaps
 
 
@@ -162,10 +163,9 @@ def test_errors(digits, digits_model):
     for kwargs in (
         {"anomaly": "uniform"},
         {"hidden": []},
-        {"dropout": 1.0},
         {"epochs": 0},
         {"lr": 0.0},
-        {"noise_std": -1.0},
+        {"vae_epochs": -1},
     ):
         with pytest.raises(ValueError, match="expected"):
             A3(digits_model, **kwargs)
@@ -242,10 +242,9 @@ def test_state_restores_the_fitted_layers(digits_model, digits):
     assert torch.equal(det(x), other(x))
 
 
-def test_deprecated_names_and_extract(fitted, digits):
+def test_num_classes_and_extract(fitted, digits):
     x = digits.test.tensors[0][:4]
-    with pytest.warns(DeprecationWarning, match="num_outputs"):
-        assert fitted.num_outputs == fitted.num_classes == 10
+    assert fitted.num_classes == 10
     (acts,) = fitted.extract(x)
     assert [a.shape[1] for a in acts] == fitted.layer_dims
     assert torch.allclose(fitted.predict_structured(acts), fitted(x), atol=1e-5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from pytorch_ood.api import Detector, ModelNotSetException
@@ -17,12 +15,10 @@ from uniad_plugin.detectors._base import (
     check_label_range,
     check_labels,
     choice,
-    deprecated_alias,
     flag,
     integer,
     positive_ints,
     real,
-    renamed_kwarg,
     split_known,
 )
 
@@ -30,7 +26,6 @@ from uniad_plugin.detectors._base import (
 class Toy(UniadDetector, Detector):
     hyperparameter_space = {"k": [1, 2]}
     hyperparameters = {"k": integer(1), "mode": choice("a", "b")}
-    old_k = deprecated_alias("k", "old_k")
 
     def __init__(self, model=None, k=1, mode="a"):
         self.model, self.k, self.mode = model, k, mode
@@ -122,7 +117,7 @@ def test_input_and_label_checks():
         check_classes(torch.tensor([0, 2]), 3, "T")
 
 
-def test_state_layout_version_and_v1_upgrade():
+def test_state_layout_and_version():
     det = Toy(k=2)
     packed = det._pack_state({"w": torch.ones(2)})
     assert packed["format_version"] == STATE_FORMAT_VERSION and packed["detector"] == "Toy"
@@ -132,24 +127,7 @@ def test_state_layout_version_and_v1_upgrade():
         det._unpack_state({**packed, "format_version": 3})
     with pytest.raises(ValueError, match=r"got dict of detector 'Other'"):
         det._unpack_state({**packed, "detector": "Other"})
-    v1 = {"version": 1, "detector": "Toy", "config": {"k": 3}, "n_classes": 4, "w": 1}
-    hyper, state = det._unpack_state(v1)
-    assert hyper == {"k": 3} and state == {"num_classes": 4, "w": 1}
+    with pytest.raises(ValueError, match=r"format version None"):
+        det._unpack_state({"version": 1, "detector": "Toy", "config": {"k": 3}, "w": 1})
     det._restore_hyperparameters({"k": 5, "unknown": 1})
     assert det.k == 5 and det.double_k == 10
-
-
-def test_deprecated_names_warn_and_forward():
-    det = Toy(k=2)
-    with pytest.warns(DeprecationWarning, match="old_k is deprecated, use k"):
-        assert det.old_k == 2
-    with pytest.warns(DeprecationWarning):
-        det.old_k = 4
-    assert det.k == 4
-    with pytest.warns(DeprecationWarning, match="old= is deprecated"):
-        assert renamed_kwarg({"old": 1}, "old", "new", None, "T") == 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert renamed_kwarg({}, "old", "new", 2, "T") == 2
-    with pytest.raises(TypeError, match="unexpected"):
-        renamed_kwarg({"other": 1}, "old", "new", None, "T")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from uniad_plugin.detectors import a3, r2ad2
+from uniad_plugin.detectors import r2ad2
 from uniad_plugin.nn.alarms import (
     ALARM_BIG,
     ALARM_SMALL,
@@ -22,9 +22,8 @@ def test_size_tables_are_written_once():
     assert ALARM_BIG == (1000, 500, 200, 75)
     assert ALARM_SMALL == (100, 50, 25, 10)
     assert ALARMS == {"small": ALARM_SMALL, "big": ALARM_BIG}
-    # the detectors re-export the same objects under their old names
-    assert a3.PAPER_HIDDEN is ALARM_BIG and r2ad2.ALARM_BIG is ALARM_BIG
-    assert a3.AlarmNet is AlarmNet and r2ad2.GradientAlarm is GradientAlarm
+    # R2AD2's alarm is the paper's small one
+    assert r2ad2.ALARM_DIMS is ALARM_SMALL
 
 
 def test_default_hidden_rule():

@@ -49,7 +49,6 @@ __all__ = [
     "check_labels",
     "choice",
     "classification_info",
-    "deprecated_alias",
     "eval_mode",
     "first_output",
     "flag",
@@ -62,8 +61,8 @@ __all__ = [
     "split_known",
 ]
 
-#: version of the state-dict layout written by :meth:`UniadDetector._pack_state`; version 1
-#: (each detector's own layout, before the shared one) is still read
+#: version of the state-dict layout written by :meth:`UniadDetector._pack_state`; states of
+#: any other version are refused
 STATE_FORMAT_VERSION = 2
 
 #: a hyperparameter check: ``check(name, value)`` returns the (normalised) value or raises a
@@ -327,37 +326,10 @@ def model_outputs(model: nn.Module, x: Tensor) -> int:
     return int(out.shape[1])
 
 
-# ------------------------------------------------------------------ metadata and aliases
+# ------------------------------------------------------------------ metadata
 def classification_info(paper: Paper) -> DetectorInfo:
     """The ``info`` of a detector of this package: ``paper``, classification, AI-coded."""
     return DetectorInfo(paper=paper, tasks={Task.CLASSIFICATION}, ai_coded=True)
-
-
-def deprecated_alias(new: str, old: str) -> property:
-    """A property ``old`` that reads and writes ``new`` with a :class:`DeprecationWarning`."""
-    message = f"{old} is deprecated, use {new}"
-
-    def fget(self: Any) -> Any:
-        warnings.warn(message, DeprecationWarning, stacklevel=2)
-        return getattr(self, new)
-
-    def fset(self: Any, value: Any) -> None:
-        warnings.warn(message, DeprecationWarning, stacklevel=2)
-        setattr(self, new, value)
-
-    return property(fget, fset, doc=f"Deprecated alias of :attr:`{new}`.")
-
-
-def renamed_kwarg(kwargs: dict[str, Any], old: str, new: str, value: Any, who: str) -> Any:
-    """``value`` of keyword ``new``, or that of the deprecated keyword ``old`` in ``kwargs``."""
-    if old in kwargs:
-        warnings.warn(f"{who}: {old}= is deprecated, use {new}=", DeprecationWarning, stacklevel=3)
-        if value is not None:
-            raise TypeError(f"{who}: expected one of {new}= and {old}=, got both")
-        value = kwargs.pop(old)
-    if kwargs:
-        raise TypeError(f"{who}: unexpected keyword arguments {sorted(kwargs)}")
-    return value
 
 
 # ------------------------------------------------------------------ the mixin
@@ -372,9 +344,6 @@ class UniadDetector:
     fitted_attribute: ClassVar[str] = ""
 
     model: nn.Module | None
-
-    #: deprecated name of ``num_classes``
-    n_classes = deprecated_alias("num_classes", "n_classes")
 
     # -- hyperparameters -----------------------------------------------------------------------
     def _check_hyperparameters(self) -> None:
@@ -534,13 +503,9 @@ class UniadDetector:
     def _unpack_state(self, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Check a state from :meth:`_pack_state` and return ``(hyperparameters, state)``.
 
-        States of format version 1 (each detector's own layout) are upgraded.
-
         :raises ValueError: for a state of another detector or format version
         """
         who = type(self).__name__
-        if isinstance(state, dict) and "format_version" not in state:
-            state = _upgrade_v1(state, who)
         got_version = state.get("format_version") if isinstance(state, dict) else None
         got_who = state.get("detector") if isinstance(state, dict) else None
         if got_version != STATE_FORMAT_VERSION or got_who != who:
@@ -560,27 +525,3 @@ class UniadDetector:
             if name in self.hyperparameters:
                 setattr(self, name, value)
         self._check_hyperparameters()
-
-
-#: version-1 hyperparameter entries and renamed fitted-state keys
-_V1_RENAMED = {"n_classes": "num_classes", "num_outputs": "num_classes"}
-
-
-def _upgrade_v1(state: dict[str, Any], who: str) -> dict[str, Any]:
-    """A version-1 state (``{"version": 1, ...}`` or A3's ``{"format": "uniad_plugin.A3/1"}``)
-    in the version-2 layout; anything else is returned unchanged (and refused by the caller)."""
-    v1 = state.get("version") == 1 and state.get("detector", who) == who
-    if not (v1 or state.get("format") == f"uniad_plugin.{who}/1"):
-        return state
-    hyper = {**state.get("config", {}), **state.get("hyperparameters", {})}
-    rest = {
-        _V1_RENAMED.get(k, k): v
-        for k, v in state.items()
-        if k not in ("version", "detector", "format", "config", "hyperparameters")
-    }
-    return {
-        "format_version": STATE_FORMAT_VERSION,
-        "detector": who,
-        "hyperparameters": hyper,
-        "state": rest,
-    }

@@ -18,16 +18,24 @@ from typing_extensions import Self
 from uniad_plugin._utils import minibatches, seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
-from uniad_plugin.nn.alarms import ALARM_BIG, AlarmNet, default_hidden
-from uniad_plugin.nn.taps import ACTIVATION_TYPES, LayerTaps, activation_taps, resolve_layers
+from uniad_plugin.nn.alarms import AlarmNet, default_hidden
+from uniad_plugin.nn.taps import LayerTaps, activation_taps, resolve_layers
 from uniad_plugin.nn.vae import AnomalyVAE, fit_vae
 
 log = logging.getLogger(__name__)
 
-__all__ = ["A3", "AlarmNet", "AnomalyVAE", "ACTIVATION_TYPES", "default_hidden"]
+__all__ = ["A3"]
 
-#: the authors' alarm network for MNIST-sized targets (kept under its old name)
-PAPER_HIDDEN: tuple[int, ...] = ALARM_BIG
+#: dropout probability before the alarm's output layer (the paper's value)
+DROPOUT = 0.1
+#: labelled samples per training step, plus as many counter-examples (the paper's value)
+BATCH_SIZE = 256
+#: mean and standard deviation of the Gaussian counter-examples (the paper's values)
+NOISE_MEAN, NOISE_STD = 0.5, 1.0
+#: weight w of the counter-example loss (the paper's value)
+ANOMALY_WEIGHT = 1.0
+#: weight of the loss terms of known anomalies, as that of normal samples (our choice)
+KNOWN_ANOMALY_WEIGHT = 1.0
 #: scale floor, as a fraction of the layer's mean ID standard deviation (see the docs page)
 MIN_SCALE_FRACTION = 0.1
 #: standardised activations are clipped to +-this bound (a numerical guard for extreme inputs;
@@ -64,22 +72,20 @@ class A3(UniadDetector, StructuredDetector):
     standardisation, alarm widths, learning rate, score, VAE) is listed on the
     `A3 docs page <../detectors/a3.md#design-choices-in-detail>`_.
 
+    Fixed: dropout 0.1 before the alarm's output layer, batches of 256 labelled samples plus
+    as many counter-examples, Gaussian counter-examples :math:`N(0.5, 1)`, counter-example
+    weight :math:`w = 1` (the paper's values); known anomalies weigh as much as normal
+    samples in the loss (our choice).
+
     :param model: the pre-trained classifier (the target network); it is used in eval mode
         and restored to its previous train/eval flags afterwards
     :param layers: module names (or modules, or ``"name:input"``/``"logits"`` as understood by
         :class:`~uniad_plugin.nn.taps.LayerTaps`) whose outputs form :math:`a(x)`; ``None``
         finds all hidden activation modules
     :param hidden: alarm network widths, ``None`` for :func:`~uniad_plugin.nn.alarms.default_hidden`
-    :param dropout: dropout probability before the alarm's output layer
     :param epochs: training epochs of the alarm network
     :param lr: Adam learning rate of the alarm network
-    :param batch_size: number of labelled samples per step (plus as many counter-examples)
-    :param anomaly: ``"gaussian"`` (noise :math:`N(\\text{noise\\_mean}, \\text{noise\\_std})`
-        in input space) or ``"vae"``
-    :param noise_mean: mean of the Gaussian counter-examples
-    :param noise_std: standard deviation of the Gaussian counter-examples
-    :param anomaly_weight: weight :math:`w` of the counter-example loss
-    :param known_anomaly_weight: weight of the loss terms of known anomalies (targets < 0)
+    :param anomaly: ``"gaussian"`` (noise :math:`N(0.5, 1)` in input space) or ``"vae"``
     :param known_anomalies: train on the rows of the fit data with labels < 0 as known
         anomalies (the paper's semi-supervised option); ``False`` (the default): they are
         ignored with a warning, as by every detector of this package and pytorch-ood's
@@ -107,29 +113,19 @@ class A3(UniadDetector, StructuredDetector):
     hyperparameter_space = {
         "lr": [1e-5, 1e-4, 1e-3],
         "epochs": [20, 60],
-        "noise_std": [0.5, 1.0],
     }
 
     fitted_attribute = "alarm"
 
     hyperparameters = {
         "hidden": hp.positive_ints(optional=True),
-        "dropout": hp.real(0.0, 1.0, low_open=False),
         "epochs": hp.integer(1),
         "lr": hp.real(0.0),
-        "batch_size": hp.integer(1),
         "anomaly": hp.choice("gaussian", "vae"),
-        "noise_mean": hp.real(float("-inf")),
-        "noise_std": hp.real(0.0),
-        "anomaly_weight": hp.real(0.0, low_open=False),
-        "known_anomaly_weight": hp.real(0.0, low_open=False),
         "known_anomalies": hp.flag(),
         "vae_epochs": hp.integer(0),
         "seed": hp.integer(None),
     }
-
-    #: deprecated name of :attr:`num_classes`
-    num_outputs = _base.deprecated_alias("num_classes", "num_outputs")
 
     def __init__(
         self,
@@ -137,15 +133,9 @@ class A3(UniadDetector, StructuredDetector):
         layers: Sequence[str | nn.Module] | None = None,
         *,
         hidden: Sequence[int] | None = None,
-        dropout: float = 0.1,
         epochs: int = 60,
         lr: float = 1e-4,
-        batch_size: int = 256,
         anomaly: str = "gaussian",
-        noise_mean: float = 0.5,
-        noise_std: float = 1.0,
-        anomaly_weight: float = 1.0,
-        known_anomaly_weight: float = 1.0,
         known_anomalies: bool = False,
         vae_epochs: int = 30,
         seed: int = 0,
@@ -251,7 +241,7 @@ class A3(UniadDetector, StructuredDetector):
     def _build_alarm(self) -> AlarmNet:
         d = sum(self.layer_dims)
         hidden = self.hidden if self.hidden is not None else default_hidden(d)
-        return AlarmNet(d, hidden, self.dropout)
+        return AlarmNet(d, hidden, DROPOUT)
 
     # -- representation ------------------------------------------------------------------------
 
@@ -366,7 +356,7 @@ class A3(UniadDetector, StructuredDetector):
             example = (
                 x[:2].to(device)
                 if x is not None
-                else torch.full((2, *input_shape), self.noise_mean, device=device, dtype=dtype)
+                else torch.full((2, *input_shape), NOISE_MEAN, device=device, dtype=dtype)
             )
             names, dims, n_out, self._taps = self._resolve(example)
             if n_out is not None and int(y.max()) >= n_out:
@@ -392,7 +382,7 @@ class A3(UniadDetector, StructuredDetector):
             self.vae = None
             if self.anomaly == "vae":
                 self.vae = fit_vae(
-                    x[normal_idx], self.vae_epochs, self.batch_size, device, gen, self.seed + 2
+                    x[normal_idx], self.vae_epochs, BATCH_SIZE, device, gen, self.seed + 2
                 )
             self.alarm = self._train_alarm(x, y, acts, input_shape, gen)
         return self
@@ -416,7 +406,7 @@ class A3(UniadDetector, StructuredDetector):
             return self.vae.counter_examples(x[idx].to(device), gen)
         shape = (len(idx), *input_shape)
         x_tilde = torch.randn(shape, generator=gen, device=device, dtype=self._model_dtype())
-        return x_tilde * self.noise_std + self.noise_mean
+        return x_tilde * NOISE_STD + NOISE_MEAN
 
     @torch.enable_grad()  # the alarm trains under an outer torch.no_grad() too
     def _train_alarm(self, x, y: Tensor, acts, input_shape, gen: torch.Generator) -> AlarmNet:
@@ -428,9 +418,9 @@ class A3(UniadDetector, StructuredDetector):
         alarm.reset_parameters(gen)
         opt = torch.optim.Adam(alarm.parameters(), lr=self.lr)
         target = (~normal).float().to(device)
-        weight = torch.where(normal, 1.0, self.known_anomaly_weight).to(device)
+        weight = torch.where(normal, 1.0, KNOWN_ANOMALY_WEIGHT).to(device)
         alarm.train()
-        for idx in minibatches(len(y), self.batch_size, self.epochs, cpu_gen):
+        for idx in minibatches(len(y), BATCH_SIZE, self.epochs, cpu_gen):
             b = len(idx)
             x_tilde = self._counter_examples(x, idx, input_shape, gen)
             if acts is None:
@@ -443,7 +433,7 @@ class A3(UniadDetector, StructuredDetector):
                 logits[:b], target[idx], weight=weight[idx]
             )
             loss_anom = F.binary_cross_entropy_with_logits(logits[b:], torch.ones_like(logits[b:]))
-            loss = loss_lab + self.anomaly_weight * loss_anom
+            loss = loss_lab + ANOMALY_WEIGHT * loss_anom
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -513,8 +503,6 @@ class A3(UniadDetector, StructuredDetector):
             to a model whose tapped activations differ (names or sizes)
         """
         hyper, state = self._unpack_state(state)
-        if "alarm_hidden" not in state and "hidden" in state:  # format version 1
-            state["alarm_hidden"], state["alarm_dropout"] = state["hidden"], state["dropout"]
         required = "layer_names layer_dims input_shape num_classes alarm_hidden alarm_dropout"
         missing = [k for k in [*required.split(), "mean", "scale", "alarm"] if k not in state]
         if missing:

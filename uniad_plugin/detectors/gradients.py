@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +23,18 @@ __all__ = ["ConfoundingGradients"]
 log = logging.getLogger(__name__)
 
 _TRANSFORMS = ("log", "log1p", "none")
-_SCORINGS = ("auto", "gaussian", "classifier")
 #: squared norms below this are treated as this value by the ``"log"`` transform
 _LOG_FLOOR = 1e-30
 #: classes with fewer predicted ID samples use the Gaussian of all ID samples
 _MIN_CLASS_SAMPLES = 10
+#: hidden units of the 2-layer classifier trained on labelled anomalies (our choice)
+HIDDEN = 64
+#: Adam weight decay of that classifier (our choice)
+WEIGHT_DECAY = 1e-4
+#: minibatch size of that classifier (our choice)
+BATCH_SIZE = 256
+#: samples per vectorised per-sample-gradient chunk, which bounds the memory (our choice)
+CHUNK_SIZE = 64
 
 
 def _check_n_ones(name: str, n_ones: object) -> int | None:
@@ -66,12 +72,17 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
 
     Unsupervised, an input is scored by the squared Mahalanobis distance of its transformed,
     standardised features to the Gaussian of its predicted class; with labelled anomalies in the
-    fit data, by the logit of a 2-layer classifier. What the papers state and what this
+    fit data (and ``known_anomalies=True``), by the logit of a 2-layer classifier. What the papers state and what this
     implementation chooses (output non-linearity, which ones, the unsupervised and supervised
     scores) is listed on the `docs page
     <../detectors/gradients.md#design-choices-in-detail>`_. The model is run in
     eval mode (its modes are restored afterwards) and never modified. Scoring works under an
     outer ``torch.no_grad()``, since :mod:`torch.func` computes its own gradients.
+
+    Fixed (our choices): the Gaussians' covariances are shrunk by the Ledoit-Wolf estimate;
+    the score is the classifier's logit when labelled anomalies trained one, else the
+    Gaussian distance; the classifier has 64 hidden units and trains with Adam (weight decay
+    1e-4) in minibatches of 256; per-sample gradients are computed in chunks of 64 samples.
 
     :param model: the pre-trained classifier returning logits ``(B, C)``
     :param n_ones: number of ones :math:`n` in the confounding label; ``None`` = all :math:`C`.
@@ -80,18 +91,12 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
     :param activation: output non-linearity before the BCE, ``"sigmoid"`` or ``"softmax"``
     :param per_class: one Gaussian per predicted class (``True``) or one for all ID data
     :param transform: ``"log"``, ``"log1p"`` or ``"none"``, applied to the squared norms
-    :param shrinkage: covariance shrinkage in [0, 1]; ``None`` = Ledoit-Wolf estimate
-    :param scoring: ``"auto"`` (classifier if anomalies were given, else Gaussian),
-        ``"gaussian"`` or ``"classifier"`` (requires anomalies and ``known_anomalies=True``)
-    :param hidden: hidden units of the 2-layer classifier
-    :param epochs: training epochs of the classifier
-    :param lr: Adam learning rate of the classifier
-    :param weight_decay: Adam weight decay of the classifier
-    :param batch_size: minibatch size of the classifier
-    :param chunk_size: samples per vectorised per-sample-gradient chunk (bounds memory)
+    :param epochs: training epochs of the 2-layer classifier
+    :param lr: Adam learning rate of the 2-layer classifier
     :param known_anomalies: train the 2-layer classifier on the rows of the fit data with
-        labels < 0 as labelled anomalies; ``False`` (the default): they are ignored with a
-        warning, as by every detector of this package and pytorch-ood's built-ins
+        labels < 0 as labelled anomalies and score with it; ``False`` (the default): they are
+        ignored with a warning, as by every detector of this package and pytorch-ood's
+        built-ins
     :param seed: seed of every random choice (classifier initialisation and minibatches)
     """
 
@@ -120,14 +125,8 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         "activation": hp.choice("sigmoid", "softmax"),
         "per_class": hp.flag(),
         "transform": hp.choice(*_TRANSFORMS),
-        "shrinkage": hp.real(0.0, 1.0, low_open=False, high_open=False, optional=True),
-        "scoring": hp.choice(*_SCORINGS),
-        "hidden": hp.integer(1),
         "epochs": hp.integer(1),
         "lr": hp.real(0.0),
-        "weight_decay": hp.real(0.0, low_open=False),
-        "batch_size": hp.integer(1),
-        "chunk_size": hp.integer(1, optional=True),
         "known_anomalies": hp.flag(),
         "seed": hp.integer(None),
     }
@@ -141,14 +140,8 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         activation: str = "sigmoid",
         per_class: bool = True,
         transform: str = "log",
-        shrinkage: float | None = None,
-        scoring: str = "auto",
-        hidden: int = 64,
         epochs: int = 100,
         lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int = 256,
-        chunk_size: int | None = 64,
         known_anomalies: bool = False,
         seed: int = 0,
     ) -> None:
@@ -222,17 +215,12 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
                 self._loss(num_classes),
                 names,
                 reduce="sq_norm",
-                chunk_size=self.chunk_size,
+                chunk_size=CHUNK_SIZE,
                 with_outputs=True,
             )
         # inputs far outside the data range can overflow float32
         big = torch.finfo(g.dtype).max
         return torch.nan_to_num(g, nan=big, posinf=big), logits
-
-    def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Deprecated name of :meth:`extract`."""
-        warnings.warn("features() is deprecated, use extract()", DeprecationWarning, stacklevel=2)
-        return self.extract(x)
 
     def _transform(self, g: Tensor) -> Tensor:
         g = g.double().clamp_min(0)
@@ -312,7 +300,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         logits: Tensor | None = None,
         *,
         num_classes: int | None = None,
-        **deprecated: Any,
     ) -> Self:
         """Fit on pre-computed features (as returned by :meth:`extract`).
 
@@ -320,15 +307,11 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         :param y: labels ``(N,)``: ``>= 0`` ID, ``< 0`` known anomaly
         :param logits: the classifier's logits ``(N, C)`` or predicted classes ``(N,)``, which
             select the per-class Gaussians; required if ``per_class``
-        :param num_classes: number of model outputs (default: from ``logits``); ``n_classes=``
-            is a deprecated alias
+        :param num_classes: number of model outputs (default: from ``logits``)
         :return: self
-        :raises ValueError: for NaN features, fewer than two ID samples, a feature count that
-            does not match the selected parameters, or ``scoring="classifier"`` without anomalies
+        :raises ValueError: for NaN features, fewer than two ID samples or a feature count that
+            does not match the selected parameters
         """
-        n_classes = _base.renamed_kwarg(
-            deprecated, "n_classes", "num_classes", num_classes, "ConfoundingGradients"
-        )
         self._check_hyperparameters()
         if not isinstance(features, Tensor) or features.dim() != 2:
             raise ValueError(
@@ -348,17 +331,12 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
                 f"tensor), got {features.shape[1]}"
             )
         pred = self._predicted(logits, len(features))
-        if n_classes is None and logits is not None:
-            n_classes = logits.shape[1] if logits.dim() == 2 else int(pred.max()) + 1
+        if num_classes is None and logits is not None:
+            num_classes = logits.shape[1] if logits.dim() == 2 else int(pred.max()) + 1
         known = y < 0
         n_id = int((~known).sum())
         if n_id < 2:
             raise ValueError(f"expected at least 2 ID samples (labels >= 0), got {n_id}")
-        if self.scoring == "classifier" and not bool(known.any()):
-            raise ValueError(
-                "expected labelled anomalies (labels < 0, with known_anomalies=True) for "
-                "scoring='classifier', got none"
-            )
         device = self._target_device()
         t = self._transform(features.cpu())
         t_id = t[~known]
@@ -367,8 +345,9 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         # constant features (e.g. always-zero gradients) keep a small positive scale
         std = torch.where(std > 0, std, torch.ones_like(std)).clamp_min(1e-6)
         z_id = (t_id - mean) / std
-        center, precision, shrink = shrunk_gaussian(z_id, self.shrinkage)
-        K = int(n_classes) if self.per_class else 1
+        # covariances shrunk by the Ledoit-Wolf estimate
+        center, precision, shrink = shrunk_gaussian(z_id)
+        K = int(num_classes) if self.per_class else 1
         centers = center.expand(K, -1).clone()
         precisions = precision.expand(K, -1, -1).clone()
         if self.per_class:
@@ -376,7 +355,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             for k in range(K):  # K small Gaussians; each is a batched closed-form estimate
                 z_k = z_id[pred_id == k]
                 if len(z_k) >= _MIN_CLASS_SAMPLES:
-                    centers[k], precisions[k], _ = shrunk_gaussian(z_k, self.shrinkage)
+                    centers[k], precisions[k], _ = shrunk_gaussian(z_k)
         self.feature_mean = mean.to(device)
         self.feature_std = std.to(device)
         self.centers = centers.to(device)
@@ -387,15 +366,15 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             self.classifier = train_binary_mlp(
                 (t - mean) / std,
                 known.float(),
-                self.hidden,
+                HIDDEN,
                 self.epochs,
                 self.lr,
-                self.weight_decay,
-                self.batch_size,
+                WEIGHT_DECAY,
+                BATCH_SIZE,
                 self.seed,
                 self._target_device(),
             )
-        self.num_classes = int(n_classes) if n_classes is not None else None
+        self.num_classes = int(num_classes) if num_classes is not None else None
         return self
 
     def _predicted(self, logits: Tensor | None, n: int) -> Tensor:
@@ -415,9 +394,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         return pred.cpu()
 
     # ------------------------------------------------------------------ scoring
-    def _use_classifier(self) -> bool:
-        return self.scoring != "gaussian" and self.classifier is not None
-
     @torch.no_grad()
     def predict_structured(self, features: Tensor, logits: Tensor | None = None) -> Tensor:
         """Outlier scores from pre-computed features (see :meth:`extract`); larger is more
@@ -441,7 +417,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             )
         device = self._target_device()
         z = self._standardise(features.to(device))
-        if self._use_classifier():
+        if self.classifier is not None:
             return self.classifier(z.float()).squeeze(1)
         if self.per_class:
             k = self._predicted(logits, len(z)).to(device)
@@ -500,7 +476,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             clf_state = state["classifier"]
             fitted_shrinkage = state["fitted_shrinkage"]
             _check_n_ones("n_ones", hyper.get("n_ones"))
-            hidden = int(hyper["hidden"])
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"expected a complete {who} state dict, missing {e}") from e
         P = len(names)
@@ -517,7 +492,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             self._check_model(names, shapes, input_shape, num_classes)
         clf = None
         if clf_state is not None:
-            clf = binary_mlp(P, hidden)
+            clf = binary_mlp(P, HIDDEN)
             try:
                 clf.load_state_dict(clf_state)
             except (RuntimeError, TypeError, AttributeError) as e:
@@ -552,9 +527,6 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
     def __repr__(self) -> str:
         fitted = ""
         if self.centers is not None:
-            kind = "classifier" if self._use_classifier() else "gaussian"
+            kind = "classifier" if self.classifier is not None else "gaussian"
             fitted = f", fitted ({kind}, {len(self.feature_mean)} features)"
-        return (
-            f"ConfoundingGradients(n_ones={self.n_ones}, transform={self.transform!r}, "
-            f"scoring={self.scoring!r}{fitted})"
-        )
+        return f"ConfoundingGradients(n_ones={self.n_ones}, transform={self.transform!r}{fitted})"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ from typing_extensions import Self
 from uniad_plugin._utils import minibatches, seeded_generator
 from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
-from uniad_plugin.nn.alarms import ALARM_BIG, ALARM_SMALL, ALARMS, GradientAlarm, lstm_sequence
+from uniad_plugin.nn.alarms import ALARM_SMALL, GradientAlarm
 from uniad_plugin.nn.pergrad import (
     default_gradient_params,
     per_sample_grad_features,
@@ -31,24 +30,28 @@ from uniad_plugin.nn.snapshots import (
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ALARM_BIG",
-    "ALARM_SMALL",
-    "GradientAlarm",
-    "R2AD2",
-    "default_gradient_params",
-    "lstm_sequence",
-]
+__all__ = ["R2AD2"]
 
-
-def _check_alarm_dims(name: str, value: object) -> str | tuple[int, ...]:
-    if isinstance(value, str):
-        if value not in ALARMS:
-            raise ValueError(
-                f"expected {name} 'small', 'big' or a sequence of sizes, got {value!r}"
-            )
-        return value
-    return hp.positive_ints(min_len=2)(name, value)
+#: Adam learning rate of the snapshot training (the paper's value)
+SNAPSHOT_LR = 1e-3
+#: minibatch size of the snapshot training (our choice)
+SNAPSHOT_BATCH_SIZE = 256
+#: share of the ID samples held out from the snapshot training for the alarm (the authors'
+#: 75/25 split)
+ALARM_FRACTION = 0.25
+#: parameter tensors above this size outside the last layer are skipped by
+#: :func:`~uniad_plugin.nn.pergrad.default_gradient_params` (our choice)
+MAX_PARAM_SIZE = 2**12
+#: the alarm's sizes ``(lstm1, lstm2, dense1, dense2)``: the paper's small alarm
+ALARM_DIMS = ALARM_SMALL
+#: dropout of the alarm network (the paper's value)
+DROPOUT = 0.4
+#: minibatch size of the alarm network, plus as many counter-examples (the paper's value)
+BATCH_SIZE = 256
+#: mean and standard deviation of the Gaussian counter-examples (the paper's values)
+NOISE_MEAN, NOISE_STD = 0.5, 1.0
+#: samples per vectorised per-sample-gradient chunk, which bounds the memory (our choice)
+CHUNK_SIZE = 256
 
 
 class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
@@ -70,16 +73,23 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     ``known_anomalies=True``) and
     Gaussian counter-examples :math:`\\tilde x \\sim \\mathcal{N}(0.5, 1)` drawn in input space
     for every minibatch are 1. The score is the alarm's logit (monotone in its sigmoid output).
-    As in the authors' code, the alarm is trained on ID samples the snapshots never saw: by
-    default :meth:`fit` holds out a seeded 25 % of them (``alarm_fraction``).
+    As in the authors' code, the alarm is trained on ID samples the snapshots never saw:
+    :meth:`fit` holds out a seeded 25 % of them when it trains the snapshots.
 
     The alarm is :class:`~uniad_plugin.nn.alarms.GradientAlarm`. What the paper and the
     authors' code state and what this implementation adapts (classifier target, loss for the
-    gradient, which gradients, alarm size, epochs, dropout, :math:`T = 1`, noise pool) is listed
-    on the `R2-AD2 docs page <../detectors/r2ad2.md#design-choices-in-detail>`_.
+    gradient, which gradients, alarm size, epochs, dropout, :math:`T = 1`) is listed on the
+    `R2-AD2 docs page <../detectors/r2ad2.md#design-choices-in-detail>`_.
     The model is never modified: snapshot training works on a copy, and gradients are computed
     with the snapshot weights passed to ``torch.func.functional_call`` in eval mode. Scoring
     works under an outer ``torch.no_grad()``.
+
+    Fixed: snapshot training with Adam at learning rate 1e-3 (the paper's value) in
+    minibatches of 256 (our choice); 25 % of the ID samples held out from it for the alarm
+    when :meth:`fit` trains snapshots (no ``snapshots`` given and ``n_snapshots > 1``; the
+    authors' split); the paper's small alarm ``(100, 50, 25, 10)`` with dropout 0.4,
+    minibatches of 256 plus as many fresh Gaussian counter-examples :math:`N(0.5, 1)` per step
+    (the paper's values); per-sample gradients in chunks of 256 samples (our choice).
 
     :param model: the pre-trained classifier returning logits ``(B, C)`` (or an autoencoder
         with ``target="autoencoder"``)
@@ -89,29 +99,11 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         the model itself)
     :param target: ``"classifier"`` (cross-entropy) or ``"autoencoder"`` (reconstruction BCE)
     :param snapshot_epochs: epochs of further training between two snapshots
-    :param snapshot_lr: Adam learning rate of the snapshot training
-    :param snapshot_batch_size: minibatch size of the snapshot training
-    :param alarm_fraction: share of the ID samples of the fit loader held out from the
-        snapshot training for the alarm network (seeded split, as the authors' code does with
-        75/25); ``0`` trains both on all ID samples. Only used when :meth:`fit` trains
-        snapshots (no ``snapshots`` given and ``n_snapshots > 1``); otherwise the alarm sees
-        every ID sample
     :param params: names of the parameter tensors whose gradients are used; ``None`` =
-        :func:`default_gradient_params`
-    :param max_param_size: see :func:`default_gradient_params`
-    :param alarm_dims: ``"small"`` (the paper's ``(100, 50, 25, 10)``), ``"big"``
-        (``(1000, 500, 200, 75)``) or the alarm sizes ``(lstm1, lstm2, dense1, ...)``
-    :param dropout: dropout of the alarm network
+        :func:`~uniad_plugin.nn.pergrad.default_gradient_params` (the last two parametrised
+        layers, without tensors above 4,096 elements outside the last layer)
     :param epochs: training epochs of the alarm network
     :param lr: Adam learning rate of the alarm network (and of its normalisation)
-    :param batch_size: minibatch size of the alarm network (as many counter-examples are added)
-    :param noise_mean: mean of the Gaussian counter-examples
-    :param noise_std: standard deviation of the Gaussian counter-examples; ``None`` = no
-        counter-examples (then known anomalies and ``known_anomalies=True`` are required, as
-        in the authors' option)
-    :param noise_pool: ``None`` = fresh counter-examples for every minibatch (paper); an int =
-        a pool of that many drawn once
-    :param chunk_size: samples per vectorised per-sample-gradient chunk (bounds memory)
     :param known_anomalies: train the alarm on the rows of the fit data with labels < 0 as
         known anomalies (the paper's semi-supervised setting); ``False`` (the default): they are
         ignored with a warning, as by every detector of this package and pytorch-ood's
@@ -135,7 +127,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     hyperparameter_space = {
         "n_snapshots": [3, 1, 2, 4],
         "snapshot_epochs": [5, 1],
-        "dropout": [0.4, 0.1],
     }
 
     fitted_attribute = "alarm"
@@ -144,19 +135,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         "n_snapshots": hp.integer(1),
         "target": hp.choice("classifier", "autoencoder"),
         "snapshot_epochs": hp.integer(0),
-        "snapshot_lr": hp.real(0.0),
-        "snapshot_batch_size": hp.integer(1),
-        "alarm_fraction": hp.real(0.0, 1.0, low_open=False),
-        "max_param_size": hp.integer(1),
-        "alarm_dims": _check_alarm_dims,
-        "dropout": hp.real(0.0, 1.0, low_open=False),
         "epochs": hp.integer(1),
         "lr": hp.real(0.0),
-        "batch_size": hp.integer(1),
-        "noise_mean": hp.real(float("-inf")),
-        "noise_std": hp.real(0.0, optional=True),
-        "noise_pool": hp.integer(1, optional=True),
-        "chunk_size": hp.integer(1, optional=True),
         "known_anomalies": hp.flag(),
         "seed": hp.integer(None),
     }
@@ -169,20 +149,9 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         n_snapshots: int = 3,
         target: str = "classifier",
         snapshot_epochs: int = 5,
-        snapshot_lr: float = 1e-3,
-        snapshot_batch_size: int = 256,
-        alarm_fraction: float = 0.25,
         params: Sequence[str] | None = None,
-        max_param_size: int = 2**12,
-        alarm_dims: str | Sequence[int] = "small",
-        dropout: float = 0.4,
         epochs: int = 30,
         lr: float = 1e-3,
-        batch_size: int = 256,
-        noise_mean: float = 0.5,
-        noise_std: float | None = 1.0,
-        noise_pool: int | None = None,
-        chunk_size: int | None = 256,
         known_anomalies: bool = False,
         seed: int = 0,
     ) -> None:
@@ -216,7 +185,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     # ------------------------------------------------------------------ helpers
     def _param_names(self) -> list[str]:
         if self.params is None:
-            self.params = default_gradient_params(self._require_model(), self.max_param_size)
+            self.params = default_gradient_params(self._require_model(), MAX_PARAM_SIZE)
         return self.params
 
     @property
@@ -257,7 +226,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                         reconstruction_bce if ae else predicted_label_ce,
                         names,
                         reduce="flat",
-                        chunk_size=self.chunk_size,
+                        chunk_size=CHUNK_SIZE,
                         state={k: v.to(device) for k, v in snap.items()},
                     )
                     for snap in self.snapshots
@@ -288,30 +257,22 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             return (torch.empty(0, len(self.snapshots), self.gradient_dim, device=x.device),)
         return (self._gradients(x),)
 
-    def features(self, x: Tensor) -> Tensor:
-        """Deprecated: the gradient sequences ``(B, T, D)``, i.e. ``extract(x)[0]``."""
-        warnings.warn(
-            "features(x) is deprecated, use extract(x)[0]", DeprecationWarning, stacklevel=2
-        )
-        return self.extract(x)[0]
-
-    # ------------------------------------------------------------------ snapshots
     # ------------------------------------------------------------------ fitting
     def fit(self, data_loader: DataLoader) -> Self:
         """Make the snapshots (unless given), compute the gradients and train the alarm.
 
-        The loader is read once into memory. When snapshots are trained here, a seeded
-        ``alarm_fraction`` of the ID samples is held out from that training and used, with the
-        known anomalies, for the alarm; the rest trains the snapshots only (the authors' 75/25
-        split). Otherwise the alarm is trained on every sample.
+        The loader is read once into memory. When snapshots are trained here, a seeded 25 % of
+        the ID samples is held out from that training and used, with the known anomalies, for
+        the alarm; the rest trains the snapshots only (the authors' 75/25 split). Otherwise the
+        alarm is trained on every sample.
 
         :param data_loader: yields ``(x, y)``: ID inputs with class labels ``>= 0``, optionally
             known anomalies with labels ``< 0`` (used with ``known_anomalies=True``, otherwise
             ignored with a warning)
         :return: self
         :raises ValueError: for an empty loader, NaN/inf inputs, a changing input shape, labels
-            >= the model's number of outputs, no ID sample, or an ``alarm_fraction`` that leaves
-            the snapshots or the alarm without ID samples
+            >= the model's number of outputs, or too few ID samples to leave some for both the
+            snapshots and the alarm
         """
         model = self._require_model()
         self._check_hyperparameters()
@@ -345,8 +306,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                 y_snap,
                 self.n_snapshots,
                 self.snapshot_epochs,
-                self.snapshot_lr,
-                self.snapshot_batch_size,
+                SNAPSHOT_LR,
+                SNAPSHOT_BATCH_SIZE,
                 self.target == "autoencoder",
                 self.seed,
                 self._target_device(),
@@ -357,21 +318,22 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
     def _split_id(self, known: Tensor) -> tuple[Tensor, Tensor]:
         """Indices of the ID samples for the snapshot training and for the alarm (sorted).
 
-        A seeded random ``alarm_fraction`` of the ID samples (``known``) is held out for the
-        alarm when snapshots are trained here; with ``alarm_fraction=0`` or without snapshot
-        training both get every ID sample.
+        A seeded random :data:`ALARM_FRACTION` of the ID samples (``known``) is held out for the
+        alarm when snapshots are trained here; without snapshot training (``n_snapshots=1``)
+        both get every ID sample.
 
-        :raises ValueError: if a part would be empty (the message names ``alarm_fraction``)
+        :raises ValueError: if a part would be empty
         """
         idx = torch.nonzero(known).flatten()
-        if self.alarm_fraction == 0 or self.n_snapshots == 1:
+        if self.n_snapshots == 1:
             return idx, idx
-        n_alarm = round(self.alarm_fraction * len(idx))
+        n_alarm = round(ALARM_FRACTION * len(idx))
         if n_alarm < 1 or n_alarm >= len(idx):
             raise ValueError(
-                f"R2AD2: expected alarm_fraction={self.alarm_fraction} of the {len(idx)} ID "
-                "samples to leave at least one sample for the snapshots and one for the alarm, "
-                f"got {n_alarm} for the alarm; set alarm_fraction=0 to train both on all of them"
+                f"R2AD2: expected enough ID samples to hold out {ALARM_FRACTION:.0%} of them "
+                "for the alarm and keep at least one for the snapshots and one for the alarm, "
+                f"got {len(idx)} ID samples ({n_alarm} for the alarm); pass snapshots= or "
+                "n_snapshots=1 to train the alarm on all of them"
             )
         perm = idx[torch.randperm(len(idx), generator=seeded_generator(self.seed + 2))]
         return perm[n_alarm:].sort().values, perm[:n_alarm].sort().values
@@ -413,23 +375,15 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             self.input_shape = tuple(int(s) for s in input_shape)
         if self.input_shape is None:
             raise ValueError("expected input_shape for the counter-examples, got None")
-        if self.noise_std is None and not bool((y < 0).any()):
-            raise ValueError(
-                "expected known anomalies (labels < 0, with known_anomalies=True) when "
-                "noise_std=None disables the counter-examples, got none"
-            )
         if self.num_classes is None and self.target == "classifier":
             self.num_classes = self._model_outputs(torch.zeros((1, *self.input_shape)))
         labels = (y < 0).float()
-        dims = self.alarm_dims
-        if isinstance(dims, str):
-            dims = ALARMS[dims]
-        self.alarm = self._train_alarm(features.float(), labels, tuple(dims))
+        self.alarm = self._train_alarm(features.float(), labels, tuple(ALARM_DIMS))
         return self
 
     def _noise(self, n: int, gen: torch.Generator) -> Tensor:
         noise = torch.randn((n, *self.input_shape), generator=gen)
-        noise = self.noise_mean + self.noise_std * noise
+        noise = NOISE_MEAN + NOISE_STD * noise
         return noise.to(device=self._target_device(), dtype=self._model_dtype())
 
     def _train_alarm(self, g: Tensor, labels: Tensor, dims: tuple[int, ...]) -> GradientAlarm:
@@ -437,7 +391,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         gen = seeded_generator(self.seed + 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            alarm = GradientAlarm(g.shape[2], dims, self.dropout).to(device)
+            alarm = GradientAlarm(g.shape[2], dims, DROPOUT).to(device)
             with torch.no_grad():  # exact statistics of the labelled training gradients
                 flat = g.reshape(-1, g.shape[2]).double()
                 alarm.norm.running_mean.copy_(flat.mean(0).float())
@@ -447,29 +401,17 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                 [p for p in alarm.parameters() if p not in norm_params], lr=self.lr
             )
             opt_norm = torch.optim.Adam(alarm.norm.parameters(), lr=self.lr)
-            pool = None
-            use_noise = self.noise_std is not None
-            if use_noise and self.noise_pool is not None:
-                pool = self._gradients(self._noise(self.noise_pool, gen)).float()
             g, labels = g.to(device), labels.to(device)
             bce = nn.functional.binary_cross_entropy_with_logits
             with torch.enable_grad():
-                for idx in minibatches(len(g), self.batch_size, self.epochs, gen, device):
+                for idx in minibatches(len(g), BATCH_SIZE, self.epochs, gen, device):
                     gb, yb = g[idx], labels[idx]
-                    if not use_noise:
-                        gn = gb[:0]
-                    elif pool is None:
-                        gn = self._gradients(self._noise(len(idx), gen)).float()
-                    else:
-                        pick = torch.randint(len(pool), (len(idx),), generator=gen)
-                        gn = pool[pick.to(device)]
+                    gn = self._gradients(self._noise(len(idx), gen)).float()
                     # alarm step: normalisation in inference mode, noise included
                     alarm.train()
                     alarm.norm.eval()
                     out = alarm(torch.cat([gb, gn]))
-                    loss = bce(out[: len(idx)], yb)
-                    if use_noise:
-                        loss = loss + bce(out[len(idx) :], torch.ones_like(yb))
+                    loss = bce(out[: len(idx)], yb) + bce(out[len(idx) :], torch.ones_like(yb))
                     opt_alarm.zero_grad(set_to_none=True)
                     loss.backward()
                     opt_alarm.step()
@@ -515,7 +457,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                 "num_classes": self.num_classes,
                 "target": self.target,
                 "alarm_dims": self.alarm.dims,
-                "dropout": self.dropout,
                 "snapshots": [{k: v.detach().cpu() for k, v in s.items()} for s in self.snapshots],
                 "alarm": {k: v.detach().cpu() for k, v in self.alarm.state_dict().items()},
             }
@@ -536,7 +477,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             num_classes = None if state["num_classes"] is None else int(state["num_classes"])
             target = str(state["target"])
             dims = [int(d) for d in state["alarm_dims"]]
-            dropout = float(state["dropout"])
             snapshots = [as_state(s) for s in state["snapshots"]]
             alarm_state = dict(state["alarm"])
         except (KeyError, TypeError, ValueError) as e:
@@ -554,7 +494,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         for s in snapshots:
             self._check_snapshot(s)
         D = sum(model.get_parameter(n).numel() for n in names)
-        alarm = GradientAlarm(D, dims, dropout)
+        alarm = GradientAlarm(D, dims, DROPOUT)
         try:
             alarm.load_state_dict(alarm_state)
         except RuntimeError as e:
@@ -565,7 +505,6 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         self.input_shape = input_shape
         self.num_classes = num_classes
         self.target = target
-        self.dropout = dropout
         self.snapshots = snapshots
         self.alarm = alarm.to(self._target_device()).eval().requires_grad_(False)
         return self
