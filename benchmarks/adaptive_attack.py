@@ -14,6 +14,12 @@ the same inputs, as a check that the white-box figure is not an artefact of obfu
 gradients.
 
     python benchmarks/adaptive_attack.py --data-root ../shared/data
+    python benchmarks/adaptive_attack.py --fast --out /tmp/adaptive   # a smoke run
+
+``--fast`` needs no data: a tiny stand-in written in MNIST's own file format
+(:func:`mnist_setup.write_fast_mnist`, scikit-learn's digits on 28x28), 200 ID and 30 attacked
+images, one budget (0.3), 5 PGD steps, 20 queries, the model cached in a temporary folder;
+its numbers check that the script works, nothing more.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +37,7 @@ from pytorch_ood.detector import Mahalanobis, MultiMahalanobis
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_setup import HERE, auroc, trained_lenet  # noqa: E402
+from mnist_setup import CACHE, HERE, auroc, trained_lenet, write_fast_mnist  # noqa: E402
 
 from uniad_plugin.anomalies.adaptive import evasion_rate, make_adaptive  # noqa: E402
 from uniad_plugin.anomalies.blackbox import make_square  # noqa: E402
@@ -65,8 +72,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--levels", type=int, default=255, help="value grid k/levels of the adversarials"
     )
-    ap.add_argument("--out", default=str(HERE / "results" / "adaptive_attack"))
-    return ap.parse_args(argv)
+    ap.add_argument("--n-id", type=int, default=2000, help="ID test images (the first ones)")
+    ap.add_argument("--cache-dir", default=str(CACHE), help="cache of the trained LeNet")
+    ap.add_argument("--out", default=None, help="output path without suffix (.md, .json)")
+    ap.add_argument(
+        "--fast",
+        action="store_true",
+        help="smoke run: tiny stand-in data (no --data-root), small sizes, temporary cache",
+    )
+    args = ap.parse_args(argv)
+    if args.fast:
+        work = Path(tempfile.mkdtemp(prefix="uniad-adaptive-fast-"))
+        args.data_root = str(write_fast_mnist(work / "data"))
+        args.cache_dir = str(work / "cache")
+        args.n_id, args.n_attack, args.steps = 200, 30, 5
+        args.eps, args.lam, args.gf_lam, args.gf_queries = [0.3], [0.0, 1.0], [1.0], 20
+        args.out = args.out or str(work / "adaptive_attack")
+    args.out = args.out or str(HERE / "results" / "adaptive_attack")
+    return args
 
 
 def _make_sets(model, detectors, attack_data, id_x, args) -> list[tuple[str, float, float, Any]]:
@@ -222,8 +245,8 @@ def _markdown(rows, detectors, args, cmd: str, separable: list[str]) -> list[str
         "# Adaptive attack (MNIST, LeNet-5)",
         "",
         f"Produced by `{cmd.strip()}`. L-inf PGD, {args.steps} steps, random start, against",
-        "classifier + detector; lambda = 0 is the non-adaptive margin PGD. ID: 2,000 MNIST test",
-        f"images; {args.n_attack} other test images attacked. Every adversarial is on the",
+        f"classifier + detector; lambda = 0 is the non-adaptive margin PGD. ID: {args.n_id:,} MNIST",
+        f"test images; {args.n_attack} other test images attacked. Every adversarial is on the",
         f"value grid k/{args.levels} of the MNIST images: PGD's continuous output is rounded",
         "within the budget and kept only if the classifier still misclassifies it.",
         "*misclassified (continuous)*: share of attacked inputs whose adversarial fools the",
@@ -288,12 +311,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     train = mnist_dataset(args.data_root, train=True)
     test = mnist_dataset(args.data_root, train=False)
-    model = trained_lenet(train, seed=args.seed)
+    model = trained_lenet(train, seed=args.seed, cache_dir=args.cache_dir)
     for p in model.parameters():
         p.requires_grad_(False)
     x_test, y_test = test.tensors
-    id_x = x_test[:2000]
-    attack_data = TensorDataset(x_test[2000 : 2000 + args.n_attack], y_test[2000:][: args.n_attack])
+    n_id = args.n_id
+    id_x = x_test[:n_id]
+    attack_data = TensorDataset(x_test[n_id : n_id + args.n_attack], y_test[n_id:][: args.n_attack])
     loader = DataLoader(train, batch_size=1000)
     detectors = {
         "UniformDetector": UniformDetector(model, seed=args.seed).fit(loader),
@@ -308,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     # every adaptive set is an AD set of one UnifiedBenchmark; all detectors score all sets
     # (the set made against a detector is its white-box result, the others are transfer)
-    id_test = TensorDataset(id_x, y_test[:2000])
+    id_test = TensorDataset(id_x, y_test[:n_id])
     with torch.no_grad():
         s_id = {
             name: torch.cat([det.predict(c) for c in id_x.split(1000)])

@@ -1,50 +1,42 @@
-"""Shared real-MNIST setup for the scripts in ``benchmarks/``: data, a cached LeNet, anomaly sets.
+"""Shared real-MNIST setup for the scripts in ``benchmarks/``: a cached LeNet, AUROC, and the
+tiny stand-in data of their ``--fast`` modes.
 
-Not a test: needs the MNIST IDX files (``torchvision.datasets.MNIST(root, download=False)``).
+Not a test: the full runs need the MNIST IDX files (``torchvision.datasets.MNIST(root,
+download=False)``); ``--fast`` writes :func:`write_fast_mnist` instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from pytorch_ood.metrics import OODMetrics
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from uniad_plugin.anomalies import (
-    font_letters,
-    gaussian_noise,
-    make_adversarial,
-    noisy_id,
-    photo_patches,
-    salt_and_pepper,
-    uniform_noise,
-)
 from uniad_plugin.benchmark import trained_model
-from uniad_plugin.data import mnist_dataset
-from uniad_plugin.models import accuracy, lenet
+from uniad_plugin.models import lenet
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
 
-#: (attack, eps) pairs of the real-scale evaluation (eps in L-inf for fgsm/pgd_linf, else L2)
-ATTACK_GRID = [
-    ("fgsm", 0.1),
-    ("fgsm", 0.3),
-    ("pgd_linf", 0.1),
-    ("pgd_linf", 0.3),
-    ("pgd_l2", 2.0),
-    ("deepfool", 2.0),
-    ("cw_l2", 2.0),
-]
+#: training images of the ``--fast`` stand-in (the other digits are its test images)
+FAST_TRAIN = 1200
 
 
-def trained_lenet(train: TensorDataset, epochs: int = 3, seed: int = 0) -> torch.nn.Module:
+def trained_lenet(
+    train: TensorDataset,
+    epochs: int = 3,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = CACHE,
+) -> torch.nn.Module:
     """LeNet trained on MNIST as the ``uniad`` command trains it (the package's
-    :func:`~uniad_plugin.benchmark.trained_model`), cached in ``benchmarks/.cache``."""
+    :func:`~uniad_plugin.benchmark.trained_model`), cached in ``cache_dir``
+    (``benchmarks/.cache`` by default)."""
     model, _ = trained_model(
-        "lenet", lenet, train, epochs=epochs, seed=seed, batch_size=128, cache_dir=CACHE
+        "lenet", lenet, train, epochs=epochs, seed=seed, batch_size=128, cache_dir=cache_dir
     )
     return model
 
@@ -57,46 +49,34 @@ def auroc(s_id: torch.Tensor, s_ood: torch.Tensor) -> float:
     return float(m.compute()["AUROC"])
 
 
-@dataclass
-class Suite:
-    id_test: torch.Tensor
-    sets: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)  # name -> (kind, x)
-    info: dict[str, dict] = field(default_factory=dict)
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes (the format of MNIST's raw files)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def anomaly_suite(
-    model: torch.nn.Module,
-    test: TensorDataset,
-    n_id: int = 2000,
-    n_attack: int = 1000,
-    n_other: int = 1000,
-    seed: int = 0,
-) -> Suite:
-    """ID test images ``[0, n_id)``; attacks from the disjoint ``[n_id, n_id + n_attack)``."""
-    x, y = test.tensors
-    id_test = x[:n_id]
-    attack_split = TensorDataset(x[n_id : n_id + n_attack], y[n_id : n_id + n_attack])
-    shape = tuple(x.shape[1:])
-    suite = Suite(id_test=id_test)
-    for s in (font_letters(n_other, shape, seed=seed), photo_patches(n_other, shape, seed=seed)):
-        suite.sets[s.name] = ("OOD", s.x)
-    for attack, eps in ATTACK_GRID:
-        s = make_adversarial(model, attack_split, attack, eps, seed=seed, cache_dir=CACHE)
-        suite.sets[s.name] = ("AD", s.x)
-        suite.info[s.name] = {k: s.info[k] for k in ("n_attacked", "n_success", "success_rate")}
-    noise_sets = [
-        gaussian_noise(n_other, shape, seed=seed),
-        uniform_noise(n_other, shape, seed=seed),
-        salt_and_pepper(n_other, shape, seed=seed),
-        noisy_id(TensorDataset(x[-n_other:], y[-n_other:]), seed=seed),
-    ]
-    for s in noise_sets:
-        suite.sets[s.name] = ("NS", s.x)
-    return suite
+def write_fast_mnist(root: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """A tiny stand-in for MNIST in torchvision's raw layout (``root/MNIST/raw/*-ubyte``), read
+    by :func:`uniad_plugin.data.mnist_dataset` like the real files: scikit-learn's 1,797
+    digits, each 8x8 pixel a 3x3 block in a 28x28 image with a 2-pixel black border, values
+    ``round(k * 255 / 16)``; :data:`FAST_TRAIN` of them (a seeded permutation) are the
+    training images, the other 597 the test images. Nothing is downloaded.
 
+    :param root: the folder to write into (``None``: a new temporary folder)
+    :return: ``root`` (the ``--data-root`` of the scripts)
+    """
+    from sklearn.datasets import load_digits
 
-def mnist_model_and_suite(root: str, seed: int = 0):
-    train, test = mnist_dataset(root, train=True), mnist_dataset(root, train=False)
-    model = trained_lenet(train, seed=seed)
-    acc = accuracy(model, DataLoader(test, batch_size=1000))
-    return train, test, model, acc, anomaly_suite(model, test, seed=seed)
+    root = Path(tempfile.mkdtemp(prefix="uniad-fast-mnist-") if root is None else root)
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)
+    images = np.kron(images, np.ones((3, 3), np.uint8))  # (N, 24, 24)
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+    order = np.random.default_rng(seed).permutation(len(images))
+    train, test = order[:FAST_TRAIN], order[FAST_TRAIN:]
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, idx in (("train", train), ("t10k", test)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images[idx])
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", bunch.target[idx])
+    return root

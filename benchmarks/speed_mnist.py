@@ -10,6 +10,11 @@ detector with fewer rivals (1, 0).
 
     python benchmarks/speed_mnist.py --data-root ../shared/data [--arch resnet] [--rounds 5]
         [--device cuda]
+    python benchmarks/speed_mnist.py --fast --out /tmp/speed.md   # a smoke run, seconds
+
+``--fast`` needs no data: it runs on a tiny stand-in written in MNIST's own file format
+(:func:`mnist_setup.write_fast_mnist`, scikit-learn's digits on 28x28), one epoch, one scoring
+round, the model cached in a temporary folder; its numbers check that the script works, nothing more.
 
 On a GPU (``--device cuda``) the model, the detectors and the test batches live on the device,
 and every timed scoring round ends with a synchronisation; the fits read the training batches
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist_setup import CACHE, HERE  # noqa: E402
+from mnist_setup import CACHE, HERE, write_fast_mnist  # noqa: E402
 
 from uniad_plugin.benchmark import build_detectors, trained_model  # noqa: E402
 from uniad_plugin.data import mnist_dataset  # noqa: E402
@@ -53,7 +59,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-dir", default=str(CACHE), help="cache of the trained model")
     ap.add_argument("--device", default="cpu", help="device of the model and the detectors")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs of the model")
+    ap.add_argument(
+        "--fast",
+        action="store_true",
+        help="smoke run: tiny stand-in data (no --data-root), 1 round, temporary cache",
+    )
     args = ap.parse_args(argv)
+    if args.fast:
+        work = Path(tempfile.mkdtemp(prefix="uniad-speed-fast-"))
+        args.data_root = str(write_fast_mnist(work / "data"))
+        args.cache_dir = str(work / "cache")
+        args.rounds = 1
+        args.epochs = 1
+        args.out = args.out or str(work / "speed_mnist.md")
     device = torch.device(args.device)
     suffix = ("" if args.arch == "lenet" else f"_{args.arch}") + (
         "" if device.type == "cpu" else f"_{device.type}"
@@ -64,7 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     test = mnist_dataset(args.data_root, train=False)
     factory = ARCHS[args.arch]
     model, _ = trained_model(
-        factory.__name__, factory, train, epochs=3, seed=0, batch_size=128, cache_dir=args.cache_dir
+        factory.__name__,
+        factory,
+        train,
+        epochs=args.epochs,
+        seed=0,
+        batch_size=128,
+        cache_dir=args.cache_dir,
     )
     model = model.to(device)
     for p in model.parameters():
@@ -118,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Produced by `{cmd.strip()}`"
         + (f" with {torch.get_num_threads()} torch threads." if device.type == "cpu" else "."),
-        f"Fit: 60,000 training images, batch size {args.batch_size}, including the forward",
+        f"Fit: {len(train):,} training images, batch size {args.batch_size}, including the forward",
         f"passes. Scoring: {n:,} test images, median of {args.rounds} interleaved rounds.",
         "",
         "| detector | fit s | scoring s | images/s | x forward pass |",

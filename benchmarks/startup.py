@@ -9,6 +9,7 @@ start-up. This script measures that cost two ways, in one run:
    ``.pth`` hidden, i.e. the same start-up without the bridge (median of interleaved runs).
 
     python benchmarks/startup.py [--runs 40]
+    python benchmarks/startup.py --fast --out /tmp/startup.md   # a smoke run: 3 runs each
 """
 
 from __future__ import annotations
@@ -48,8 +49,15 @@ def wall_ms(cmd: list[str]) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=40)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "startup.md"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--fast", action="store_true", help="smoke run: 3 runs each, written to a temporary folder"
+    )
     args = ap.parse_args(argv)
+    if args.fast:
+        args.runs = 3
+        args.out = args.out or str(Path(tempfile.mkdtemp(prefix="uniad-startup-")) / "startup.md")
+    args.out = args.out or str(Path(__file__).parent / "results" / "startup.md")
 
     # as after `pip install` (which compiles bytecode): .pyc files may be written and read
     cached_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -82,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Start-up cost of the bridge",
         "",
-        f"Produced by `python benchmarks/startup.py --runs {args.runs}` "
+        f"Produced by `python benchmarks/startup.py --runs {args.runs}"
+        + (" --fast" if args.fast else "")
+        + "` "
         f"(Python {sys.version.split()[0]}).",
         "",
         "| measurement | median |",

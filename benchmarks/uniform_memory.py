@@ -15,6 +15,11 @@ time grow linearly. Rows ``unbounded``: ``max_fit_rows=None`` (every sample kept
 before the bound), for comparison at the smaller N.
 
     python benchmarks/uniform_memory.py [--sizes 50000 100000 200000 500000 1000000]
+    python benchmarks/uniform_memory.py --fast --out /tmp/memory.md   # a smoke run, seconds
+
+``--fast``: N = 2,000 and 4,000 bounded at 1,000 samples, 2,000 unbounded, 10 classes, one
+repeat, written to a temporary folder unless ``--out`` is given; its numbers check that the
+script works, nothing more.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -208,10 +214,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="runs per row (medians reported)")
-    ap.add_argument("--out", default=str(HERE / "results" / "uniform_memory.md"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--fast", action="store_true", help="smoke run: small sizes, one repeat, 10 classes"
+    )
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bound", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.fast and args.worker is None:
+        args.sizes, args.unbounded_sizes, args.max_fit_rows = [2000, 4000], [2000], 1000
+        args.classes, args.batch_size, args.repeats = 10, 500, 1
+        args.out = args.out or str(Path(tempfile.mkdtemp(prefix="uniad-memory-")) / "memory.md")
+    args.out = args.out or str(HERE / "results" / "uniform_memory.md")
     if args.worker is not None:
         print(json.dumps(worker(args)))
         return

@@ -46,6 +46,7 @@ def test_separates_uniform_noise(fitted, digits):
     assert auroc(fitted.predict(x), fitted.predict(noise_images(300))) > 0.95
 
 
+@pytest.mark.slow
 def test_known_anomalies_are_used_and_help(digits, digits_model):
     x, y = digits.train.tensors
     xt = digits.test.tensors[0]
@@ -66,6 +67,7 @@ def test_known_anomalies_are_used_and_help(digits, digits_model):
     assert torch.allclose(plain.mean, semi.mean, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_deterministic_and_seed_dependent(digits, digits_model, fitted):
     loader = DataLoader(digits.train, batch_size=128)
     x = digits.test.tensors[0][:64]
@@ -84,6 +86,7 @@ def test_shuffling_loader_is_reproducible(digits, digits_model):
     assert torch.equal(scores[0], scores[1])
 
 
+@pytest.mark.slow
 def test_structured_api_matches_raw_api(digits, digits_model, fitted):
     x, y = digits.train.tensors
     taps = LayerTaps(digits_model, fitted.layer_names, reduce=lambda t: t.flatten(1))
@@ -102,6 +105,7 @@ def test_structured_api_matches_raw_api(digits, digits_model, fitted):
         fitted.predict_structured(torch.cat(acts_test, 1))
 
 
+@pytest.mark.slow
 def test_vae_counter_examples(digits, digits_model):
     x, y = digits.train.tensors
     loader = DataLoader(digits.train, batch_size=128)

@@ -47,6 +47,7 @@ def test_unsupported_detector_is_refused(digits_model):
         differentiable_score(MaxSoftmax(digits_model))
 
 
+@pytest.mark.slow
 def test_adaptive_attack_lowers_detector_score(detectors, digits, digits_model):
     det = detectors["uniform"]
     data = TensorDataset(*digits.attack.tensors)
@@ -127,6 +128,7 @@ def test_adaptive_sets_are_on_the_grid(detectors, digits, digits_model, levels):
     assert info["success_rate"] == pytest.approx(len(adv) / info["n_attacked"])
 
 
+@pytest.mark.slow
 def test_continuous_opt_in_is_labelled(detectors, digits, digits_model):
     kw = dict(lam=1.0, steps=10, max_samples=40, seed=1)
     cont = make_adaptive(
@@ -257,6 +259,7 @@ def _square(detector, model, digits, **kw):
     return make_square(model, detector, _attack_data(digits), kw.pop("eps", 0.2), **kw)
 
 
+@pytest.mark.slow
 def test_square_is_deterministic_within_eps_and_on_the_grid(detectors, digits, digits_model):
     a = _square(detectors["uniform"], digits_model, digits, levels=16, batch_size=16)
     b = _square(detectors["uniform"], digits_model, digits, levels=16, batch_size=16)
@@ -282,6 +285,7 @@ def test_square_uses_forward_passes_only(detectors, digits, digits_model):
     assert adv.info["detector"] == "_NoGradDetector"
 
 
+@pytest.mark.slow
 def test_square_objective_lowers_detector_score(detectors, digits, digits_model):
     det = detectors["uniform"]
     ref = digits.test.tensors[0]

@@ -47,8 +47,22 @@ def test_attack_names():
     assert {spec.norm for spec in ATTACKS.values()} == {"linf", "l2"}
 
 
-@pytest.mark.parametrize("levels", [16, 255, None])
-@pytest.mark.parametrize("attack", sorted(ATTACK_CASES))
+#: the fast tier (``-m "not slow"``) keeps the digits' grid (16) of the cheap attacks
+_SLOW_ATTACKS = {"deepfool", "cw_l2"}
+
+
+@pytest.mark.parametrize(
+    "attack,levels",
+    [
+        pytest.param(
+            attack,
+            levels,
+            marks=[pytest.mark.slow] if levels != 16 or attack in _SLOW_ATTACKS else [],
+        )
+        for attack in sorted(ATTACK_CASES)
+        for levels in (16, 255, None)
+    ],
+)
 def test_make_adversarial_keeps_only_successful(digits, digits_model, attack, levels):
     eps, params = ATTACK_CASES[attack]
     before = _state(digits_model)
@@ -107,7 +121,10 @@ def test_fgsm_linf_budget_is_exact(digits, digits_model):
 
 
 @pytest.mark.parametrize("attack", ["pgd_linf_obj", "pgd_l2_obj"])
-@pytest.mark.parametrize("levels", [16, 255, None])
+@pytest.mark.parametrize(
+    "levels",
+    [16, pytest.param(255, marks=pytest.mark.slow), pytest.param(None, marks=pytest.mark.slow)],
+)
 def test_object_confined_attacks_leave_the_background(digits, digits_model, attack, levels):
     eps, params = ATTACK_CASES[attack]
     kw = {"progress": False, "max_samples": 64, "attack_params": params, "levels": levels}
@@ -194,6 +211,7 @@ def test_recheck_with_a_hand_built_model(monkeypatch):
     assert s.info["mean_linf"] == pytest.approx(1 / 255, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_adversarial_restores_training_mode_and_rng(digits, digits_model):
     model = copy.deepcopy(digits_model).train()
     model[1].eval()  # a mixed state must survive too
@@ -392,6 +410,7 @@ def test_adversarial_bad_inputs(digits, digits_model):
         make_adversarial(digits_model, data, "fgsm", 0.1, options={"levels": 16})
 
 
+@pytest.mark.slow
 def test_options_object_and_keywords_agree(digits, digits_model):
     opts = AdversarialOptions(levels=16, max_samples=16, progress=False, seed=2)
     a = make_adversarial(digits_model, digits.attack, "pgd_linf", 0.2, options=opts)

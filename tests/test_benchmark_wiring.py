@@ -154,6 +154,7 @@ def test_named_stages_with_more_in_forward_are_refused():
     assert blocks is None and "more between the named stages" in why
 
 
+@pytest.mark.slow
 def test_every_builtin_wired_to_resnets_and_vggs():
     """ReAct, VRA, SHE, NNGuide, DICE, ASH, SCALE, RankFeat, ... for any model with a linear
     head (feature maps: those the head's input is the spatial mean of); each fits and scores."""

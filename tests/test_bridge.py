@@ -9,6 +9,8 @@ import sysconfig
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,6 +45,7 @@ def test_attribute_access_and_dir():
     assert out.stdout.strip() == "UniformDetector"
 
 
+@pytest.mark.slow
 def test_unknown_name_still_raises_attribute_error():
     out = run(
         "import pytorch_ood.detector as d\n"
@@ -65,6 +68,7 @@ def test_interpreter_start_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_import_uniad_plugin_registers_under_dash_S():
     """``python -S`` skips .pth files; importing the package must install the bridge."""
     paths = [sysconfig.get_paths()["purelib"], str(ROOT)]
@@ -91,6 +95,7 @@ def test_import_uniad_plugin_registers_under_dash_S():
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow
 def test_without_bridge_under_dash_S_name_is_missing():
     """Shows the test above is meaningful: without ``import uniad_plugin`` it fails."""
     paths = [sysconfig.get_paths()["purelib"], str(ROOT)]
@@ -100,6 +105,7 @@ def test_without_bridge_under_dash_S_name_is_missing():
     assert "cannot import name 'UniformDetector'" in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_lazy_public_names():
     out = run(
         "import sys, uniad_plugin\n"

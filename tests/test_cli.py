@@ -41,6 +41,7 @@ def _rows(out_dir: Path) -> list[dict]:
     return json.loads((out_dir / "results.json").read_text())["rows"]
 
 
+@pytest.mark.slow
 def test_default_command_end_to_end(first_run):
     assert first_run["code"] == 0
     out_dir = first_run["dir"]
@@ -124,6 +125,7 @@ def test_default_command_end_to_end(first_run):
     assert printed.index("Leaderboard (AUROC)") > printed.index("AUROC: ID test set vs each")
 
 
+@pytest.mark.slow
 def test_second_run_hits_the_caches(first_run, monkeypatch):
     """Same seed and cache: the model is not retrained, no attack runs, same numbers."""
     import uniad_plugin.anomalies.adversarial as adversarial
@@ -152,6 +154,7 @@ def test_second_run_hits_the_caches(first_run, monkeypatch):
         assert torch.equal(pred, a.adv_pred)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_numbers(first_run, tmp_path, capsys):
     """A fresh cache (model retrained, attacks rerun) with the same seed: identical rows."""
     code, out, _ = _run(
@@ -163,6 +166,7 @@ def test_same_seed_gives_identical_numbers(first_run, tmp_path, capsys):
     assert not (tmp_path / "o" / "plots").exists()
 
 
+@pytest.mark.slow
 def test_selected_detectors_sets_and_metric(first_run, tmp_path, capsys):
     code, out, _ = _run(
         [
@@ -384,6 +388,7 @@ def test_arguments_map_onto_one_config():
     assert defaults == RunConfig()
 
 
+@pytest.mark.slow
 def test_own_architecture_is_trained_only_when_asked(tmp_path):
     """--arch alone stops (command and library); --train trains it; --pretrained uses what the
     factory returns, weights and all, with no training."""
@@ -438,6 +443,7 @@ def test_usage_errors_belong_to_the_command():
         cli.config_from_args(parse(["--train-dir", "a"]))
 
 
+@pytest.mark.slow
 def test_only_training_images_reach_fit(tmp_path):
     """No ID test, held-out ID or anomaly input reaches a detector's fit: PixelKNN keeps every
     image it was fitted on (the digits' training split is below its sample size)."""
@@ -480,6 +486,7 @@ _TINY += ["--n-attack", "10", "--n-noise", "10", "--n-ood", "10", "--no-sanity",
 _TINY += ["--quiet"]
 
 
+@pytest.mark.slow
 def test_cifar10_end_to_end_on_a_tiny_copy(tmp_path, capsys):
     from tests.image_data import write_tiny_cifar10
 
@@ -498,6 +505,7 @@ def test_cifar10_end_to_end_on_a_tiny_copy(tmp_path, capsys):
     assert "letters" in out and "fgsm@0.3" in out and "gaussian" in out
 
 
+@pytest.mark.slow
 def test_image_folder_end_to_end_with_a_torchvision_model(tmp_path, capsys):
     from tests.image_data import write_image_folder
     from tests.tiny_models import fitted_resnet18
@@ -547,6 +555,7 @@ def build():
 """
 
 
+@pytest.mark.slow
 def test_newcomer_with_a_published_checkpoint_and_own_ood_folder(tmp_path, capsys, monkeypatch):
     """A checkpoint saved as published CIFAR ResNets are ({"state_dict": ..., "best_prec1": ...},
     DataParallel's ``module.`` prefix, the inner network only, trained on normalised inputs),

@@ -67,6 +67,7 @@ def _check_report(
     assert "near-OOD mean" in out and "far-OOD mean" in out and "gaussian" in out
 
 
+@pytest.mark.slow
 def test_cifar10_with_openood_near_and_far_sets(tmp_path, capsys):
     root = write_tiny_cifar10(tmp_path / "data", n_per_batch=20, n_test=300)
     write_openood_sets(root, "cifar10", n_per_set=12)
@@ -94,6 +95,7 @@ def test_cifar10_with_openood_near_and_far_sets(tmp_path, capsys):
     assert not [n for n in meta["notes"] if "OpenOOD" in n]
 
 
+@pytest.mark.slow
 def test_cifar10_with_a_torchvision_resnet18_and_openood_sets(tmp_path, capsys):
     """End to end with a user's weights: uniad --dataset cifar10 --data-root DIR --arch torchvision:resnet18
     --model W.pt, with near-OOD, far-OOD, AD and NS in the report."""
@@ -130,6 +132,7 @@ def test_missing_openood_files_a_note_by_default_an_error_when_named(tmp_path, c
     assert str(root / "benchmark_imglist") in lines[0]
 
 
+@pytest.mark.slow
 def test_cifar100_end_to_end(tmp_path, capsys):
     root = write_tiny_cifar100(tmp_path / "data", n_train=100, n_test=300)
     write_openood_sets(root, "cifar100", n_per_set=12)
@@ -143,6 +146,7 @@ def test_cifar100_end_to_end(tmp_path, capsys):
     _check_report(rows, meta, near, far, out, _FEW_CLASSES)
 
 
+@pytest.mark.slow
 def test_imagenet200_end_to_end(tmp_path, capsys):
     """At 64 pixels to stay fast (the loader's default of 224 is checked in test_data_openood)."""
     root = write_imagenet200(tmp_path / "data", n_train_per_class=8, n_test=170, n_val=4)
@@ -166,6 +170,7 @@ def test_imagenet200_end_to_end(tmp_path, capsys):
     _check_report(rows, meta, near, far, out, _FEW_CLASSES)
 
 
+@pytest.mark.slow
 def test_imagenet_folders_end_to_end(tmp_path, capsys):
     root = write_imagenet_folders(tmp_path / "data", n_train_per_class=10, n_val_per_class=57)
     write_openood_sets(root, "imagenet", n_per_set=12)

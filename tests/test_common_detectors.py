@@ -61,6 +61,7 @@ def test_metadata(name):
     assert isinstance(cls.hyperparameter_space, dict) and cls.hyperparameter_space
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_importable_from_pytorch_ood_in_fresh_interpreter(name):
     code = (

@@ -119,6 +119,7 @@ def _rows(path: Path) -> dict[tuple[str, str], dict]:
     return {(r["Detector"], r["Dataset"] + "/" + r["Class"]): r for r in rows}
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_gives_the_single_process_table(tmp_path):
     """Two processes match one: torchrun --nproc_per_node 2 -m uniad_plugin.cli == uniad (fast)."""
     common = ["--fast", "--quiet", "--no-plots", "--cache-dir"]
@@ -151,6 +152,7 @@ def test_cli_under_torchrun_gives_the_single_process_table(tmp_path):
         assert torch.equal(x1, x2), name
 
 
+@pytest.mark.slow
 def test_user_script_shards_attacks_fit_and_scores(tmp_path):
     """UnifiedBenchmark in a user's own distributed script: the attack's batches, the fit's
     extraction and the scoring are split over the ranks; the results equal one process's."""
@@ -171,6 +173,7 @@ def test_user_script_shards_attacks_fit_and_scores(tmp_path):
             torch.testing.assert_close(b["scores"][det][name], s, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_detector_failing_on_one_rank_fails_on_every_rank_without_a_hang(tmp_path):
     """A fit that raises on one rank only (UniformDetector's closed-form spheres) fails the
     entry on every rank, with that rank's error and its number, and the run goes on."""
@@ -186,6 +189,7 @@ def test_a_detector_failing_on_one_rank_fails_on_every_rank_without_a_hang(tmp_p
     assert "UniformDetector" not in out["scores"] and "Mahalanobis" in out["scores"]
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_every_rank_with_its_error(tmp_path):
     t = time.monotonic()
     run = _torchrun(str(SCRIPT), str(tmp_path / "x.pt"), "--fail-rank", "1", timeout=120)
@@ -201,6 +205,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_hanging_rank_times_out_the_others(tmp_path):
     """Without torchrun's agent, the timeout of the collectives ends a waiting rank."""
     port = str(_free_port())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.image_data import write_image_folder
@@ -23,6 +24,7 @@ def run(*args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_train_resume_and_report(tmp_path):
     classes = ("airplane", "automobile", "bird")
     write_image_folder(tmp_path / "data" / "train", classes, n_per_class=20, seed=0)

@@ -379,6 +379,7 @@ def test_sharded_bounded_fit_equals_the_one_pass_fit(digits, digits_model):
     torch.testing.assert_close(det(x_test), whole(x_test), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_rival_contrasts_catch_minimal_perturbations_better(digits, digits_model):
     """The design choice of the rival contrasts: minimal L2 perturbations (DeepFool, CW), which
     leave the predicted class's spheres unsurprised, are told from ID inputs better with them

@@ -50,10 +50,10 @@ def first_output(out: Any) -> Any:
 def model_device(model: nn.Module | None, default: torch.device | None = None) -> torch.device:
     """The device of the model's first parameter or buffer (``default``, else CPU, if none)."""
     if model is not None:
-        for t in model.parameters():
-            return t.device
-        for t in model.buffers():
-            return t.device
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
     return default if default is not None else torch.device("cpu")
 
 

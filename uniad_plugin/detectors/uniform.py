@@ -22,10 +22,10 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import torch
-from pytorch_ood.api import Paper, StructuredDetector
+from pytorch_ood.api import Paper, RequiresFittingException, StructuredDetector
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
@@ -37,6 +37,7 @@ from uniad_plugin.nn.rivals import as_ranked, compact_ranking, kept_ranking, log
 from uniad_plugin.nn.sampling import (
     BoundedSample,
     bounded_rows,
+    capped_rows,
     class_cap,
     content_keys,
     position_keys,
@@ -59,6 +60,15 @@ PAPER = Paper(
 
 #: the output layers: no rival contrast there, and the softmax's spheres are not whitened
 OUTPUT_LAYERS = ("log_softmax", "softmax")
+
+
+class _Spheres(NamedTuple):
+    """The fitted spheres and what scoring needs of them (the fitted attributes, not ``None``)."""
+
+    layers: list[str]
+    spheres: list[ClassSpheres]
+    num_classes: int
+    rivals: int
 
 
 class UniformDetector(UniadDetector, StructuredDetector):
@@ -141,7 +151,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         self._set_model(model, layers=layers)
         self.layers: list[str] | None = None
         if layers is not None:
-            self.layers = [s.name for s in resolve_layers(model, layers)]
+            self.layers = [s.name for s in resolve_layers(self._require_model(), layers)]
         self._init_hyperparameters(locals())
         self._default_layers: list[str] | None = None  # the model's, found by the first pass
         # the fitted state (scikit-learn's habit: trailing underscores, set by the fit only)
@@ -307,7 +317,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
         :return: self
         """
         self._check_hyperparameters()
-        zs, y, ranked, K, keys = self._checked_fit_inputs(
+        zs, y, ranked, K, keys, layers = self._checked_fit_inputs(
             features, y, logits, num_classes, keys, layers
         )
         keep = self._bounded_rows(keys, y, K, class_counts)
@@ -341,10 +351,10 @@ class UniformDetector(UniadDetector, StructuredDetector):
             ClassSpheres(K, z.shape[1], whiten=name != "softmax")
             .to(device)
             .fit(z.to(device), fit_y.to(device), self.nu)
-            for z, name in zip(fit_z, self.layers_)
+            for z, name in zip(fit_z, layers)
         )
         self.num_classes_ = K
-        self.rivals_ = self._rivals_for(self.layers_, K)
+        self.rivals_ = self._rivals_for(layers, K)
         held_rows = torch.nonzero(held).flatten()
         raw = torch.cat(
             [
@@ -356,32 +366,40 @@ class UniformDetector(UniadDetector, StructuredDetector):
         self.score_std_ = raw.std(0).nan_to_num(1.0).clamp_min(1e-12)
         return self
 
-    def _checked_fit_inputs(self, zs, y, logits, num_classes, keys, layers):
-        """The checked, pooled ID rows, labels, ranked classes, ``K`` and keys (``None`` if
-        not given); sets :attr:`layers_`."""
+    def _checked_fit_inputs(
+        self,
+        zs: Sequence[Tensor],
+        y: Tensor,
+        logits: Tensor | None,
+        num_classes: int | None,
+        keys: Tensor | None,
+        layers: Sequence[str] | None,
+    ) -> tuple[list[Tensor], Tensor, Tensor, int, Tensor | None, list[str]]:
+        """The checked, pooled ID rows, labels, ranked classes, ``K``, keys (``None`` if
+        not given) and layer names; sets :attr:`layers_`."""
         if len(zs) == 0:
             raise ValueError("expected at least one layer of activations, got none")
         y = _base.check_labels(y, len(zs[0]))
-        zs = [pool(_base.check_inputs(z, None, "activations")).float() for z in zs]
-        if any(len(z) != len(y) for z in zs):
+        rows = [pool(_base.check_inputs(z, None, "activations")).float() for z in zs]
+        if any(len(z) != len(y) for z in rows):
             raise ValueError(
-                f"expected every layer to have {len(y)} rows, got {[len(z) for z in zs]}"
+                f"expected every layer to have {len(y)} rows, got {[len(z) for z in rows]}"
             )
         if keys is not None and (
             not isinstance(keys, Tensor) or keys.dtype != torch.int64 or keys.shape != y.shape
         ):
             got = (keys.dtype, tuple(keys.shape)) if isinstance(keys, Tensor) else type(keys)
             raise ValueError(f"expected int64 keys of shape ({len(y)},), got {got}")
-        layers = list(layers or self.layers or self._default_layers or ())
-        if not layers:
-            layers = [f"layer{i}" for i in range(len(zs))]
-        if len(layers) != len(zs):
+        names = list(layers or self.layers or self._default_layers or ())
+        if not names:
+            names = [f"layer{i}" for i in range(len(rows))]
+        if len(names) != len(rows):
             raise ValueError(
-                f"expected {len(layers)} layers of activations ({layers}), got {len(zs)}"
+                f"expected {len(names)} layers of activations ({names}), got {len(rows)}"
             )
         extra = [t for t in (logits, keys) if t is not None]
-        split, y = _base.split_known([*zs, *extra], y, "UniformDetector")
-        zs, extra = split[: len(zs)], split[len(zs) :]
+        split, y = _base.split_known([*rows, *extra], y, "UniformDetector")
+        rows, extra = split[: len(rows)], split[len(rows) :]
         logits = extra.pop(0) if logits is not None else None
         keys = extra.pop(0) if keys is not None else None
         if len(y) < 2:
@@ -390,9 +408,9 @@ class UniformDetector(UniadDetector, StructuredDetector):
             )
         K = int(num_classes) if num_classes is not None else int(y.max()) + 1
         _base.check_label_range(y, K, "UniformDetector")
-        ranked = kept_ranking(y if logits is None else logits, K, self._rivals_for(layers, K))
-        self.layers_ = layers
-        return zs, y, ranked, K, keys
+        ranked = kept_ranking(y if logits is None else logits, K, self._rivals_for(names, K))
+        self.layers_ = names
+        return rows, y, ranked, K, keys, names
 
     # ------------------------------------------------------------------ the fit's sample
     def rows_kept(self, keys: Tensor, y: Tensor, class_counts: Tensor) -> Tensor | None:
@@ -419,7 +437,9 @@ class UniformDetector(UniadDetector, StructuredDetector):
                 out[name] = inputs[name][rows]
         return out
 
-    def _bounded_rows(self, keys, y, K, class_counts) -> Tensor | None:
+    def _bounded_rows(
+        self, keys: Tensor | None, y: Tensor, K: int, class_counts: Tensor | None
+    ) -> Tensor | None:
         """The rows of the ``max_fit_rows`` sample, ``None`` below the bound (keep all)."""
         per_class = torch.bincount(y, minlength=K)
         counts = per_class
@@ -445,7 +465,7 @@ class UniformDetector(UniadDetector, StructuredDetector):
             )
         if keys is None:
             keys = position_keys(len(y), self.seed, y.device)
-        keep = bounded_rows(keys, y, counts.to(y.device), self.max_fit_rows)
+        keep = capped_rows(keys, y, K, cap)
         log.info(
             "UniformDetector: fitting on %d of %d ID samples (max_fit_rows=%d, %d per class)",
             len(keep),
@@ -475,14 +495,37 @@ class UniformDetector(UniadDetector, StructuredDetector):
             return layers
         return layers + [f"contrast:{name}" for name in layers if name not in OUTPUT_LAYERS]
 
+    def _fitted_spheres(self) -> _Spheres:
+        """The fitted layers, spheres, class count and rivals.
+
+        :raises RequiresFittingException: before the spheres are fitted
+        """
+        layers, spheres, K, rivals = self.layers_, self.spheres_, self.num_classes_, self.rivals_
+        if layers is None or spheres is None or K is None or rivals is None:
+            self._require_fitted()  # raises before the fit, with the package's message
+            raise RequiresFittingException("UniformDetector: the fitted state is incomplete")
+        return _Spheres(layers, [cast(ClassSpheres, s) for s in spheres], K, rivals)
+
+    def _score_scale(self) -> tuple[Tensor, Tensor]:
+        """The held-out scores' mean and standard deviation.
+
+        :raises RequiresFittingException: before the fit
+        """
+        mean, std = self.score_mean_, self.score_std_
+        if mean is None or std is None:
+            self._require_fitted()
+            raise RequiresFittingException("UniformDetector: the fitted state is incomplete")
+        return mean, std
+
     def _raw_scores(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:
         """Scores ``(B, L + C)`` before standardisation: each layer's :math:`d^2/R^2` under
         the predicted class's sphere, then each hidden layer's rival contrast. ``classes``:
         logits ``(B, K)``, ranked classes ``(B, c)`` or predicted classes ``(B,)``."""
-        K = self.num_classes_
-        ranked = as_ranked(classes, K, self.rivals_).clamp(0, K - 1)
+        fitted = self._fitted_spheres()
+        K = fitted.num_classes
+        ranked = as_ranked(classes, K, fitted.rivals).clamp(0, K - 1)
         own, contrasts = [], []
-        for z, sphere, name in zip(zs, self.spheres_, self.layers_):
+        for z, sphere, name in zip(zs, fitted.spheres, fitted.layers):
             ratios = sphere.ratios(z.float(), ranked)
             own.append(ratios[:, 0])
             if ranked.shape[1] > 1 and name not in OUTPUT_LAYERS:
@@ -490,7 +533,8 @@ class UniformDetector(UniadDetector, StructuredDetector):
         return torch.stack(own + contrasts, dim=1)
 
     def _standardised(self, zs: Sequence[Tensor], classes: Tensor) -> Tensor:
-        return (self._raw_scores(zs, classes) - self.score_mean_) / self.score_std_
+        mean, std = self._score_scale()
+        return (self._raw_scores(zs, classes) - mean) / std
 
     @torch.no_grad()
     def layer_scores(self, x: Tensor) -> Tensor:
@@ -544,21 +588,22 @@ class UniformDetector(UniadDetector, StructuredDetector):
         self._require_fitted()
         if logits is None:
             raise ValueError("expected the classifier's logits or predicted classes, got None")
-        if len(features) != len(self.spheres_):
+        fitted = self._fitted_spheres()
+        if len(features) != len(fitted.spheres):
             raise ValueError(
-                f"expected {len(self.spheres_)} layers of activations ({self.layers_}), "
+                f"expected {len(fitted.spheres)} layers of activations ({fitted.layers}), "
                 f"got {len(features)}"
             )
         device = self._target_device()
         zs = [pool(_base.check_inputs(z, None, "activations")).to(device) for z in features]
-        for z, sphere, name in zip(zs, self.spheres_, self.layers_):
+        for z, sphere, name in zip(zs, fitted.spheres, fitted.layers):
             if z.shape[1] != sphere.in_dim:
                 raise ValueError(
                     f"expected {sphere.in_dim} features for layer {name!r}, got {z.shape[1]}"
                 )
-        if logits.dim() == 2 and logits.shape[1] != self.num_classes_:
+        if logits.dim() == 2 and logits.shape[1] != fitted.num_classes:
             raise ValueError(
-                f"expected logits of {self.num_classes_} classes (as fitted), got {logits.shape[1]}"
+                f"expected logits of {fitted.num_classes} classes (as fitted), got {logits.shape[1]}"
             )
         if len(logits) != len(zs[0]):
             raise ValueError(f"expected {len(zs[0])} logits or classes, got {len(logits)}")
@@ -568,16 +613,17 @@ class UniformDetector(UniadDetector, StructuredDetector):
     def state_dict(self) -> dict[str, Any]:
         """Fitted state as tensors and primitives only (``torch.load(weights_only=True)`` safe)."""
         self._require_fitted()
+        fitted, (mean, std) = self._fitted_spheres(), self._score_scale()
         return self._pack_state(
             {
-                "layers": list(self.layers_),
+                "layers": list(fitted.layers),
                 "input_shape": list(self.input_shape_) if self.input_shape_ else None,
-                "num_classes": self.num_classes_,
-                "rivals": self.rivals_,
-                "score_mean": self.score_mean_.detach().cpu(),
-                "score_std": self.score_std_.detach().cpu(),
+                "num_classes": fitted.num_classes,
+                "rivals": fitted.rivals,
+                "score_mean": mean.detach().cpu(),
+                "score_std": std.detach().cpu(),
                 "spheres": [
-                    {k: v.detach().cpu() for k, v in s.state_dict().items()} for s in self.spheres_
+                    {k: v.detach().cpu() for k, v in s.state_dict().items()} for s in fitted.spheres
                 ],
             }
         )

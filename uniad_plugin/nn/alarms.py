@@ -112,12 +112,14 @@ def lstm_sequence(lstm: nn.LSTM, x: Tensor) -> Tensor:
     Kept because the committed R2-AD2 results were produced with it; ``lstm(x)[0]`` computes
     the same up to float rounding.
     """
-    xi = nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    # layer 0's weight_ih, weight_hh, bias_ih, bias_hh (typed, unlike ``lstm.weight_ih_l0``)
+    weight_ih, weight_hh, bias_ih, bias_hh = lstm.all_weights[0]
+    xi = nn.functional.linear(x, weight_ih, bias_ih + bias_hh)
     h = x.new_zeros(x.shape[0], lstm.hidden_size)
     c = torch.zeros_like(h)
     outs = []
     for t in range(x.shape[1]):
-        gates = xi[:, t] + h @ lstm.weight_hh_l0.T
+        gates = xi[:, t] + h @ weight_hh.T
         i, f, g, o = gates.chunk(4, dim=1)  # PyTorch's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

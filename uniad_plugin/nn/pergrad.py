@@ -28,6 +28,7 @@ bounded by ``chunk_size * |theta|`` whatever the batch size.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -157,6 +158,40 @@ def _check_no_train_mode_norm(model: nn.Module) -> None:
             )
 
 
+@overload
+def per_sample_grads(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None = ...,
+    loss_fn: LossFn | None = ...,
+    params: Sequence[str] | None = ...,
+    chunk_size: int | None = ...,
+    state: Mapping[str, Tensor] | None = ...,
+    with_outputs: Literal[False] = ...,
+) -> dict[str, Tensor]: ...
+@overload
+def per_sample_grads(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None = ...,
+    loss_fn: LossFn | None = ...,
+    params: Sequence[str] | None = ...,
+    chunk_size: int | None = ...,
+    state: Mapping[str, Tensor] | None = ...,
+    *,
+    with_outputs: Literal[True],
+) -> tuple[dict[str, Tensor], Tensor]: ...
+@overload
+def per_sample_grads(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None = ...,
+    loss_fn: LossFn | None = ...,
+    params: Sequence[str] | None = ...,
+    chunk_size: int | None = ...,
+    state: Mapping[str, Tensor] | None = ...,
+    with_outputs: bool = ...,
+) -> dict[str, Tensor] | tuple[dict[str, Tensor], Tensor]: ...
 def per_sample_grads(
     model: nn.Module,
     x: Tensor,
@@ -198,7 +233,7 @@ def per_sample_grads(
     names = resolve_params(model, params)
     loss_fn = loss_fn or cross_entropy_loss
     state = dict(state or {})
-    own = dict(model.named_parameters())
+    own: dict[str, Tensor] = dict(model.named_parameters())
     own.update(dict(model.named_buffers()))
     tensors = {n: state.get(n, t).detach() for n, t in own.items()}
     selected = {n: tensors.pop(n) for n in names}
@@ -256,6 +291,43 @@ _REDUCERS: dict[str, Callable[[Mapping[str, Tensor]], Tensor]] = {
 }
 
 
+@overload
+def per_sample_grad_features(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None = ...,
+    loss_fn: LossFn | None = ...,
+    params: Sequence[str] | None = ...,
+    reduce: str = ...,
+    chunk_size: int | None = ...,
+    state: Mapping[str, Tensor] | None = ...,
+    with_outputs: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def per_sample_grad_features(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None = ...,
+    loss_fn: LossFn | None = ...,
+    params: Sequence[str] | None = ...,
+    reduce: str = ...,
+    chunk_size: int | None = ...,
+    state: Mapping[str, Tensor] | None = ...,
+    *,
+    with_outputs: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+@overload
+def per_sample_grad_features(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None = ...,
+    loss_fn: LossFn | None = ...,
+    params: Sequence[str] | None = ...,
+    reduce: str = ...,
+    chunk_size: int | None = ...,
+    state: Mapping[str, Tensor] | None = ...,
+    with_outputs: bool = ...,
+) -> Tensor | tuple[Tensor, Tensor]: ...
 def per_sample_grad_features(
     model: nn.Module,
     x: Tensor,
@@ -282,6 +354,8 @@ def per_sample_grad_features(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"expected chunk_size >= 1 or None, got {chunk_size}")
     reducer = _REDUCERS[reduce]
+    x_chunks: list[Tensor]
+    t_chunks: list[Tensor | None]
     if chunk_size is None or len(x) <= chunk_size:
         x_chunks, t_chunks = [x], [target]
     else:

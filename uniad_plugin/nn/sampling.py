@@ -38,6 +38,7 @@ from torch import Tensor
 __all__ = [
     "BoundedSample",
     "bounded_rows",
+    "capped_rows",
     "class_cap",
     "content_keys",
     "position_keys",
@@ -147,9 +148,19 @@ def bounded_rows(keys: Tensor, y: Tensor, counts: Tensor, budget: int | None) ->
     cap = class_cap(counts, budget)
     if cap is None:
         return None
+    return capped_rows(keys, y, len(counts), cap)
+
+
+def capped_rows(keys: Tensor, y: Tensor, num_classes: int, cap: int) -> Tensor:
+    """Indices of the ``cap`` rows with the smallest keys of each class (all rows of a smaller
+    class), ordered by key (ties by label): :func:`bounded_rows` for a known cap.
+
+    :param keys: ``(N,)`` int64 keys of the rows at hand
+    :param y: ``(N,)`` class labels in ``[0, num_classes)``
+    """
     by_key = torch.argsort(keys, stable=True)
     order = by_key[torch.argsort(y[by_key], stable=True)]  # class-major, keys ascending
-    per_class = torch.bincount(y, minlength=len(counts))
+    per_class = torch.bincount(y, minlength=num_classes)
     starts = torch.cumsum(per_class, 0) - per_class
     rank = torch.arange(len(y), device=y.device) - starts[y[order]]
     keep = order[rank < cap]

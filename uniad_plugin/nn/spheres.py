@@ -36,6 +36,12 @@ class ClassSpheres(nn.Module):
     :param whiten: spheres in the whitened space (``True``) or on the raw activations
     """
 
+    # the buffers (declared for type checkers: ``nn.Module.__getattr__`` is untyped)
+    mean: Tensor
+    proj: Tensor
+    center: Tensor
+    radius2: Tensor
+
     def __init__(self, num_classes: int, in_dim: int, *, whiten: bool = True) -> None:
         super().__init__()
         if num_classes < 1 or in_dim < 1:

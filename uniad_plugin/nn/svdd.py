@@ -57,6 +57,12 @@ class BatchedSVDD(nn.Module):
     (:func:`fit_svdd`, nothing trained).
     """
 
+    # the buffers (declared for type checkers: ``nn.Module.__getattr__`` is untyped)
+    in_mean: Tensor
+    in_proj: Tensor
+    center: Tensor
+    radius2: Tensor
+
     def __init__(
         self,
         n_classes: int,
