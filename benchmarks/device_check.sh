@@ -35,8 +35,8 @@ python3 -m pytest -q -p no:cacheprovider tests/test_benchmark_devices.py \
     tests/test_common_detectors.py -k "cuda or device" 2>&1 | tee "$OUT/cuda_tests.txt"
 # 2. the scoring cost against the forward pass, on the GPU
 if [ -d .data/MNIST ]; then
-    python3 benchmarks/speed_mnist.py --data-root .data --device cuda 2>&1 | tail -20
-    python3 benchmarks/speed_mnist.py --data-root .data --device cuda --arch resnet 2>&1 | tail -20
+    python3 benchmarks/speed.py --data-root .data --device cuda 2>&1 | tail -20
+    python3 benchmarks/speed.py --data-root .data --device cuda --arch resnet 2>&1 | tail -20
     cp benchmarks/results/speed_mnist*_cuda.md "$OUT/" 2>/dev/null || true
 fi
 # 3. a fast CIFAR-10 folder run with the reference ResNet-20 (needs the images under .data)

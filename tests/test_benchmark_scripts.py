@@ -63,9 +63,9 @@ def test_fast_mnist_is_read_as_mnist(tmp_path):
 
 
 @pytest.mark.slow
-def test_speed_mnist_fast(tmp_path):
+def test_speed_fast(tmp_path):
     out = tmp_path / "speed.md"
-    _script("speed_mnist").main(["--fast", "--out", str(out)])
+    _script("speed").main(["--fast", "--out", str(out)])
     text = out.read_text()
     assert "Fit: 1,200 training images" in text and "Scoring: 597 test images" in text
     rows = {r[0]: r[1:] for r in _table(text, "| detector |")}

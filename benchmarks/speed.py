@@ -1,16 +1,20 @@
-"""Fit time and scoring cost of UniformDetector on MNIST, beside Mahalanobis and MultiMahalanobis.
+"""Fit time and scoring cost of UniformDetector, beside Mahalanobis and MultiMahalanobis.
 
-For the two reference models of the benchmark: the LeNet and the ResNet (BatchNorm, residual
-blocks), as ``uniad --dataset mnist [--arch uniad_plugin.models:resnet_mnist --train]`` trains them.
-Goals: fit on the 60,000 training images in under 60 s on 2 CPU cores (LeNet); scoring under
-1.25x the model's plain forward pass. All detectors are measured in the same run, scoring rounds
-interleaved, medians reported (the machine is noisy). The built-ins are wired as the benchmark
-wires them (:func:`~uniad_plugin.benchmark.build_detectors`). Besides the defaults: the same
-detector with fewer rivals (1, 0).
+For the reference networks of the benchmark: on MNIST the LeNet and the ResNet (BatchNorm,
+residual blocks), trained here as ``uniad --dataset mnist [--arch uniad_plugin.models:resnet_mnist
+--train]`` trains them; on CIFAR-10 the committed ResNet-20 and VGG
+(``benchmarks/weights/``), fitted on the 50,000 training images of an extracted
+``ImageFolder`` tree. Goals: fit on the 60,000 MNIST training images in under 60 s on 2 CPU
+cores (LeNet); scoring under 1.25x the model's plain forward pass. All detectors are measured
+in the same run, scoring rounds interleaved, medians reported (the machine is noisy). The
+built-ins are wired as the benchmark wires them (:func:`~uniad_plugin.benchmark.build_detectors`).
+Besides the defaults: the same detector with fewer rivals (1, 0).
 
-    python benchmarks/speed_mnist.py --data-root ../shared/data [--arch resnet] [--rounds 5]
+    python benchmarks/speed.py --data-root ../shared/data [--arch resnet] [--rounds 5]
         [--device cuda]
-    python benchmarks/speed_mnist.py --fast --out /tmp/speed.md   # a smoke run, seconds
+    python benchmarks/speed.py --arch resnet20 --train-dir /tmp/cifar10/train \
+        --test-dir /tmp/cifar10/test            # or --arch vgg
+    python benchmarks/speed.py --fast --out /tmp/speed.md   # a smoke run, seconds
 
 ``--fast`` needs no data: it runs on a tiny stand-in written in MNIST's own file format
 (:func:`mnist_setup.write_fast_mnist`, scikit-learn's digits on 28x28), one epoch, one scoring
@@ -36,12 +40,15 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mnist_setup import CACHE, HERE, write_fast_mnist  # noqa: E402
 
-from uniad_plugin.benchmark import build_detectors, trained_model  # noqa: E402
-from uniad_plugin.data import mnist_dataset  # noqa: E402
+from uniad_plugin.benchmark import build_detectors, load_model, trained_model  # noqa: E402
+from uniad_plugin.data import image_folder, mnist_dataset  # noqa: E402
 from uniad_plugin.detectors.uniform import UniformDetector  # noqa: E402
-from uniad_plugin.models import lenet, resnet_mnist  # noqa: E402
+from uniad_plugin.models import lenet, resnet20_cifar, resnet_mnist, vgg_cifar  # noqa: E402
 
+#: MNIST networks, trained here (cached)
 ARCHS = {"lenet": lenet, "resnet": resnet_mnist}
+#: CIFAR-10 networks: the committed reference weights of benchmarks/train_cifar_reference.py
+CIFAR_ARCHS = {"resnet20": (resnet20_cifar, "resnet20.pt"), "vgg": (vgg_cifar, "vgg.pt")}
 
 
 def timed(fn):
@@ -55,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--arch", choices=sorted(ARCHS), default="lenet")
+    ap.add_argument("--arch", choices=sorted(ARCHS) + sorted(CIFAR_ARCHS), default="lenet")
+    ap.add_argument("--train-dir", help="CIFAR-10 training images, ImageFolder layout")
+    ap.add_argument("--test-dir", help="CIFAR-10 test images, ImageFolder layout")
     ap.add_argument("--cache-dir", default=str(CACHE), help="cache of the trained model")
     ap.add_argument("--device", default="cpu", help="device of the model and the detectors")
     ap.add_argument("--out", default=None)
@@ -72,25 +81,35 @@ def main(argv: list[str] | None = None) -> None:
         args.cache_dir = str(work / "cache")
         args.rounds = 1
         args.epochs = 1
-        args.out = args.out or str(work / "speed_mnist.md")
+        args.out = args.out or str(work / "speed.md")
     device = torch.device(args.device)
+    cifar = args.arch in CIFAR_ARCHS
+    data_name = "cifar10" if cifar else "mnist"
     suffix = ("" if args.arch == "lenet" else f"_{args.arch}") + (
         "" if device.type == "cpu" else f"_{device.type}"
     )
-    out = args.out or str(HERE / "results" / f"speed_mnist{suffix}.md")
+    out = args.out or str(HERE / "results" / f"speed_{data_name}{suffix}.md")
 
-    train = mnist_dataset(args.data_root, train=True)
-    test = mnist_dataset(args.data_root, train=False)
-    factory = ARCHS[args.arch]
-    model, _ = trained_model(
-        factory.__name__,
-        factory,
-        train,
-        epochs=args.epochs,
-        seed=0,
-        batch_size=128,
-        cache_dir=args.cache_dir,
-    )
+    if cifar:
+        if not (args.train_dir and args.test_dir):
+            ap.error(f"--arch {args.arch} needs --train-dir and --test-dir (CIFAR-10 images)")
+        factory, weights = CIFAR_ARCHS[args.arch]
+        train, classes = image_folder(args.train_dir)
+        test, _ = image_folder(args.test_dir)
+        model = load_model(HERE / "weights" / weights, factory, len(classes))
+    else:
+        train = mnist_dataset(args.data_root, train=True)
+        test = mnist_dataset(args.data_root, train=False)
+        factory = ARCHS[args.arch]
+        model, _ = trained_model(
+            factory.__name__,
+            factory,
+            train,
+            epochs=args.epochs,
+            seed=0,
+            batch_size=128,
+            cache_dir=args.cache_dir,
+        )
     model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -137,9 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     base = med["forward pass (model only)"]
     n = len(x_test)
     where = "CPU" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    cmd = "python benchmarks/speed_mnist.py " + " ".join(argv or sys.argv[1:])
+    cmd = "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])
     lines = [
-        f"# Speed on MNIST ({factory.__name__}, {where})",
+        f"# Speed on {'CIFAR-10' if cifar else 'MNIST'} ({factory.__name__}, {where})",
         "",
         f"Produced by `{cmd.strip()}`"
         + (f" with {torch.get_num_threads()} torch threads." if device.type == "cpu" else "."),
