@@ -26,7 +26,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pytorch_ood.api import (
@@ -344,6 +344,18 @@ class UniadDetector:
     fitted_attribute: ClassVar[str] = ""
 
     model: nn.Module | None
+
+    if TYPE_CHECKING:
+        # what the mixin reads from the detector (its representation and structured scores)
+        # and from pytorch-ood's Detector behind it (the device of the detector's own state);
+        # declared for the type checker only, so that nothing here shadows them at run time
+
+        @property
+        def device(self) -> torch.device | None: ...
+
+        def extract(self, x: Tensor) -> tuple[Any, ...]: ...
+
+        def predict_structured(self, *args: Any, **kwargs: Any) -> Tensor: ...
 
     # -- hyperparameters -----------------------------------------------------------------------
     def _check_hyperparameters(self) -> None:

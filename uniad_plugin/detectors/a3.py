@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from pytorch_ood.api import (
     Paper,
+    RequiresFittingException,
     StructuredDetector,
 )
 from torch import Tensor, nn
@@ -48,6 +50,17 @@ _CHUNK = 1024
 def _check_finite(t: Tensor, what: str) -> None:
     if t.is_floating_point() and not torch.isfinite(t).all():
         raise ValueError(f"expected finite values in {what}, got NaN or inf")
+
+
+class _Fitted(NamedTuple):
+    """What scoring and :meth:`A3.state_dict` read of a fitted :class:`A3`."""
+
+    alarm: AlarmNet
+    mean: Tensor
+    scale: Tensor
+    layer_names: list[str]
+    layer_dims: list[int]
+    input_shape: tuple[int, ...]
 
 
 class A3(UniadDetector, StructuredDetector):
@@ -170,17 +183,43 @@ class A3(UniadDetector, StructuredDetector):
     def _resolve(self, example: Tensor) -> tuple[list[str], list[int], int | None, LayerTaps]:
         """Find the tapped layers with one probe forward pass (see
         :func:`~uniad_plugin.nn.taps.activation_taps`)."""
-        return activation_taps(self.model, self.layers, example)
+        return activation_taps(self._require_model(), self.layers, example)
+
+    def _fitted(self) -> _Fitted:
+        """The fitted alarm, statistics, layers and input shape.
+
+        :raises RequiresFittingException: before fitting
+        """
+        alarm, mean, scale = self.alarm, self.mean, self.scale
+        names, dims, input_shape = self.layer_names, self.layer_dims, self.input_shape
+        if (
+            alarm is None
+            or mean is None
+            or scale is None
+            or names is None
+            or dims is None
+            or input_shape is None
+        ):
+            self._require_fitted()  # raises before the fit, with the package's message
+            raise RequiresFittingException("A3: the fitted state is incomplete")
+        return _Fitted(alarm, mean, scale, names, dims, input_shape)
+
+    def _tapped_dims(self) -> list[int]:
+        """The flattened sizes of the tapped layers, which a fit resolves before it uses them."""
+        assert self.layer_dims is not None, "the tapped layers are resolved first"
+        return self.layer_dims
 
     def _activations(self, x: Tensor) -> Tensor:
         """Raw concatenated activations of a batch (one forward pass, model in eval mode)."""
         assert self._taps is not None
-        with torch.no_grad(), _base.eval_mode(self.model):
+        with torch.no_grad(), _base.eval_mode(self._require_model()):
             _, feats = self._taps(x)
         return torch.cat([f.float() for f in feats], dim=1)
 
     def _standardise(self, a: Tensor) -> Tensor:
-        z = (a - self.mean) / self.scale
+        mean, scale = self.mean, self.scale
+        assert mean is not None and scale is not None, "the ID statistics are computed first"
+        z = (a - mean) / scale
         z = torch.nan_to_num(
             z, nan=ACTIVATION_CLIP, posinf=ACTIVATION_CLIP, neginf=-ACTIVATION_CLIP
         )
@@ -228,7 +267,7 @@ class A3(UniadDetector, StructuredDetector):
         std = var.clamp_min(0).sqrt()
         floors = []
         start = 0
-        for d in self.layer_dims:
+        for d in self._tapped_dims():
             layer_std = std[start : start + d]
             floors.append(
                 torch.full_like(layer_std, MIN_SCALE_FRACTION * float(layer_std.mean()) or 1.0)
@@ -239,7 +278,7 @@ class A3(UniadDetector, StructuredDetector):
         self.scale = torch.maximum(std, floor).float()
 
     def _build_alarm(self) -> AlarmNet:
-        d = sum(self.layer_dims)
+        d = sum(self._tapped_dims())
         hidden = self.hidden if self.hidden is not None else default_hidden(d)
         return AlarmNet(d, hidden, DROPOUT)
 
@@ -259,7 +298,7 @@ class A3(UniadDetector, StructuredDetector):
         x = x.to(device=self._target_device(), dtype=self._model_dtype())
         if self._taps is None:
             self._taps = self._resolve(x[:2])[3]
-        with _base.eval_mode(self.model):
+        with _base.eval_mode(self._require_model()):
             _, feats = self._taps(x)
         return ([f.float() for f in feats],)
 
@@ -350,6 +389,7 @@ class A3(UniadDetector, StructuredDetector):
         if x is not None:
             x = x.to(dtype)
         input_shape = tuple(x.shape[1:]) if x is not None else input_shape
+        assert input_shape is not None, "fit_structured passes the shape of the inputs it lacks"
         gen = seeded_generator(self.seed, device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -375,21 +415,25 @@ class A3(UniadDetector, StructuredDetector):
             def raw_acts(idx: Tensor) -> Tensor:
                 if acts is not None:
                     return acts[idx].to(device)
+                assert x is not None, "fit passes the inputs whenever it passes no activations"
                 return self._activations(x[idx].to(device))
 
             normal_idx = torch.nonzero(y >= 0).flatten()
             self._id_statistics(raw_acts, normal_idx, device)
             self.vae = None
             if self.anomaly == "vae":
+                assert x is not None, "fit_structured requires inputs for anomaly='vae'"
                 self.vae = fit_vae(
                     x[normal_idx], self.vae_epochs, BATCH_SIZE, device, gen, self.seed + 2
                 )
             self.alarm = self._train_alarm(x, y, acts, input_shape, gen)
         return self
 
-    def _id_statistics(self, raw_acts, normal_idx: Tensor, device: torch.device) -> None:
+    def _id_statistics(
+        self, raw_acts: Callable[[Tensor], Tensor], normal_idx: Tensor, device: torch.device
+    ) -> None:
         """Mean and floored scale of the activations (float64 sums over normal samples)."""
-        s1 = torch.zeros(sum(self.layer_dims), dtype=torch.float64, device=device)
+        s1 = torch.zeros(sum(self._tapped_dims()), dtype=torch.float64, device=device)
         s2 = torch.zeros_like(s1)
         for idx in torch.split(normal_idx, _CHUNK):
             a = raw_acts(idx).double()
@@ -400,16 +444,26 @@ class A3(UniadDetector, StructuredDetector):
         var = (s2 / m - mean.pow(2)) * (m / max(m - 1, 1))
         self._set_stats(mean, var)
 
-    def _counter_examples(self, x: Tensor | None, idx: Tensor, input_shape, gen) -> Tensor:
+    def _counter_examples(
+        self, x: Tensor | None, idx: Tensor, input_shape: tuple[int, ...], gen: torch.Generator
+    ) -> Tensor:
         device = self._target_device()
         if self.vae is not None:
+            assert x is not None, "the VAE is trained on inputs, which the fit then passes"
             return self.vae.counter_examples(x[idx].to(device), gen)
         shape = (len(idx), *input_shape)
         x_tilde = torch.randn(shape, generator=gen, device=device, dtype=self._model_dtype())
         return x_tilde * NOISE_STD + NOISE_MEAN
 
     @torch.enable_grad()  # the alarm trains under an outer torch.no_grad() too
-    def _train_alarm(self, x, y: Tensor, acts, input_shape, gen: torch.Generator) -> AlarmNet:
+    def _train_alarm(
+        self,
+        x: Tensor | None,
+        y: Tensor,
+        acts: Tensor | None,
+        input_shape: tuple[int, ...],
+        gen: torch.Generator,
+    ) -> AlarmNet:
         """Train the alarm on labelled batches plus as many counter-examples per step."""
         device = self._target_device()
         cpu_gen = seeded_generator(self.seed + 1)
@@ -424,6 +478,7 @@ class A3(UniadDetector, StructuredDetector):
             b = len(idx)
             x_tilde = self._counter_examples(x, idx, input_shape, gen)
             if acts is None:
+                assert x is not None, "fit passes the inputs whenever it passes no activations"
                 both = self._activations(torch.cat([x[idx].to(device), x_tilde]))
                 a_pos, a_neg = both[:b], both[b:]
             else:
@@ -450,10 +505,10 @@ class A3(UniadDetector, StructuredDetector):
         :return: outlier scores of shape :math:`B`, larger = more anomalous
         :raises RequiresFittingException: before fitting
         """
-        self._require_fitted()
+        fitted = self._fitted()
         a = self._check_acts(features, fitted=True)
-        device = self.mean.device
-        return self.alarm(self._standardise(a.to(device)))
+        device = fitted.mean.device
+        return fitted.alarm(self._standardise(a.to(device)))
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
@@ -464,39 +519,40 @@ class A3(UniadDetector, StructuredDetector):
         :raises RequiresFittingException: before fitting
         :raises ValueError: for inputs of another shape or with NaN/inf
         """
-        self._require_fitted()
+        fitted = self._fitted()
         self._check_input(x)
-        device = self.mean.device
+        device = fitted.mean.device
         if x.shape[0] == 0:
             return torch.empty(0, device=device)
         a = self._activations(x.to(device=device, dtype=self._model_dtype()))
-        return self.alarm(self._standardise(a))
+        return fitted.alarm(self._standardise(a))
 
     # -- persistence -------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Everything scoring needs, as tensors and primitives (``torch.load(weights_only=True)``
         compatible). The model itself is not included; the VAE is not needed for scoring and is
         not saved.
 
         :raises RequiresFittingException: before fitting
         """
-        self._require_fitted()
+        fitted = self._fitted()
+        alarm = fitted.alarm
         return self._pack_state(
             {
-                "layer_names": list(self.layer_names),
-                "layer_dims": list(self.layer_dims),
-                "input_shape": list(self.input_shape),
+                "layer_names": list(fitted.layer_names),
+                "layer_dims": list(fitted.layer_dims),
+                "input_shape": list(fitted.input_shape),
                 "num_classes": self.num_classes,
-                "alarm_hidden": [lin.out_features for lin in self.alarm.hidden],
-                "alarm_dropout": self.alarm.p,
-                "mean": self.mean.detach().cpu().clone(),
-                "scale": self.scale.detach().cpu().clone(),
-                "alarm": {k: v.detach().cpu().clone() for k, v in self.alarm.state_dict().items()},
+                "alarm_hidden": [lin.out_features for lin in alarm.hidden],
+                "alarm_dropout": alarm.p,
+                "mean": fitted.mean.detach().cpu().clone(),
+                "scale": fitted.scale.detach().cpu().clone(),
+                "alarm": {k: v.detach().cpu().clone() for k, v in alarm.state_dict().items()},
             }
         )
 
-    def load_state_dict(self, state: dict) -> Self:
+    def load_state_dict(self, state: dict[str, Any]) -> Self:
         """Restore a fitted detector from :meth:`state_dict` (for the same model architecture).
 
         :raises ValueError: if the state is not an A3 state (of this format version) or belongs

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from pytorch_ood.api import GradientDetector, Paper, StructuredDetector
+from pytorch_ood.api import (
+    GradientDetector,
+    Paper,
+    RequiresFittingException,
+    StructuredDetector,
+)
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
@@ -16,7 +21,12 @@ from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.alarms import binary_mlp, train_binary_mlp
 from uniad_plugin.nn.gaussian import shrunk_gaussian
-from uniad_plugin.nn.pergrad import check_param_shapes, per_sample_grad_features, resolve_params
+from uniad_plugin.nn.pergrad import (
+    LossFn,
+    check_param_shapes,
+    per_sample_grad_features,
+    resolve_params,
+)
 
 __all__ = ["ConfoundingGradients"]
 
@@ -35,6 +45,15 @@ WEIGHT_DECAY = 1e-4
 BATCH_SIZE = 256
 #: samples per vectorised per-sample-gradient chunk, which bounds the memory (our choice)
 CHUNK_SIZE = 64
+
+
+class _Fitted(NamedTuple):
+    """What scoring reads of a fitted :class:`ConfoundingGradients`."""
+
+    feature_mean: Tensor
+    feature_std: Tensor
+    centers: Tensor
+    precisions: Tensor
 
 
 def _check_n_ones(name: str, n_ones: object) -> int | None:
@@ -149,7 +168,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         self._set_model(model, params=params)
         self.params: list[str] | None = None
         if params is not None:
-            self.params = resolve_params(model, params)
+            self.params = resolve_params(self._require_model(), params)
         self._init_hyperparameters(locals())
         # fitted state
         self.input_shape: tuple[int, ...] | None = None
@@ -167,7 +186,7 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             self.params = resolve_params(self._require_model())
         return self.params
 
-    def _loss(self, num_classes: int):
+    def _loss(self, num_classes: int) -> LossFn:
         n = num_classes if self.n_ones is None else self.n_ones
         if n > num_classes:
             raise ValueError(
@@ -230,8 +249,20 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
             return torch.log1p(g)
         return g
 
-    def _standardise(self, g: Tensor) -> Tensor:
-        return (self._transform(g) - self.feature_mean) / self.feature_std
+    def _standardise(self, g: Tensor, fitted: _Fitted) -> Tensor:
+        return (self._transform(g) - fitted.feature_mean) / fitted.feature_std
+
+    def _fitted(self) -> _Fitted:
+        """The fitted feature statistics and Gaussians.
+
+        :raises RequiresFittingException: before fitting
+        """
+        mean, std = self.feature_mean, self.feature_std
+        centers, precisions = self.centers, self.precisions
+        if mean is None or std is None or centers is None or precisions is None:
+            self._require_fitted()  # raises before the fit, with the package's message
+            raise RequiresFittingException("ConfoundingGradients: the fitted state is incomplete")
+        return _Fitted(mean, std, centers, precisions)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data_loader: DataLoader) -> Self:
@@ -347,7 +378,12 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         z_id = (t_id - mean) / std
         # covariances shrunk by the Ledoit-Wolf estimate
         center, precision, shrink = shrunk_gaussian(z_id)
-        K = int(num_classes) if self.per_class else 1
+        if self.per_class:
+            # per_class needs logits (_predicted refuses None), which give num_classes
+            assert num_classes is not None
+            K = int(num_classes)
+        else:
+            K = 1
         centers = center.expand(K, -1).clone()
         precisions = precision.expand(K, -1, -1).clone()
         if self.per_class:
@@ -405,36 +441,36 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         :raises RequiresFittingException: before fitting
         :raises ValueError: for a wrong number of features or missing logits
         """
-        self._require_fitted()
+        fitted = self._fitted()
         if not isinstance(features, Tensor) or features.dim() != 2:
             raise ValueError(
                 f"expected features of shape (B, P), got "
                 f"{tuple(features.shape) if isinstance(features, Tensor) else type(features)}"
             )
-        if features.shape[1] != len(self.feature_mean):
+        if features.shape[1] != len(fitted.feature_mean):
             raise ValueError(
-                f"expected {len(self.feature_mean)} features per sample, got {features.shape[1]}"
+                f"expected {len(fitted.feature_mean)} features per sample, got {features.shape[1]}"
             )
         device = self._target_device()
-        z = self._standardise(features.to(device))
+        z = self._standardise(features.to(device), fitted)
         if self.classifier is not None:
             return self.classifier(z.float()).squeeze(1)
         if self.per_class:
             k = self._predicted(logits, len(z)).to(device)
-            if len(k) and (int(k.min()) < 0 or int(k.max()) >= len(self.centers)):
+            if len(k) and (int(k.min()) < 0 or int(k.max()) >= len(fitted.centers)):
                 raise ValueError(
-                    f"expected predicted classes in [0, {len(self.centers)}) as fitted, got "
+                    f"expected predicted classes in [0, {len(fitted.centers)}) as fitted, got "
                     f"classes up to {int(k.max())}"
                 )
         else:
             k = torch.zeros(len(z), dtype=torch.long, device=device)
-        d = z - self.centers[k]
-        return torch.einsum("bi,bij,bj->b", d, self.precisions[k], d).float()
+        d = z - fitted.centers[k]
+        return torch.einsum("bi,bij,bj->b", d, fitted.precisions[k], d).float()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Fitted state as tensors and primitives only (``torch.load(weights_only=True)`` safe)."""
-        self._require_fitted()
+        fitted = self._fitted()
         own = dict(self.model.named_parameters()) if self.model is not None else {}
         names = list(self.params) if self.params is not None else []
         return self._pack_state(
@@ -444,10 +480,10 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
                 "input_shape": list(self.input_shape) if self.input_shape is not None else None,
                 "num_classes": self.num_classes,
                 "fitted_shrinkage": self.fitted_shrinkage,
-                "feature_mean": self.feature_mean.detach().cpu(),
-                "feature_std": self.feature_std.detach().cpu(),
-                "centers": self.centers.detach().cpu(),
-                "precisions": self.precisions.detach().cpu(),
+                "feature_mean": fitted.feature_mean.detach().cpu(),
+                "feature_std": fitted.feature_std.detach().cpu(),
+                "centers": fitted.centers.detach().cpu(),
+                "precisions": fitted.precisions.detach().cpu(),
                 "classifier": (
                     {k: v.detach().cpu() for k, v in self.classifier.state_dict().items()}
                     if self.classifier is not None
@@ -511,10 +547,16 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
         self.classifier = clf
         return self
 
-    def _check_model(self, names, shapes, input_shape, num_classes) -> None:
+    def _check_model(
+        self,
+        names: Sequence[str],
+        shapes: Sequence[Sequence[int]],
+        input_shape: tuple[int, ...] | None,
+        num_classes: int | None,
+    ) -> None:
         """Refuse a state fitted for a model with other parameters or outputs."""
         who = "ConfoundingGradients"
-        check_param_shapes(self.model, names, shapes, who)
+        check_param_shapes(self._require_model(), names, shapes, who)
         if input_shape is not None and num_classes is not None:
             probe = torch.zeros((1, *input_shape), device=self._target_device())
             got = self._model_outputs(probe)
@@ -526,7 +568,8 @@ class ConfoundingGradients(UniadDetector, GradientDetector, StructuredDetector):
 
     def __repr__(self) -> str:
         fitted = ""
-        if self.centers is not None:
+        mean = self.feature_mean
+        if self.centers is not None and mean is not None:
             kind = "classifier" if self.classifier is not None else "gaussian"
-            fitted = f", fitted ({kind}, {len(self.feature_mean)} features)"
+            fitted = f", fitted ({kind}, {len(mean)} features)"
         return f"ConfoundingGradients(n_ones={self.n_ones}, transform={self.transform!r}{fitted})"

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
-from pytorch_ood.api import GradientDetector, Paper, StructuredDetector
+from pytorch_ood.api import (
+    GradientDetector,
+    Paper,
+    RequiresFittingException,
+    StructuredDetector,
+)
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import Self
@@ -17,6 +22,7 @@ from uniad_plugin.detectors import _base
 from uniad_plugin.detectors._base import UniadDetector, hp
 from uniad_plugin.nn.alarms import ALARM_SMALL, GradientAlarm
 from uniad_plugin.nn.pergrad import (
+    LossFn,
     default_gradient_params,
     per_sample_grad_features,
     resolve_params,
@@ -52,6 +58,24 @@ BATCH_SIZE = 256
 NOISE_MEAN, NOISE_STD = 0.5, 1.0
 #: samples per vectorised per-sample-gradient chunk, which bounds the memory (our choice)
 CHUNK_SIZE = 256
+
+
+_NO_SNAPSHOTS = "expected snapshots of the model: pass snapshots=... or call fit(loader) first"
+
+
+def _input_reconstruction_bce(out: Tensor, x: Tensor | None) -> Tensor:
+    """:func:`~uniad_plugin.nn.snapshots.reconstruction_bce` as a per-sample-gradient loss:
+    an autoencoder's target is its input, which is always passed."""
+    assert x is not None, "the autoencoder's target is its input"
+    return reconstruction_bce(out, x)
+
+
+class _Fitted(NamedTuple):
+    """What scoring and :meth:`R2AD2.state_dict` read of a fitted :class:`R2AD2`."""
+
+    alarm: GradientAlarm
+    snapshots: list[dict[str, Tensor]]
+    input_shape: tuple[int, ...]
 
 
 class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
@@ -159,7 +183,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         self._set_model(model, params=params, snapshots=snapshots)
         self.params: list[str] | None = None
         if params is not None:
-            self.params = resolve_params(model, params)
+            self.params = resolve_params(self._require_model(), params)
         self.given_snapshots: list[dict[str, Tensor]] | None = None
         if snapshots is not None:
             if len(snapshots) < 1:
@@ -183,6 +207,23 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             )
 
     # ------------------------------------------------------------------ helpers
+    def _snapshot_states(self) -> list[dict[str, Tensor]]:
+        """:raises ValueError: if no snapshots exist yet (none given, no fit)"""
+        if self.snapshots is None:
+            raise ValueError(_NO_SNAPSHOTS)
+        return self.snapshots
+
+    def _fitted(self) -> _Fitted:
+        """The fitted alarm, snapshots and input shape.
+
+        :raises RequiresFittingException: before fitting
+        """
+        alarm, snapshots, input_shape = self.alarm, self.snapshots, self.input_shape
+        if alarm is None or snapshots is None or input_shape is None:
+            self._require_fitted()  # raises before the fit, with the package's message
+            raise RequiresFittingException("R2AD2: the fitted state is incomplete")
+        return _Fitted(alarm, snapshots, input_shape)
+
     def _param_names(self) -> list[str]:
         if self.params is None:
             self.params = default_gradient_params(self._require_model(), MAX_PARAM_SIZE)
@@ -216,6 +257,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         names = self._param_names()
         device = self._target_device()
         ae = self.target == "autoencoder"
+        loss_fn: LossFn = _input_reconstruction_bce if ae else predicted_label_ce
+        snapshots = self._snapshot_states()
         with _base.eval_mode(model):
             g = torch.stack(
                 [
@@ -223,13 +266,13 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
                         model,
                         x,
                         x if ae else None,
-                        reconstruction_bce if ae else predicted_label_ce,
+                        loss_fn,
                         names,
                         reduce="flat",
                         chunk_size=CHUNK_SIZE,
                         state={k: v.to(device) for k, v in snap.items()},
                     )
-                    for snap in self.snapshots
+                    for snap in snapshots
                 ],
                 dim=1,
             )
@@ -247,14 +290,11 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             snapshots exist yet (pass ``snapshots`` or call :meth:`fit`)
         """
         self._require_model()
-        if self.snapshots is None:
-            raise ValueError(
-                "expected snapshots of the model: pass snapshots=... or call fit(loader) first"
-            )
+        snapshots = self._snapshot_states()
         x = _base.check_inputs(x, self.input_shape, dtype=self._model_dtype())
         x = x.to(self._target_device())
         if len(x) == 0:
-            return (torch.empty(0, len(self.snapshots), self.gradient_dim, device=x.device),)
+            return (torch.empty(0, len(snapshots), self.gradient_dim, device=x.device),)
         return (self._gradients(x),)
 
     # ------------------------------------------------------------------ fitting
@@ -278,6 +318,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         self._check_hyperparameters()
         xs, ys = [], []
         num_classes = None
+        batches: Iterator[tuple[Tensor, Tensor, int | None]]
         if self.target == "classifier":
             batches = self._iter_classified_batches(data_loader)
         else:
@@ -355,11 +396,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         """
         self._require_model()
         self._check_hyperparameters()
-        if self.snapshots is None:
-            raise ValueError(
-                "expected snapshots of the model: pass snapshots=... or call fit(loader) first"
-            )
-        T, D = len(self.snapshots), self.gradient_dim
+        T, D = len(self._snapshot_states()), self.gradient_dim
         if not isinstance(features, Tensor) or features.shape[1:] != (T, D):
             raise ValueError(
                 f"expected features of shape (N, {T}, {D}), got "
@@ -382,6 +419,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         return self
 
     def _noise(self, n: int, gen: torch.Generator) -> Tensor:
+        assert self.input_shape is not None, "fit_structured checks it before the alarm trains"
         noise = torch.randn((n, *self.input_shape), generator=gen)
         noise = NOISE_MEAN + NOISE_STD * noise
         return noise.to(device=self._target_device(), dtype=self._model_dtype())
@@ -394,8 +432,11 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             alarm = GradientAlarm(g.shape[2], dims, DROPOUT).to(device)
             with torch.no_grad():  # exact statistics of the labelled training gradients
                 flat = g.reshape(-1, g.shape[2]).double()
-                alarm.norm.running_mean.copy_(flat.mean(0).float())
-                alarm.norm.running_var.copy_(flat.var(0).float())
+                running_mean, running_var = alarm.norm.running_mean, alarm.norm.running_var
+                # typed optional by torch; a BatchNorm1d that tracks running statistics has them
+                assert running_mean is not None and running_var is not None
+                running_mean.copy_(flat.mean(0).float())
+                running_var.copy_(flat.var(0).float())
             norm_params = set(alarm.norm.parameters())
             opt_alarm = torch.optim.Adam(
                 [p for p in alarm.parameters() if p not in norm_params], lr=self.lr
@@ -432,8 +473,8 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
         :raises RequiresFittingException: before fitting
         :raises ValueError: for features of the wrong shape
         """
-        self._require_fitted()
-        T, D = len(self.snapshots), self.alarm.norm.num_features
+        fitted = self._fitted()
+        T, D = len(fitted.snapshots), fitted.alarm.norm.num_features
         if not isinstance(features, Tensor) or features.dim() != 3 or features.shape[1:] != (T, D):
             raise ValueError(
                 f"expected features of shape (B, {T}, {D}), got "
@@ -441,7 +482,7 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
             )
         if len(features) == 0:
             return torch.empty(0, device=features.device)
-        return self.alarm(features.float().to(self._target_device()))
+        return fitted.alarm(features.float().to(self._target_device()))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -449,16 +490,18 @@ class R2AD2(UniadDetector, GradientDetector, StructuredDetector):
 
         Contains the :math:`T` snapshots (full model state dicts) and the alarm network.
         """
-        self._require_fitted()
+        fitted = self._fitted()
         return self._pack_state(
             {
                 "params": list(self._param_names()),
-                "input_shape": list(self.input_shape),
+                "input_shape": list(fitted.input_shape),
                 "num_classes": self.num_classes,
                 "target": self.target,
-                "alarm_dims": self.alarm.dims,
-                "snapshots": [{k: v.detach().cpu() for k, v in s.items()} for s in self.snapshots],
-                "alarm": {k: v.detach().cpu() for k, v in self.alarm.state_dict().items()},
+                "alarm_dims": fitted.alarm.dims,
+                "snapshots": [
+                    {k: v.detach().cpu() for k, v in s.items()} for s in fitted.snapshots
+                ],
+                "alarm": {k: v.detach().cpu() for k, v in fitted.alarm.state_dict().items()},
             }
         )
 
