@@ -106,6 +106,7 @@ def test_predict_structured_matches_predict(fitted, digits):
         fitted.predict_structured(feats[:, :3], logits)
 
 
+@pytest.mark.slow
 def test_known_anomalies_train_the_classifier(supervised, fitted, digits):
     assert supervised.classifier is not None and fitted.classifier is None
     # the Gaussians are fitted on the ID rows only, as without known anomalies
@@ -116,6 +117,7 @@ def test_known_anomalies_train_the_classifier(supervised, fitted, digits):
     assert a_clf > 0.98 and a_clf > a_gauss, (a_clf, a_gauss)
 
 
+@pytest.mark.slow
 def test_known_anomalies_the_gaussian_cannot_see():
     """Anomalies at the ID mean: the Gaussian ranks them most normal, the classifier learns them."""
     g = torch.Generator().manual_seed(0)
@@ -146,6 +148,7 @@ def test_known_anomalies_the_gaussian_cannot_see():
     )
 
 
+@pytest.mark.slow
 def test_state_round_trip_with_classifier(supervised, digits_model, digits):
     buf = io.BytesIO()
     torch.save(supervised.state_dict(), buf)

@@ -98,6 +98,7 @@ def test_known_anomalies_are_used_only_when_asked(monkeypatch, digits, digits_mo
     assert int((seen["alarm_labels"] < 0).sum()) == 0
 
 
+@pytest.mark.slow
 def test_given_snapshots_are_used_as_is(digits, digits_model):
     torch.manual_seed(3)
     other = digits_cnn().eval()
@@ -110,6 +111,7 @@ def test_given_snapshots_are_used_as_is(digits, digits_model):
         R2AD2(digits_model, snapshots=[digits_cnn(num_classes=7)])
 
 
+@pytest.mark.slow
 def test_deterministic_and_seed_dependent(digits, digits_model):
     x = digits.test.tensors[0][:32]
     loader = DataLoader(digits.train, batch_size=128)
@@ -152,6 +154,7 @@ def test_structured_api(fitted, digits, digits_model):
         R2AD2(digits_model).fit_structured(feats, torch.zeros(16).long())
 
 
+@pytest.mark.slow
 def test_single_snapshot_and_autoencoder_target(digits):
     torch.manual_seed(0)
     ae = nn.Sequential(
@@ -223,6 +226,7 @@ def _spy_fit(monkeypatch, det, loader):
     return seen
 
 
+@pytest.mark.slow
 def test_alarm_samples_are_held_out_from_snapshot_training(monkeypatch, digits, digits_model):
     """The authors' 75/25 split: the snapshot trainer never sees the alarm's ID samples."""
     x, y = digits.train.tensors
@@ -255,6 +259,7 @@ def test_alarm_samples_are_held_out_from_snapshot_training(monkeypatch, digits, 
     assert torch.equal(again[1], alarm_idx) and not torch.equal(other[1], alarm_idx)
 
 
+@pytest.mark.slow
 def test_single_snapshot_and_given_snapshots_use_every_sample(monkeypatch, digits, digits_model):
     """Without snapshot training there is nothing to hold out from: the alarm sees every sample."""
     loader = DataLoader(digits.train, batch_size=128)

@@ -49,6 +49,7 @@ def test_separates_fgsm_adversarials(detector, digits, digits_model):
     assert auroc(detector(digits.test.tensors[0]), detector(adv)) > 0.9
 
 
+@pytest.mark.slow
 def test_multi_layer_default_beats_penultimate_only_on_adversarials(digits, digits_model):
     """The design choice documented in the class: several layers detect AD better."""
     x_att, y_att = digits.attack.tensors
@@ -178,10 +179,11 @@ def _random_loader(shape, n_classes, n=64, seed=0):
             (1, 28, 28),
             ["1", "4", "5", "11:input", "log_softmax", "softmax"],
         ),
-        (
+        pytest.param(
             lambda: torchvision.models.resnet18(num_classes=4),
             (3, 64, 64),
             ["layer1", "layer2", "layer3", "layer4", "fc:input", "log_softmax", "softmax"],
+            marks=pytest.mark.slow,
         ),
         (
             lambda: WideResNet(num_classes=4, depth=10, widen_factor=1),
