@@ -1,6 +1,8 @@
 """The kept scripts of ``benchmarks/`` in their ``--fast`` modes: each runs on tiny data that
 needs no download, and what it writes is checked (rows, counts, numbers in range).
 
+The papers' protocol scripts (``a3_protocol.py``, ``r2ad2_protocol.py``,
+``gradients_per_class.py``) run with one seed, tiny sizes and one epoch on the same stand-in.
 ``train_cifar_reference.py`` is covered by ``tests/test_train_cifar_reference.py``."""
 
 from __future__ import annotations
@@ -158,3 +160,41 @@ def test_distributed_mnist_fast(tmp_path):
     assert hours["1 process"] > hours["8 processes"] > 0
     md = out.read_text()
     assert len(_table(md, "| configuration |")) == 2 and "--fast" in md
+
+
+def _metrics(summary: dict) -> list[float]:
+    """Every ``mean`` of a protocol script's summary (method -> metric -> {mean, std})."""
+    return [v["mean"] for m in summary.values() for v in m.values() if isinstance(v, dict)]
+
+
+PROTOCOL_SMOKE = {
+    "a3_protocol": (
+        "--n-known 20 --n-test-normal 100 --n-test-anomaly 100 --a3-epochs 1 --ae-epochs 1 "
+        "--svdd-epochs 1",
+        ["A3 (20 known anomalies)", "A3 (no known anomalies)", "AE reconstruction error"],
+    ),
+    "r2ad2_protocol": (
+        "--n-known 20 --n-test-normal 100 --n-test-anomaly 100 --r2ad2-epochs 1 --ae-epochs 1 "
+        "--svdd-epochs 1",
+        ["R2AD2, LeNet target (20 known)", "ConfoundingGradients (no known)"],
+    ),
+    "gradients_per_class": ("--n-test 100", ["per_class=True (default)", "per_class=False"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PROTOCOL_SMOKE))
+def test_protocol_scripts_run_on_tiny_data(name, tmp_path):
+    """The papers' protocol scripts on the digits stand-in in MNIST's format: one seed, 300
+    training images, one epoch; their summaries hold every method with metrics in [0, 1]."""
+    root = _script("mnist_setup").write_fast_mnist(tmp_path / "data")
+    sizes, methods = PROTOCOL_SMOKE[name]
+    out = tmp_path / name
+    argv = ["--root", str(root), "--seeds", "1", "--n-train", "300", "--clf-epochs", "1"]
+    _script(name).main(argv + sizes.split() + ["--out", str(out)])
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(methods) <= set(data["summary"]), list(data["summary"])
+    values = _metrics(data["summary"])
+    assert values and all(0.0 <= v <= 1.0 for v in values), values
+    md = out.with_suffix(".md").read_text()
+    assert all(f"| {m} |" in md for m in methods), md
