@@ -69,11 +69,10 @@ def grid_side(channels: int, height: int, width: int) -> int:
     (``s <= min(H, W)``) and keeps ``C * s * s <= GRID_MAX_FEATURES`` (1 at the least, the
     global average).
 
-    A grid keeps where in the image a feature fired, which a global average discards: a
-    digit altered just enough to change the predicted class keeps the strokes of its true
-    class in the early layers, and only their layout tells them from the predicted class's
-    (measured in ``benchmarks/uniform_fusion.py``). The bound keeps wide maps (ResNet-18's
-    512 channels) at the global average, so the encoders' first layers stay small.
+    A grid keeps where in the image a feature fired, which a global average discards; the
+    bound keeps wide maps (ResNet-18's 512 channels) at the global average. UniformDetector
+    uses the global average: on the validation splits grid pooling scored lower on every
+    network (``experiments/sphere_geometry.py``).
     """
     for side in GRID_SIDES:
         if side <= min(height, width) and channels * side * side <= GRID_MAX_FEATURES:
@@ -111,44 +110,14 @@ def _grid_means(t: Tensor) -> Tensor:
     return (t.reshape(b * c, h * w) @ cells).reshape(b, c * side * side)
 
 
-def _grid_means_stds(t: Tensor) -> Tensor:
-    """``"gridstd"`` pooling of feature maps ``(B, C, H, W)`` -> ``(B, 2 C s^2)``: the means of
-    ``"grid"`` pooling, then the standard deviation of each of its regions.
-
-    One grid GEMM over the map and its square, both taken on ``u`` = the map minus its
-    channel's mean over the whole map: the means are those of ``u`` plus the channel's mean,
-    the variance is :math:`E[u^2] - E[u]^2` (unchanged by the shift; without it the
-    difference cancels in float32 where a region's mean is far larger than its spread). Where
-    the computed variance is not positive the standard deviation is 0 and passes no gradient,
-    so the square root's infinite derivative at 0 never reaches a white-box attack; a
-    constant region (a dead ReLU region) gets 0 up to float rounding, and a finite gradient
-    where rounding leaves its variance just above 0.
-    """
-    b, c, h, w = t.shape
-    side = grid_side(c, h, w)
-    centre = t.mean(dim=(2, 3), keepdim=True)
-    u = t - centre
-    both = torch.cat([u, u * u], dim=1).reshape(b * 2 * c, h * w)
-    if side == 1:
-        pooled = both.mean(dim=1)
-    else:
-        pooled = both @ _grid_matrix(h, w, side, t.device, t.dtype)
-    pooled = pooled.reshape(b, 2, c, side * side)  # E[u], then E[u^2], per region
-    mean, square = pooled[:, 0], pooled[:, 1]
-    var = square - mean * mean
-    positive = var > 0
-    std = torch.where(positive, torch.where(positive, var, 1.0).sqrt(), 0.0)
-    return torch.cat([(mean + centre.view(b, c, 1)).flatten(1), std.flatten(1)], dim=1)
-
-
 def pool(t: Tensor, mode: str = "avg") -> Tensor:
     """Reduce an activation to a ``(B, D)`` matrix.
 
-    ``(B, C, H, W)`` feature maps are pooled over space (``"avg"``: mean; ``"avgmax"``: mean
-    and max concatenated; ``"grid"``: means over an ``s x s`` grid of regions, see
-    :func:`grid_side`; ``"gridstd"``: those means, then the standard deviation of each
-    region, twice the features of ``"grid"``), ``(B, T, D)`` token sequences are averaged over
-    tokens, ``(B, D)`` is kept and anything else is flattened.
+    ``(B, C, H, W)`` feature maps are pooled over space (``"avg"``: the mean, what
+    UniformDetector uses; ``"grid"``: means over an ``s x s`` grid of regions, see
+    :func:`grid_side`, measured against it in ``experiments/sphere_geometry.py``),
+    ``(B, T, D)`` token sequences are averaged over tokens, ``(B, D)`` is kept and anything
+    else is flattened.
 
     Tokens are averaged (the class token, where a model has one, counts as one token among
     them) rather than reduced to the class token: this is the counterpart of the global
@@ -161,15 +130,9 @@ def pool(t: Tensor, mode: str = "avg") -> Tensor:
     if t.dim() == 4:
         if mode == "avg":
             return t.mean(dim=(2, 3))
-        if mode == "avgmax":
-            return torch.cat([t.mean(dim=(2, 3)), t.amax(dim=(2, 3))], dim=1)
         if mode == "grid":
             return _grid_means(t)
-        if mode == "gridstd":
-            return _grid_means_stds(t)
-        raise ValueError(
-            f"expected pooling mode 'avg', 'avgmax', 'grid' or 'gridstd', got {mode!r}"
-        )
+        raise ValueError(f"expected pooling mode 'avg' or 'grid', got {mode!r}")
     if t.dim() == 3:
         return t.mean(dim=1)
     if t.dim() == 2:
