@@ -176,6 +176,34 @@ def test_load_mnist_like_from_files(tmp_path, name, folder):
         load_ood(name, tmp_path, (1, 8, 8), n=31)
 
 
+def test_load_mnist_pads_small_digits_and_reads_train_for_validation(tmp_path):
+    rng = np.random.default_rng(1)
+    train = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    test = rng.integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+    raw = tmp_path / "MNIST" / "raw"
+    for stem, images in (("train", train), ("t10k", test)):
+        _write_idx(raw / f"{stem}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{stem}-labels-idx1-ubyte", rng.integers(0, 10, len(images)))
+    s = load_ood("mnist", tmp_path, (3, 32, 32))
+    assert s.x.shape == (7, 3, 32, 32) and s.info["split"] == "test"
+    # padded with black, 2 pixels on each side, never resized; gray replicated to RGB
+    inner = torch.from_numpy(test).float()[:, None].expand(-1, 3, -1, -1) / 255
+    assert torch.allclose(s.x[:, :, 2:30, 2:30], inner)
+    assert s.x[:, :, :2].eq(0).all() and s.x[:, :, 30:].eq(0).all()
+    assert s.x[:, :, :, :2].eq(0).all() and s.x[:, :, :, 30:].eq(0).all()
+    # a target smaller than the digits: resized as the other sets
+    small = load_ood("mnist", tmp_path, (1, 8, 8))
+    assert torch.allclose(small.x, _expected(test[:, None], (1, 8, 8)), atol=1e-5)
+    # the validation split reads the training images, never the reported ones
+    val = load_ood("mnist", tmp_path, (1, 28, 28), split="validation")
+    assert val.info["split"] == "train"
+    assert torch.allclose(val.x, torch.from_numpy(train).float()[:, None] / 255)
+    with pytest.raises(ValueError, match="expected split 'report' or 'validation'"):
+        load_ood("mnist", tmp_path, (1, 28, 28), split="test")
+    with pytest.raises(ValueError, match="textures has no training split"):
+        load_ood("textures", tmp_path, (3, 32, 32), split="validation")
+
+
 def test_load_emnist_letters_transposes(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)

@@ -50,6 +50,21 @@ def test_noise_and_ood_sets_by_name():
         load_ood_sets(["kmnist"], SHAPE, n=10)
 
 
+def test_real_ood_sets_by_split(tmp_path):
+    from uniad_plugin.benchmark.anomaly_sets import check_ood_names
+
+    assert check_ood_names(["mnist", "letters"], "folder") == ["mnist", "letters"]
+    with pytest.raises(ConfigError, match="'mnist' is the in-distribution data set itself"):
+        check_ood_names(["letters", "MNIST"], "mnist")
+    # textures has no training split: no validation images apart from the reported ones
+    with pytest.raises(ConfigError, match="textures has no training split"):
+        load_ood_sets(["textures"], (3, 8, 8), n=4, data_root=tmp_path, split="validation")
+    ood, notes = load_ood_sets(
+        ["textures"], (3, 8, 8), optional=["textures"], n=4, data_root=tmp_path, split="validation"
+    )
+    assert ood == [] and "no training split" in notes[0]
+
+
 def test_build_anomaly_sets_orders_and_checks_keywords(digits_model, digits):
     sets, notes = build_anomaly_sets(
         digits_model,

@@ -41,8 +41,10 @@ attacks: fgsm, pgd_linf, pgd_linf_obj (L-inf budgets) and pgd_l2, pgd_l2_obj, de
   --eps-l2. Adversarials are rounded onto the data's value grid and kept only if still
   successful (--continuous keeps them, and every generated set, off the grid).
 noise sets: gaussian, uniform, salt_pepper, noisy_id.
-OOD sets: letters, photos (offline); fashion_mnist, kmnist, emnist_letters, cifar10, svhn,
-  textures (from --data-root, or with --download); for --dataset cifar10, cifar100,
+OOD sets: letters, photos (offline); mnist (padded, for 32x32 models), fashion_mnist, kmnist,
+  emnist_letters, cifar10, svhn, textures (from --data-root, or with --download; the
+  validation split reads their training images, and textures, which has none, is refused
+  there); for --dataset cifar10, cifar100,
   imagenet200 and imagenet, OpenOOD v1.5's sets through pytorch-ood: openood (all),
   openood_near, openood_far, or openood:NAME (e.g. openood:tinyimagenet). They are read from
   OpenOOD's image lists (DIR/benchmark_imglist/ or pytorch-ood's cache) and image folders

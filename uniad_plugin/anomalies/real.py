@@ -37,14 +37,22 @@ class OODSource:
     """A real OOD data set that :func:`load_ood` can load (its test split).
 
     :param description: what it is and where it comes from
-    :param expected: the files the loader needs under ``root`` (for the error message)
-    :param load: ``(root, download) -> images`` as a uint8 tensor :math:`(N, C, h, w)`, or a
-        dataset of PIL images for sets of differently sized images
+    :param expected: ``(root, train) -> files`` the loader needs under ``root`` for the split
+        (for the error message)
+    :param load: ``(root, download, train) -> images`` as a uint8 tensor :math:`(N, C, h, w)`,
+        or a dataset of PIL images for sets of differently sized images; ``train`` asks for the
+        training split (the validation split's images), else the test split
+    :param has_train: whether the set has a training split apart from its test split (a set
+        without one gives no validation split)
+    :param pad: images smaller than the target are centred on a black canvas instead of being
+        resized (MNIST's 28x28 digits padded to 32x32, as CIFAR models are usually shown them)
     """
 
     description: str
-    expected: Callable[[Path], list[Path]]
-    load: Callable[[Path, bool], Any]
+    expected: Callable[[Path, bool], list[Path]]
+    load: Callable[[Path, bool, bool], Any]
+    has_train: bool = True
+    pad: bool = False
 
 
 _IDX = [
@@ -55,64 +63,65 @@ _IDX = [
 ]
 
 
-def _mnist_like(cls_name: str) -> OODSource:
-    def expected(root: Path) -> list[Path]:
+def _mnist_like(cls_name: str, *, pad: bool = False) -> OODSource:
+    def expected(root: Path, train: bool) -> list[Path]:
         return [root / cls_name / "raw" / f for f in _IDX]
 
-    def load(root: Path, download: bool) -> Tensor:
+    def load(root: Path, download: bool, train: bool) -> Tensor:
         import torchvision.datasets as tvd
 
-        ds = getattr(tvd, cls_name)(root=str(root), train=False, download=download)
+        ds = getattr(tvd, cls_name)(root=str(root), train=train, download=download)
         return ds.data.unsqueeze(1)
 
-    return OODSource(f"torchvision.datasets.{cls_name}, test split", expected, load)
+    where = "padded to the target size when smaller" if pad else "resized"
+    return OODSource(f"torchvision.datasets.{cls_name}, {where}", expected, load, pad=pad)
 
 
-def _emnist_expected(root: Path) -> list[Path]:
-    raw = root / "EMNIST" / "raw"
-    return [raw / f"emnist-letters-test-{k}-ubyte" for k in ("images-idx3", "labels-idx1")]
+def _emnist_expected(root: Path, train: bool) -> list[Path]:
+    raw, split = root / "EMNIST" / "raw", "train" if train else "test"
+    return [raw / f"emnist-letters-{split}-{k}-ubyte" for k in ("images-idx3", "labels-idx1")]
 
 
-def _emnist_load(root: Path, download: bool) -> Tensor:
+def _emnist_load(root: Path, download: bool, train: bool) -> Tensor:
     from torchvision.datasets import EMNIST
 
-    ds = EMNIST(root=str(root), split="letters", train=False, download=download)
+    ds = EMNIST(root=str(root), split="letters", train=train, download=download)
     # EMNIST's IDX files store images transposed; torchvision does not undo it
     return ds.data.transpose(1, 2).unsqueeze(1)
 
 
-def _cifar10_expected(root: Path) -> list[Path]:
+def _cifar10_expected(root: Path, train: bool) -> list[Path]:
     from torchvision.datasets import CIFAR10
 
     files = [f for f, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
     return [root / CIFAR10.base_folder / f for f in files]
 
 
-def _cifar10_load(root: Path, download: bool) -> Tensor:
+def _cifar10_load(root: Path, download: bool, train: bool) -> Tensor:
     from torchvision.datasets import CIFAR10
 
-    ds = CIFAR10(root=str(root), train=False, download=download)
+    ds = CIFAR10(root=str(root), train=train, download=download)
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2)
 
 
-def _svhn_expected(root: Path) -> list[Path]:
-    return [root / "test_32x32.mat"]
+def _svhn_expected(root: Path, train: bool) -> list[Path]:
+    return [root / ("train_32x32.mat" if train else "test_32x32.mat")]
 
 
-def _svhn_load(root: Path, download: bool) -> Tensor:
+def _svhn_load(root: Path, download: bool, train: bool) -> Tensor:
     from torchvision.datasets import SVHN
 
-    ds = SVHN(root=str(root), split="test", download=download)
+    ds = SVHN(root=str(root), split="train" if train else "test", download=download)
     return torch.from_numpy(ds.data)
 
 
-def _textures_expected(root: Path) -> list[Path]:
+def _textures_expected(root: Path, train: bool) -> list[Path]:
     from pytorch_ood.dataset.img import Textures
 
     return [root / Textures.filename, root / Textures.base_folder]
 
 
-def _textures_load(root: Path, download: bool) -> Any:
+def _textures_load(root: Path, download: bool, train: bool) -> Any:
     from pytorch_ood.dataset.img import Textures
 
     return Textures(root=str(root), download=download)
@@ -120,19 +129,21 @@ def _textures_load(root: Path, download: bool) -> Any:
 
 #: the real OOD sets of :func:`load_ood`, by name
 OOD_DATASETS: dict[str, OODSource] = {
+    "mnist": _mnist_like("MNIST", pad=True),
     "fashion_mnist": _mnist_like("FashionMNIST"),
     "kmnist": _mnist_like("KMNIST"),
     "emnist_letters": OODSource(
-        "torchvision.datasets.EMNIST(split='letters'), test split, transposed upright",
+        "torchvision.datasets.EMNIST(split='letters'), transposed upright",
         _emnist_expected,
         _emnist_load,
     ),
-    "cifar10": OODSource(
-        "torchvision.datasets.CIFAR10, test split", _cifar10_expected, _cifar10_load
-    ),
-    "svhn": OODSource("torchvision.datasets.SVHN, test split", _svhn_expected, _svhn_load),
+    "cifar10": OODSource("torchvision.datasets.CIFAR10", _cifar10_expected, _cifar10_load),
+    "svhn": OODSource("torchvision.datasets.SVHN", _svhn_expected, _svhn_load),
     "textures": OODSource(
-        "pytorch_ood.dataset.img.Textures (DTD), all images", _textures_expected, _textures_load
+        "pytorch_ood.dataset.img.Textures (DTD), all images",
+        _textures_expected,
+        _textures_load,
+        has_train=False,
     ),
 }
 
@@ -144,6 +155,14 @@ def _crop_box(h_in: int, w_in: int, h: int, w: int) -> tuple[int, int, int, int]
     else:
         cw, ch = w_in, max(1, round(w_in * h / w))
     return (h_in - ch) // 2, (w_in - cw) // 2, ch, cw
+
+
+def _pad_uint8(data: Tensor, h: int, w: int) -> Tensor:
+    """Centre images no larger than (h, w) on a black canvas of that size, in [0, 1]."""
+    top, left = (h - data.shape[2]) // 2, (w - data.shape[3]) // 2
+    out = torch.zeros(len(data), data.shape[1], h, w)
+    out[:, :, top : top + data.shape[2], left : left + data.shape[3]] = data.float() / 255.0
+    return out
 
 
 def _resize_uint8(data: Tensor, h: int, w: int) -> Tensor:
@@ -181,17 +200,20 @@ def load_ood(
     n: int | None = None,
     seed: int = 0,
     levels: int | None = DEFAULT_LEVELS,
+    split: str = "report",
 ) -> OODSet:
-    """A real OOD data set (test split) through torchvision or pytorch-ood, as an
-    :class:`OODSet` of images of ``shape`` in [0, 1].
+    """A real OOD data set through torchvision or pytorch-ood, as an :class:`OODSet` of images
+    of ``shape`` in [0, 1]: its test split for the report, its training split for validation.
 
     Images are centre-cropped to the aspect ratio of ``shape``, resized (bilinear,
     anti-aliased), and converted between grayscale and RGB as ``shape`` asks (luminance
     weights for RGB -> gray, replication for gray -> RGB), then rounded onto the grid: the
-    files are 8-bit, but resizing and the luminance conversion leave the 1/255 grid. EMNIST
-    letters are transposed upright (its files store them transposed).
+    files are 8-bit, but resizing and the luminance conversion leave the 1/255 grid. MNIST
+    digits smaller than ``shape`` are padded with black instead (28x28 -> 32x32: 2 pixels on
+    each side), the way CIFAR benchmarks show them. EMNIST letters are transposed upright (its
+    files store them transposed).
 
-    :param name: one of :data:`OOD_DATASETS`: ``"fashion_mnist"``, ``"kmnist"``,
+    :param name: one of :data:`OOD_DATASETS`: ``"mnist"``, ``"fashion_mnist"``, ``"kmnist"``,
         ``"emnist_letters"``, ``"cifar10"``, ``"svhn"``, ``"textures"``
     :param root: directory of the data, in torchvision's layout (e.g.
         ``root/FashionMNIST/raw/t10k-images-idx3-ubyte``)
@@ -202,10 +224,13 @@ def load_ood(
     :param seed: seed of the subset choice
     :param levels: value grid: values ``k / levels`` (default 255, 8-bit), ``None`` for
         continuous values (the name gets ``" (continuous)"``)
+    :param split: ``"report"`` (the test split) or ``"validation"`` (the training split, so
+        that defaults chosen on it never see the reported images)
     :return: the set, named ``name``
     :raises ValueError: on an unknown ``name`` (the message lists :data:`OOD_DATASETS`), a bad
-        ``shape``, ``n`` larger than the data set, or files that cannot be loaded (corrupted, or a failed
-        download; the original error is chained)
+        ``shape`` or ``split``, ``split="validation"`` for a set without a training split
+        (``"textures"``), ``n`` larger than the data set, or files that cannot be loaded
+        (corrupted, or a failed download; the original error is chained)
     :raises FileNotFoundError: with ``download=False``, if files are missing under ``root``
         (the message lists them and says to pass ``download=True``)
     """
@@ -217,13 +242,21 @@ def load_ood(
     if n is not None:
         _check_n(n)
     levels = _check_levels(levels)
+    if split not in ("report", "validation"):
+        raise ValueError(f"expected split 'report' or 'validation', got {split!r}")
     gen = seeded_generator(seed)
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"expected root to be a path, got {type(root).__name__}")
     root = Path(root).expanduser()
     source = OOD_DATASETS[name]
+    train = split == "validation"
+    if train and not source.has_train:
+        raise ValueError(
+            f"{name} has no training split, so no validation images apart from the reported "
+            "ones; use split='report' or leave it out of the validation run"
+        )
     if not download:
-        missing = [str(p) for p in source.expected(root) if not p.exists()]
+        missing = [str(p) for p in source.expected(root, train) if not p.exists()]
         if missing:
             raise FileNotFoundError(
                 f"{name}: files not found under root {str(root)!r}; missing: {missing}. "
@@ -231,7 +264,7 @@ def load_ood(
                 f"that holds them ({source.description})."
             )
     try:
-        data = source.load(root, download)
+        data = source.load(root, download, train)
     except Exception as e:  # torchvision raises RuntimeError, AssertionError, ... on bad files
         raise ValueError(
             f"{name}: could not load the files under root {str(root)!r}: {type(e).__name__}: {e}"
@@ -244,12 +277,15 @@ def load_ood(
         idx = torch.arange(total)
     else:
         idx = torch.randperm(total, generator=gen)[:n].sort().values
-    if isinstance(data, Tensor):
+    if isinstance(data, Tensor) and source.pad and data.shape[2] <= h and data.shape[3] <= w:
+        x = _pad_uint8(data[idx], h, w)
+    elif isinstance(data, Tensor):
         x = _resize_uint8(data[idx], h, w)
     else:
         x = _resize_pil(data, idx, h, w)
     x = _to_channels(x, c)
-    info = {"dataset": name, "root": str(root), "split": "test", "n": len(idx), "seed": seed}
+    info = {"dataset": name, "root": str(root), "split": "train" if train else "test"}
+    info |= {"n": len(idx), "seed": seed}
     info |= {"n_total": total, "shape": [c, h, w], "source": source.description}
     return _finish(x, name, info, levels)
 

@@ -157,8 +157,9 @@ def check_ood_names(names: Sequence[str], dataset: str) -> list[str]:
     ``openood:<data set>:<set>`` are accepted as they are. A folder of images (a path, or
     ``folder:PATH``) becomes the key ``folder:<absolute path>`` (see :func:`load_ood_sets`).
 
-    :raises ConfigError: on an unknown name, an OpenOOD name that ``dataset`` has no set of,
-        a folder that does not exist or holds no image, or two sets of one name
+    :raises ConfigError: on an unknown name, the ID data set itself (``mnist`` on MNIST), an
+        OpenOOD name that ``dataset`` has no set of, a folder that does not exist or holds no
+        image, or two sets of one name
     """
     from uniad_plugin.anomalies.openood import expand_openood_names
 
@@ -167,6 +168,8 @@ def check_ood_names(names: Sequence[str], dataset: str) -> list[str]:
     keys = [n.strip().lower() for n in others]
     plain = [n for n in others if n.strip().lower().count(":") < 2]
     check_choice("OOD set", plain, ood_set_names())
+    if dataset in keys:
+        raise ConfigError(f"the OOD set {dataset!r} is the in-distribution data set itself")
     try:
         expanded = expand_openood_names(keys, dataset)
     except ValueError as e:
@@ -245,6 +248,14 @@ def load_ood_sets(
                 )
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot load the OOD folder {folder!r}: {one_line(e)}") from e
+        elif split == "validation" and not getattr(an.OOD_DATASETS.get(name), "has_train", True):
+            # a set without a training split has no validation images apart from the reported
+            reason = f"{name} has no training split, so no validation images apart from the reported ones"
+            if name not in optional:
+                raise ConfigError(
+                    f"cannot use the OOD set {name!r} on the validation split: {reason}"
+                )
+            notes.append(f"OOD set {name!r} left out of the validation split: {reason}")
         else:
             try:
                 if data_root is None:
@@ -253,7 +264,7 @@ def load_ood_sets(
                 if is_openood(name):
                     sets.append(an.load_openood(name, data_root, shape, split=split, **grid))
                 else:
-                    sets.append(an.load_ood(name, data_root, shape, **grid))
+                    sets.append(an.load_ood(name, data_root, shape, split=split, **grid))
             except Exception as e:  # noqa: BLE001
                 # the OpenOOD loader's messages are one line of bounded length: keep all of it
                 reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
