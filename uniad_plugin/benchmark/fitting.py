@@ -149,7 +149,7 @@ def fit_detectors(
     In a distributed run (see :mod:`uniad_plugin.distributed`) with ``data`` a dataset, each
     rank extracts a contiguous shard: the shared logits and features, and the extraction pass
     of detectors with ``collect_fit_inputs`` / ``fit_collected`` (UniformDetector,
-    ConfoundingGradients, whose spheres' training is shared out too) and MultiMahalanobis's
+    ConfoundingGradients) and MultiMahalanobis's
     block features; the shards are gathered in data order and every rank fits on all of them.
     Other detectors (A3, R2AD2, the model-free sanity rows) fit on the whole data on every
     rank. An entry that fails on one
