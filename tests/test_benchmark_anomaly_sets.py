@@ -46,7 +46,7 @@ def test_noise_and_ood_sets_by_name():
     assert [(s.name, s.kind, len(s)) for s in ood] == [("letters", "OOD", 10)] and notes == []
     ood, notes = load_ood_sets(["kmnist"], SHAPE, optional=["kmnist"], n=10)
     assert ood == [] and "kmnist" in notes[0]
-    with pytest.raises(ConfigError, match="needs --data-root"):
+    with pytest.raises(ConfigError, match="needs data_root=DIR"):
         load_ood_sets(["kmnist"], SHAPE, n=10)
 
 

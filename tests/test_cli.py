@@ -319,7 +319,17 @@ def test_bad_arguments_exit_nonzero_with_one_line(case, bad_model_files, capsys,
 def test_library_messages_are_printed_with_the_commands_options():
     message = "X not found; pass root=DIR with x inside, or download=True (or data_root=DIR)"
     assert cli._as_options(message) == (
-        "X not found; pass --data-root DIR with x inside, or --download (or data_root=DIR)"
+        "X not found; pass --data-root DIR with x inside, or --download (or --data-root DIR)"
+    )
+    message = (
+        "cannot import 'm' for arch='m:f'; unknown near-OOD set 'a' (near_ood=); "
+        "(ood= takes folders); pass device='cuda' or fast=True; see available_detectors(); "
+        "my_arch='x' and options.fast=True stay"
+    )
+    assert cli._as_options(message) == (
+        "cannot import 'm' for --arch 'm:f'; unknown near-OOD set 'a' (--near-ood); "
+        "(--ood takes folders); pass --device cuda or --fast; see 'uniad --list-detectors'; "
+        "my_arch='x' and options.fast=True stay"
     )
 
 

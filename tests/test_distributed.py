@@ -87,7 +87,7 @@ def test_local_device_is_the_process_gpu_under_torchrun(monkeypatch):
     assert distributed.local_device("cuda:1") == torch.device("cuda", 1)  # one per machine
     assert distributed.local_device("cpu") == torch.device("cpu")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    with pytest.raises(ValueError, match="expected --device cuda .* got 'cuda:1'"):
+    with pytest.raises(ValueError, match="expected device 'cuda' .* got 'cuda:1'"):
         distributed.local_device("cuda:1")
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -105,7 +105,7 @@ def test_init_errors_name_what_was_expected(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "1")
     with pytest.raises(ValueError, match="expected backend 'gloo' or 'nccl', got 'mpi'"):
         distributed.init_from_env("cpu", backend="mpi")
-    with pytest.raises(ValueError, match="nccl backend needs --device cuda"):
+    with pytest.raises(ValueError, match="nccl backend needs device 'cuda'"):
         distributed.init_from_env("cpu", backend="nccl")
     with pytest.raises(ValueError, match="timeout > 0"):
         distributed.init_from_env("cpu", timeout_s=0)

@@ -468,7 +468,7 @@ def _run(args: argparse.Namespace) -> int:
         joined = distributed.init_from_env(config.device, args.dist_backend, args.dist_timeout)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    result = run(config, echo=lambda text: print(text, file=sys.stderr, flush=True))
+    result = run(config, echo=lambda text: print(_as_options(text), file=sys.stderr, flush=True))
     main_rank = distributed.is_main()
     if joined:  # on an error the process just ends: torchrun stops the others
         import torch.distributed
@@ -521,15 +521,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: the library's arguments in its messages -> the command's options that set them
-_OPTIONS = {"root=DIR": "--data-root DIR", "download=True": "--download"}
+_OPTIONS = {
+    "root=DIR": "--data-root DIR",
+    "data_root=DIR": "--data-root DIR",
+    "download=True": "--download",
+    "fast=True": "--fast",
+    "device='cpu'": "--device cpu",
+    "device='cuda'": "--device cuda",
+    "available_detectors()": "'uniad --list-detectors'",
+}
+#: arguments named before their value (``arch='x:f'``) -> the option (``--arch 'x:f'``)
+_VALUED = {"arch=": "--arch ", "near_ood=": "--near-ood", "ood=": "--ood"}
 
 
 def _as_options(message: str) -> str:
     """A library message with the arguments it names spelt as this command's options (the
     library speaks of its functions' arguments; the command's user gives options)."""
-    return re.sub(
-        r"(?<![\w.])(?:" + "|".join(map(re.escape, _OPTIONS)) + r")(?!\w)",
+    message = re.sub(
+        r"(?<![\w.])(?:" + "|".join(map(re.escape, _OPTIONS)) + r")(?![\w(])",
         lambda m: _OPTIONS[m.group()],
+        message,
+    )
+    return re.sub(
+        r"(?<![\w.])(?:" + "|".join(map(re.escape, _VALUED)) + r")",
+        lambda m: _VALUED[m.group()],
         message,
     )
 

@@ -123,7 +123,7 @@ def local_device(device: str | torch.device) -> torch.device:
     if device.index is not None:
         if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
             raise ValueError(
-                f"expected --device cuda (each process takes its own GPU) with several "
+                f"expected device 'cuda' (each process takes its own GPU) with several "
                 f"processes per machine, got {str(device)!r}"
             )
         return device
@@ -165,7 +165,7 @@ def init_from_env(
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"expected backend 'gloo' or 'nccl', got {backend!r}")
     if backend == "nccl" and device.type != "cuda":
-        raise ValueError(f"the nccl backend needs --device cuda, got device {str(device)!r}")
+        raise ValueError(f"the nccl backend needs device 'cuda', got device {str(device)!r}")
     import torch.distributed as dist
 
     kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}

@@ -135,7 +135,7 @@ def _folder_key(name: str) -> str:
     path = Path(name.removeprefix(FOLDER_PREFIX)).expanduser()
     if not path.is_dir():
         raise ConfigError(
-            f"OOD folder {name!r} does not exist (--ood takes OOD set names and folders of images)"
+            f"OOD folder {name!r} does not exist (ood= takes OOD set names and folders of images)"
         )
     if not image_files(path):
         raise ConfigError(
@@ -259,7 +259,9 @@ def load_ood_sets(
         else:
             try:
                 if data_root is None:
-                    raise ConfigError(f"the OOD set {name!r} needs --data-root (or --download)")
+                    raise ConfigError(
+                        f"the OOD set {name!r} needs data_root=DIR (or download=True)"
+                    )
                 grid = {"download": download, "n": n, "seed": seed, "levels": levels}
                 if is_openood(name):
                     sets.append(an.load_openood(name, data_root, shape, split=split, **grid))
@@ -293,7 +295,7 @@ def load_ood_sets(
             0,
             f"real OOD data missing: {', '.join(missing)} not found under "
             f"{str(data_root)!r}, so the OOD class holds only {', '.join(kept) or 'no set'}"
-            f"{synthetic}; put them there {layout} or add --download",
+            f"{synthetic}; put them there {layout} or pass download=True",
         )
     return sets, notes
 

@@ -278,7 +278,7 @@ def check_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"bad device {device!r}; expected e.g. 'cpu' or 'cuda:0'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"device {device!r} requested but CUDA is not available; use --device cpu"
+            f"device {device!r} requested but CUDA is not available; use device='cpu'"
         )
     return dev
 

@@ -124,7 +124,7 @@ def check_near_ood(near_ood: Sequence[str] | None, ood_names: Sequence[str]) -> 
     if unknown:
         known = ", ".join(ood_names) if ood_names else "none"
         raise ConfigError(
-            f"unknown near-OOD set {', '.join(repr(n) for n in unknown)} (--near-ood): expected "
+            f"unknown near-OOD set {', '.join(repr(n) for n in unknown)} (near_ood=): expected "
             f"names of the run's OOD sets: {known}"
         )
     return list(dict.fromkeys(names))

@@ -62,7 +62,7 @@ def torchvision_architecture(name: str, num_classes: int = 10) -> Callable[[], n
     if name not in available:
         close = [n for n in available if n.startswith(name[:4])][:8] or available[:8]
         raise ConfigError(
-            f"torchvision has no model {name!r} (from --arch {TORCHVISION_PREFIX}{name}); "
+            f"torchvision has no model {name!r} (from arch={TORCHVISION_PREFIX}{name}); "
             f"e.g. {', '.join(close)}"
         )
 
@@ -146,7 +146,7 @@ def resolve_architecture(
     module_name, sep, func_name = str(arch).rpartition(":")
     if not sep or not module_name or not func_name:
         raise ConfigError(
-            f"expected --arch as 'module:function', 'file.py:function' or 'torchvision:NAME', got {arch!r}"
+            f"expected arch= as 'module:function', 'file.py:function' or 'torchvision:NAME', got {arch!r}"
         )
     dirs = [os.getcwd()]
     try:
@@ -165,11 +165,11 @@ def resolve_architecture(
     except Exception as e:  # noqa: BLE001
         where = " (searched beside the file and in the current directory)"
         raise ConfigError(
-            f"cannot import {module_name!r} for --arch {arch!r}{where}: {one_line(e)}"
+            f"cannot import {module_name!r} for arch={arch!r}{where}: {one_line(e)}"
         ) from e
     factory = getattr(module, func_name, None)
     if not callable(factory):
-        raise ConfigError(f"{module_name!r} has no function {func_name!r} (from --arch {arch!r})")
+        raise ConfigError(f"{module_name!r} has no function {func_name!r} (from arch={arch!r})")
     if _takes_num_classes(factory):
         factory = functools.partial(factory, num_classes=num_classes)
     return _on_search_path(factory, dirs)
@@ -197,11 +197,9 @@ def build_model(arch: str | Callable[[], nn.Module], num_classes: int = 10) -> n
     try:
         model = factory()
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"--arch {arch!r} raised when called: {one_line(e)}") from e
+        raise ConfigError(f"arch={arch!r} raised when called: {one_line(e)}") from e
     if not isinstance(model, nn.Module):
-        raise ConfigError(
-            f"--arch {arch!r} returned a {type(model).__name__}, expected an nn.Module"
-        )
+        raise ConfigError(f"arch={arch!r} returned a {type(model).__name__}, expected an nn.Module")
     return model
 
 

@@ -168,7 +168,7 @@ def work_lines(plan: RunPlan, splits: Splits, ood_sets: Sequence[Any] = ()) -> l
     if plan.device.type == "cpu" and attacked * math.prod(shape) > CPU_WARNING_VALUES:
         lines.append(
             f"Warning: attacking {attacked:,} inputs of {dims} on the CPU may take hours; "
-            "add --device cuda (a GPU) or --fast (smaller sizes)."
+            "pass device='cuda' (a GPU) or fast=True (smaller sizes)."
         )
     return lines
 

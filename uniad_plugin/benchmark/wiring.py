@@ -688,7 +688,7 @@ def check_detector_names(names: Sequence[str]) -> list[str]:
         if c is None:
             raise ConfigError(
                 f"unknown detector {name!r}; choose from {', '.join(known)} "
-                "(see 'uniad --list-detectors')"
+                "(see available_detectors())"
             )
         if c in out:
             raise ConfigError(f"detector {c!r} was given twice")
