@@ -94,8 +94,8 @@ def test_work_estimate_and_the_cpu_warning():
     budgets = sum(len(b) for b in full.attacks.values())
     assert f"{len(full.attacks)} attacks at {budgets} budgets on up to 500 inputs each" in lines[0]
     assert f"({500 * budgets:,} attacked)" in lines[0] and "3x32x32 on cpu" in lines[0]
-    assert lines[1].startswith("Warning: attacking") and "--device cuda" in lines[1]
-    assert "--fast" in lines[1]
+    assert lines[1].startswith("Warning: attacking") and "device='cuda'" in lines[1]
+    assert "fast=True" in lines[1]
     fast = RunConfig(dataset="cifar10", data_root="d", fast=True).resolve()
     assert len(work_lines(fast, splits(50))) == 1
     mnist = RunConfig(dataset="mnist", data_root="d").resolve()
