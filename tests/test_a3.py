@@ -109,11 +109,11 @@ def test_structured_api_matches_raw_api(digits, digits_model, fitted):
 def test_vae_counter_examples(digits, digits_model):
     x, y = digits.train.tensors
     loader = DataLoader(digits.train, batch_size=128)
-    det = A3(digits_model, epochs=3, anomaly="vae", vae_epochs=3).fit(loader)
+    det = A3(digits_model, epochs=3, anomaly="vae").fit(loader)  # the default vae_epochs
     assert det.vae is not None and det.vae.bounded
     xt = digits.test.tensors[0]
     assert auroc(det.predict(xt), det.predict(noise_images(300))) > 0.9
-    again = A3(digits_model, epochs=3, anomaly="vae", vae_epochs=3).fit(loader)
+    again = A3(digits_model, epochs=3, anomaly="vae").fit(loader)
     assert torch.equal(det.predict(xt[:16]), again.predict(xt[:16]))
     with pytest.raises(ValueError, match="inputs"):
         A3(digits_model, anomaly="vae").fit_structured([torch.zeros(4, 3)], y[:4])
