@@ -124,7 +124,7 @@ def test_optional_sets_are_left_out_with_one_note(cifar_tree):
     assert [s.name for s in sets][:2] == ["letters", "CIFAR100 (near)"]
     assert len(sets) == 6 and "MNIST (far)" not in [s.name for s in sets]
     assert len(notes) == 2 and "missing: MNIST (far) not found" in notes[0]
-    assert "OpenOOD's image lists and folders" in notes[0] and "--download" in notes[0]
+    assert "OpenOOD's image lists and folders" in notes[0] and "download=True" in notes[0]
     assert notes[1].startswith("OpenOOD sets left out: ") and "MNIST" in notes[1]
     with pytest.raises(ConfigError, match="cannot load the OOD set 'openood:cifar10:mnist'"):
         load_ood_sets(keys, _SHAPE, n=3, data_root=cifar_tree)
