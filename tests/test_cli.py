@@ -331,6 +331,7 @@ def test_library_messages_are_printed_with_the_commands_options():
         "(--ood takes folders); pass --device cuda or --fast; see 'uniad --list-detectors'; "
         "my_arch='x' and options.fast=True stay"
     )
+    assert cli._as_options("expected arch= as 'm:f'") == "expected --arch as 'm:f'"
 
 
 def test_arguments_map_onto_one_config():

@@ -531,7 +531,7 @@ _OPTIONS = {
     "available_detectors()": "'uniad --list-detectors'",
 }
 #: arguments named before their value (``arch='x:f'``) -> the option (``--arch 'x:f'``)
-_VALUED = {"arch=": "--arch ", "near_ood=": "--near-ood", "ood=": "--ood"}
+_VALUED = {"arch=": "--arch", "near_ood=": "--near-ood", "ood=": "--ood"}
 
 
 def _as_options(message: str) -> str:
@@ -542,9 +542,10 @@ def _as_options(message: str) -> str:
         lambda m: _OPTIONS[m.group()],
         message,
     )
+    # a value right after the argument ("arch='x:f'") gets a space after the option
     return re.sub(
-        r"(?<![\w.])(?:" + "|".join(map(re.escape, _VALUED)) + r")",
-        lambda m: _VALUED[m.group()],
+        r"(?<![\w.])(" + "|".join(map(re.escape, _VALUED)) + r")(?=(['\"\w]?))",
+        lambda m: _VALUED[m.group(1)] + (" " if m.group(2) else ""),
         message,
     )
 
